@@ -1,0 +1,410 @@
+//! Architecture description of a DiT or SparseDiT, with the published presets.
+//!
+//! Shapes use B = batch, N = dense tokens, S = sparse tokens, C = hidden size, H = heads.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The sequence of transformer blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Layout {
+    /// Plain DiT: `blocks.{0..depth}`.
+    Dense { depth: usize },
+    /// SparseDiT's tri-segment layout.
+    Sparse(SparseLayout),
+}
+
+/// SparseDiT: `poolingformer_blocks`, then `dumbbell_blocks` (SDTMs), then top `normal_blocks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SparseLayout {
+    /// Bottom segment: Poolingformer blocks (global mean pooling instead of attention).
+    pub num_poolingformer: usize,
+    /// Middle segment: Sparse-Dense Token Modules (`dumbbell_blocks.{k}`).
+    pub num_sdtm: usize,
+    /// `dumbbell_group` = [token merge, semantic, token recover, dense normal] blocks per SDTM.
+    pub group: [usize; 4],
+    /// Top segment: dense DiT blocks (`normal_blocks.{i}`).
+    pub num_top: usize,
+}
+
+impl Layout {
+    /// Number of transformer blocks (28 for XL).
+    pub fn depth(&self) -> usize {
+        match self {
+            Layout::Dense { depth } => *depth,
+            Layout::Sparse(s) => s.num_poolingformer + s.num_sdtm * s.group.iter().sum::<usize>() + s.num_top,
+        }
+    }
+
+    pub fn is_sparse(&self) -> bool {
+        matches!(self, Layout::Sparse(_))
+    }
+
+    /// Checkpoint prefixes of every block, in forward order (as the official code's `module_name`).
+    /// For a dense layout: `blocks.{i}`.
+    pub fn block_names(&self) -> Vec<String> {
+        match self {
+            Layout::Dense { depth } => (0..*depth).map(|i| format!("blocks.{i}")).collect(),
+            Layout::Sparse(s) => {
+                let mut names = Vec::with_capacity(self.depth());
+                for i in 0..s.num_poolingformer {
+                    names.push(format!("poolingformer_blocks.{i}"));
+                }
+                for k in 0..s.num_sdtm {
+                    for (kind, &count) in SDTM_KINDS.iter().zip(s.group.iter()) {
+                        for j in 0..count {
+                            names.push(format!("dumbbell_blocks.{k}.{kind}.{j}"));
+                        }
+                    }
+                }
+                for i in 0..s.num_top {
+                    names.push(format!("normal_blocks.{i}"));
+                }
+                names
+            }
+        }
+    }
+}
+
+/// Sub-block lists of an SDTM, in forward order and with their checkpoint names.
+pub const SDTM_KINDS: [&str; 4] = ["token_merge_blocks", "semantic_blocks", "token_recover_blocks", "normal_blocks"];
+
+/// Full architecture of one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Side of the (square) input latent or image, I.
+    pub input_size: usize,
+    /// Patch side p: N = (I / p)^2 tokens.
+    pub patch_size: usize,
+    /// Input channels (4 for the SD-VAE latent, 1 for grayscale digits).
+    pub in_channels: usize,
+    /// Hidden width C.
+    pub hidden_size: usize,
+    /// Attention heads H.
+    pub num_heads: usize,
+    /// MLP hidden width (4C in all published models).
+    pub mlp_hidden: usize,
+    /// Number of real classes; the label `num_classes` is the null label when `class_null`.
+    pub num_classes: usize,
+    /// The label table has the extra null row used for classifier-free guidance.
+    pub class_null: bool,
+    /// Output has 2 * in_channels channels: eps then the variance interpolation v.
+    pub learn_sigma: bool,
+    /// Block sequence.
+    pub layout: Layout,
+    /// Default sparse grid side s (the official `semantic_size`, 8 in the released runs).
+    pub semantic_size: usize,
+}
+
+/// Width of the sinusoidal timestep features fed to `t_embedder.mlp.0`.
+pub const FREQ_DIM: usize = 256;
+
+/// Names of the presets understood by [`Config::preset`].
+pub const PRESETS: &[&str] = &[
+    "dit-xl2-256",
+    "dit-xl2-512",
+    "sparsedit-xl2-256",
+    "sparsedit-xl2-512",
+    "dit-xl2", "dit-xl4", "dit-xl8", "dit-l2", "dit-l4", "dit-l8", "dit-b2", "dit-b4", "dit-b8", "dit-s2", "dit-s4",
+    "dit-s8",
+    "dit-tiny",
+    "sparsedit-tiny",
+];
+
+impl Config {
+    /// A DiT family member at 256 px (32x32x4 latent, 1000 classes, learned sigma).
+    /// `size` is one of XL, L, B, S.
+    pub fn dit(size: &str, patch: usize, image_px: usize) -> Result<Config> {
+        let (hidden, depth, heads) = match size.to_ascii_uppercase().as_str() {
+            "XL" => (1152, 28, 16),
+            "L" => (1024, 24, 16),
+            "B" => (768, 12, 12),
+            "S" => (384, 12, 6),
+            other => return Err(Error::arg(format!("unknown DiT size {other:?} (XL, L, B, S)"))),
+        };
+        if ![2, 4, 8].contains(&patch) {
+            return Err(Error::arg(format!("patch size {patch} (2, 4 or 8)")));
+        }
+        if image_px % 8 != 0 {
+            return Err(Error::arg(format!("image size {image_px} is not a multiple of 8")));
+        }
+        Ok(Config {
+            input_size: image_px / 8,
+            patch_size: patch,
+            in_channels: 4,
+            hidden_size: hidden,
+            num_heads: heads,
+            mlp_hidden: 4 * hidden,
+            num_classes: 1000,
+            class_null: true,
+            learn_sigma: true,
+            layout: Layout::Dense { depth },
+            semantic_size: 8,
+        })
+    }
+
+    /// The released SparseDiT-XL/2 layouts: 256 px = 1 Poolingformer, 4 x [1,3,1,1], 3 top;
+    /// 512 px = 2, 4 x [1,3,1,1], 2. s = 8.
+    pub fn sparsedit_xl2(image_px: usize) -> Result<Config> {
+        let mut cfg = Config::dit("XL", 2, image_px)?;
+        let (pool, top) = if image_px >= 512 { (2, 2) } else { (1, 3) };
+        cfg.layout = Layout::Sparse(SparseLayout { num_poolingformer: pool, num_sdtm: 4, group: [1, 3, 1, 1], num_top: top });
+        Ok(cfg)
+    }
+
+    /// The tiny digit model's architecture: 16x16 grayscale, patch 2 (8x8 = 64 tokens), width 128,
+    /// 10 blocks; sparse layout 1 Poolingformer, 2 x [1,1,1,1], 1 top, s = 4.
+    pub fn tiny(sparse: bool) -> Config {
+        Config {
+            input_size: 16,
+            patch_size: 2,
+            in_channels: 1,
+            hidden_size: 128,
+            num_heads: 4,
+            mlp_hidden: 512,
+            num_classes: 10,
+            class_null: true,
+            learn_sigma: true,
+            layout: if sparse {
+                Layout::Sparse(SparseLayout { num_poolingformer: 1, num_sdtm: 2, group: [1, 1, 1, 1], num_top: 1 })
+            } else {
+                Layout::Dense { depth: 10 }
+            },
+            semantic_size: 4,
+        }
+    }
+
+    /// Look up a preset by name (see [`PRESETS`]).
+    pub fn preset(name: &str) -> Result<Config> {
+        let lower = name.to_ascii_lowercase();
+        let cfg = match lower.as_str() {
+            "dit-xl2-256" => Config::dit("XL", 2, 256)?,
+            "dit-xl2-512" => Config::dit("XL", 2, 512)?,
+            "sparsedit-xl2-256" => Config::sparsedit_xl2(256)?,
+            "sparsedit-xl2-512" => Config::sparsedit_xl2(512)?,
+            "dit-tiny" => Config::tiny(false),
+            "sparsedit-tiny" => Config::tiny(true),
+            _ => {
+                // dit-{xl,l,b,s}{2,4,8}, 256 px
+                let rest = lower.strip_prefix("dit-").ok_or_else(|| unknown_preset(name))?;
+                let split = rest.find(|c: char| c.is_ascii_digit()).ok_or_else(|| unknown_preset(name))?;
+                let patch: usize = rest[split..].parse().map_err(|_| unknown_preset(name))?;
+                Config::dit(&rest[..split], patch, 256).map_err(|_| unknown_preset(name))?
+            }
+        };
+        Ok(cfg)
+    }
+
+    /// Dense grid side n = I / p.
+    pub fn grid(&self) -> usize {
+        self.input_size / self.patch_size
+    }
+
+    /// Dense token count N = n^2.
+    pub fn num_tokens(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Output channels: 2 * in_channels with learned sigma, else in_channels.
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma {
+            2 * self.in_channels
+        } else {
+            self.in_channels
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// The label that selects the null (unconditional) embedding, if the model has one.
+    pub fn null_label(&self) -> Option<usize> {
+        self.class_null.then_some(self.num_classes)
+    }
+
+    /// "sparsedit" or "dit".
+    pub fn arch_name(&self) -> &'static str {
+        if self.layout.is_sparse() {
+            "sparsedit"
+        } else {
+            "dit"
+        }
+    }
+
+    /// Check internal consistency; every loader calls this.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::arch(m));
+        if self.patch_size == 0 || self.input_size == 0 || self.input_size % self.patch_size != 0 {
+            return bad(format!("input size {} is not a multiple of patch size {}", self.input_size, self.patch_size));
+        }
+        if self.in_channels == 0 || self.hidden_size == 0 || self.mlp_hidden == 0 {
+            return bad("zero channels, width or MLP width".into());
+        }
+        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+            return bad(format!("width {} is not divisible by {} heads", self.hidden_size, self.num_heads));
+        }
+        if self.hidden_size % 2 != 0 {
+            return bad(format!("width {} must be even (sin-cos position table)", self.hidden_size));
+        }
+        if self.num_classes == 0 {
+            return bad("zero classes".into());
+        }
+        if self.layout.depth() == 0 {
+            return bad("no transformer blocks".into());
+        }
+        if let Layout::Sparse(s) = &self.layout {
+            if self.semantic_size == 0 {
+                return bad("semantic size 0".into());
+            }
+            if s.num_sdtm > 0 && s.group[0] == 0 && s.group[1] + s.group[2] > 0 {
+                // Without a merge block the sparse tokens are the pooled ones; that is still valid.
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameter count of the architecture (weights + biases), the fixed pos_embed table excluded.
+    pub fn num_parameters(&self) -> usize {
+        let c = self.hidden_size;
+        let m = self.mlp_hidden;
+        let lin = |i: usize, o: usize| i * o + o;
+        let mlp = lin(c, m) + lin(m, c);
+        let ada = lin(c, 6 * c);
+        let dit_block = lin(c, 3 * c) + lin(c, c) + mlp + ada;
+        let pool_block = lin(c, c) + lin(c, c) + mlp + ada;
+        let merge_block = lin(c, c) + lin(c, 2 * c) + lin(c, c) + mlp + ada;
+        let recover_block = merge_block + 2 * lin(c, c);
+        let blocks = match &self.layout {
+            Layout::Dense { depth } => depth * dit_block,
+            Layout::Sparse(s) => {
+                s.num_poolingformer * pool_block
+                    + s.num_sdtm
+                        * (s.group[0] * merge_block
+                            + s.group[1] * dit_block
+                            + s.group[2] * recover_block
+                            + s.group[3] * dit_block)
+                    + s.num_top * dit_block
+            }
+        };
+        let p = self.patch_size;
+        let embed = c * self.in_channels * p * p + c;
+        let t_emb = lin(FREQ_DIM, c) + lin(c, c);
+        let y_emb = (self.num_classes + self.class_null as usize) * c;
+        let fin = lin(c, 2 * c) + lin(c, p * p * self.out_channels());
+        embed + t_emb + y_emb + blocks + fin
+    }
+}
+
+fn unknown_preset(name: &str) -> Error {
+    Error::arg(format!("unknown preset {name:?}; known: {}", PRESETS.join(", ")))
+}
+
+/// How the sparse grid side s is chosen for each model call (timestep-wise pruning).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GridSchedule {
+    /// Always the same s x s grid.
+    Fixed(usize),
+    /// The paper's rule: pruning rate r = 1 - S/N is r_min for t < T/4, then rises linearly to
+    /// r_max at t = T; s = round(sqrt((1 - r) N)).
+    Timestep { r_min: f64, r_max: f64 },
+}
+
+impl GridSchedule {
+    /// Parse `"RMIN:RMAX"` (e.g. `0.61:0.86`).
+    pub fn parse_rates(s: &str) -> Result<GridSchedule> {
+        let (a, b) = s
+            .split_once(':')
+            .ok_or_else(|| Error::arg(format!("schedule {s:?}: expected RMIN:RMAX, e.g. 0.61:0.86")))?;
+        let r_min: f64 = a.trim().parse().map_err(|_| Error::arg(format!("schedule {s:?}: bad RMIN")))?;
+        let r_max: f64 = b.trim().parse().map_err(|_| Error::arg(format!("schedule {s:?}: bad RMAX")))?;
+        let sched = GridSchedule::Timestep { r_min, r_max };
+        sched.validate()?;
+        Ok(sched)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            GridSchedule::Fixed(0) => Err(Error::arg("sparse grid size must be at least 1")),
+            GridSchedule::Fixed(_) => Ok(()),
+            GridSchedule::Timestep { r_min, r_max } => {
+                if !(0.0..1.0).contains(&r_min) || !(0.0..1.0).contains(&r_max) || r_min > r_max {
+                    Err(Error::arg(format!("pruning rates need 0 <= r_min <= r_max < 1, got {r_min}:{r_max}")))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Pruning rate at timestep `t` of `num_timesteps` training steps.
+    pub fn rate_at(r_min: f64, r_max: f64, t: f64, num_timesteps: usize) -> f64 {
+        let big_t = num_timesteps as f64;
+        let quarter = big_t / 4.0;
+        if t < quarter {
+            r_min
+        } else {
+            r_min + (r_max - r_min) * ((t - quarter) / (big_t - quarter)).min(1.0)
+        }
+    }
+
+    /// Grid side for the model call at original timestep `t`, for a model with `dense_tokens` N.
+    pub fn grid_at(&self, t: f64, num_timesteps: usize, dense_tokens: usize) -> usize {
+        match *self {
+            GridSchedule::Fixed(s) => s,
+            GridSchedule::Timestep { r_min, r_max } => {
+                let r = Self::rate_at(r_min, r_max, t, num_timesteps);
+                (((1.0 - r) * dense_tokens as f64).sqrt().round() as usize).max(1)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_published_depths() {
+        assert_eq!(Config::preset("dit-xl2-256").unwrap().layout.depth(), 28);
+        assert_eq!(Config::preset("sparsedit-xl2-256").unwrap().layout.depth(), 28);
+        assert_eq!(Config::preset("sparsedit-xl2-512").unwrap().layout.depth(), 28);
+        assert_eq!(Config::preset("dit-b4").unwrap().hidden_size, 768);
+        assert!(Config::preset("dit-q2").is_err());
+        for p in PRESETS {
+            Config::preset(p).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn dit_xl2_parameter_count() {
+        // DiT-XL/2: 675,129,632 parameters as PyTorch counts them (the fixed pos_embed, 256 x 1152,
+        // is an nn.Parameter there); num_parameters() leaves pos_embed out.
+        assert_eq!(Config::preset("dit-xl2-256").unwrap().num_parameters() + 256 * 1152, 675_129_632);
+        // The official SparseDiT-256 log: 683,099,168 including pos_embed (256 x 1152).
+        assert_eq!(Config::preset("sparsedit-xl2-256").unwrap().num_parameters() + 256 * 1152, 683_099_168);
+    }
+
+    #[test]
+    fn block_names_follow_official_order() {
+        let cfg = Config::preset("sparsedit-xl2-256").unwrap();
+        let names = cfg.layout.block_names();
+        assert_eq!(names[0], "poolingformer_blocks.0");
+        assert_eq!(names[1], "dumbbell_blocks.0.token_merge_blocks.0");
+        assert_eq!(names[4], "dumbbell_blocks.0.semantic_blocks.2");
+        assert_eq!(names[5], "dumbbell_blocks.0.token_recover_blocks.0");
+        assert_eq!(names[6], "dumbbell_blocks.0.normal_blocks.0");
+        assert_eq!(names[27], "normal_blocks.2");
+    }
+
+    #[test]
+    fn timestep_schedule_matches_paper_grid_sizes() {
+        let s = GridSchedule::parse_rates("0.61:0.86").unwrap();
+        assert_eq!(s.grid_at(0.0, 1000, 256), 10);
+        assert_eq!(s.grid_at(249.0, 1000, 256), 10);
+        assert_eq!(s.grid_at(999.0, 1000, 256), 6);
+        assert!(GridSchedule::parse_rates("0.9:0.5").is_err());
+        assert!(GridSchedule::parse_rates("abc").is_err());
+    }
+}

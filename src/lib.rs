@@ -1,0 +1,20 @@
+//! sparsedit: SparseDiT (token-sparsified Diffusion Transformer) and DiT.
+//!
+//! - [`config`]: architectures and presets (XL/2 ... tiny), sparse grid schedules.
+//! - [`model`]: the exact CPU reference forward pass on candle-core (f32).
+//! - [`diffusion`]: DiT's Gaussian diffusion: respacing, DDPM (learned range), DDIM, CFG.
+//! - [`gguf`]: GGUF v3 packs with F32/F16/Q8_0/Q4_0 tensors, strictly validated.
+//! - [`import`]: PyTorch / safetensors checkpoints with the official key names.
+//! - [`flops`]: MACs per module, in the official training log's convention.
+
+pub mod config;
+pub mod diffusion;
+pub mod error;
+pub mod flops;
+pub mod gguf;
+pub mod import;
+pub mod model;
+pub mod pack;
+
+pub use config::{Config, GridSchedule, Layout, SparseLayout};
+pub use error::{Error, Result};
