@@ -1,1 +1,760 @@
-//! (in progress)
+//! The CPU reference forward pass of DiT and SparseDiT (candle-core, f32).
+//!
+//! This is the number-for-number reference every other path (WGSL kernels, quantized packs) is
+//! checked against, and it is itself checked against PyTorch fixtures (`tests/fixtures/gen.py`).
+//! Weights are named exactly as in the official PyTorch checkpoints.
+//!
+//! Shapes: B = batch, N = n*n dense tokens, S = s*s sparse tokens, C = hidden, H = heads,
+//! d = C/H, M = MLP hidden, p = patch, c_in / c_out = image channels.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::{Config, Layout, FREQ_DIM, SDTM_KINDS};
+use crate::error::{Error, Result};
+
+/// LayerNorm eps of every norm in DiT.
+const LN_EPS: f64 = 1e-6;
+
+/// Named tensors as found in a checkpoint or pack (f32, any device).
+pub type TensorMap = HashMap<String, Tensor>;
+
+/// Takes tensors out of a [`TensorMap`] by official name, checking shapes and remembering what
+/// was missing, so a mismatch is reported once with every key listed.
+pub struct WeightLoader {
+    map: TensorMap,
+    missing: Vec<String>,
+    bad_shape: Option<Error>,
+}
+
+impl WeightLoader {
+    pub fn new(map: TensorMap) -> Self {
+        WeightLoader { map, missing: Vec::new(), bad_shape: None }
+    }
+
+    /// The tensor `name` with exactly `shape`, as f32. Returns a placeholder after recording the
+    /// problem when missing or mis-shaped (reported by [`WeightLoader::finish`]).
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Tensor {
+        match self.map.remove(name) {
+            None => {
+                self.missing.push(name.to_string());
+                placeholder()
+            }
+            Some(t) if t.dims() != shape => {
+                if self.bad_shape.is_none() {
+                    self.bad_shape = Some(Error::Shape {
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                placeholder()
+            }
+            Some(t) => t.to_dtype(DType::F32).unwrap_or_else(|_| placeholder()),
+        }
+    }
+
+    /// Error out on missing, unexpected or mis-shaped tensors.
+    pub fn finish(self) -> Result<()> {
+        let mut unexpected: Vec<String> = self.map.into_keys().collect();
+        unexpected.sort();
+        if !self.missing.is_empty() || !unexpected.is_empty() {
+            return Err(Error::Keys { missing: self.missing, unexpected });
+        }
+        match self.bad_shape {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn placeholder() -> Tensor {
+    Tensor::zeros(1, DType::F32, &Device::Cpu).expect("a one-element CPU tensor")
+}
+
+/// `nn.Linear`: y = x W^T + b. The weight is kept transposed, (in, out), for a plain matmul.
+pub struct Linear {
+    w_t: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &mut WeightLoader, prefix: &str, in_f: usize, out_f: usize) -> Result<Self> {
+        let weight = w.take(&format!("{prefix}.weight"), &[out_f, in_f]);
+        let bias = w.take(&format!("{prefix}.bias"), &[out_f]);
+        let w_t = if weight.rank() == 2 { weight.t()?.contiguous()? } else { weight };
+        Ok(Linear { w_t, b: Some(bias) })
+    }
+
+    /// x: (..., in) -> (..., out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_f = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / in_f.max(1);
+        let y = x.reshape((rows, in_f))?.matmul(&self.w_t)?;
+        let y = match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.w_t.dim(1)?;
+        }
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// LayerNorm over the last dimension, no affine parameters, eps 1e-6.
+fn layer_norm(x: &Tensor) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?)
+}
+
+/// modulate(x, shift, scale) = x * (1 + scale) + shift; x (B, T, C), shift/scale (B, 1, C).
+fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+}
+
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+/// Multi-head attention softmax(q k^T / sqrt(d)) v.
+/// q: (B, Tq, C), k/v: (B, Tk, C) -> (B, Tq, C). When `probs_out` is given, the head-averaged
+/// attention probabilities (B, Tq, Tk) are stored there (for the token view).
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, probs_out: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+    let (b, tq, c) = q.dims3()?;
+    let tk = k.dim(1)?;
+    let d = c / heads;
+    let split = |x: &Tensor, t: usize| -> Result<Tensor> { Ok(x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?) };
+    let (q, k, v) = (split(q, tq)?, split(k, tk)?, split(v, tk)?); // (B, H, T, d)
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?; // (B, H, Tq, Tk)
+    let probs = softmax_last(&scores)?;
+    if let Some(slot) = probs_out {
+        *slot = Some(probs.mean(1)?);
+    }
+    let out = probs.matmul(&v)?; // (B, H, Tq, d)
+    Ok(out.transpose(1, 2)?.reshape((b, tq, c))?)
+}
+
+/// The six adaLN vectors of a block, each (B, 1, C). Depend only on (t, y): computed once per call.
+struct Modulation {
+    shift_msa: Tensor,
+    scale_msa: Tensor,
+    gate_msa: Tensor,
+    shift_mlp: Tensor,
+    scale_mlp: Tensor,
+    gate_mlp: Tensor,
+}
+
+impl Modulation {
+    /// silu_c: SiLU(c), (B, C).
+    fn new(ada: &Linear, silu_c: &Tensor) -> Result<Self> {
+        let m = ada.forward(silu_c)?.unsqueeze(1)?; // (B, 1, 6C)
+        let parts = m.chunk(6, D::Minus1)?;
+        let mut it = parts.into_iter();
+        let mut next = || it.next().ok_or_else(|| Error::arch("adaLN output is not 6C wide"));
+        Ok(Modulation {
+            shift_msa: next()?,
+            scale_msa: next()?,
+            gate_msa: next()?,
+            shift_mlp: next()?,
+            scale_mlp: next()?,
+            gate_mlp: next()?,
+        })
+    }
+}
+
+/// `mlp.fc1`, GELU (tanh), `mlp.fc2`.
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn load(w: &mut WeightLoader, p: &str, c: usize, m: usize) -> Result<Self> {
+        Ok(Mlp { fc1: Linear::load(w, &format!("{p}.mlp.fc1"), c, m)?, fc2: Linear::load(w, &format!("{p}.mlp.fc2"), m, c)? })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+    }
+    /// x += gate_mlp * MLP(modulate(LN(x), shift_mlp, scale_mlp))
+    fn residual(&self, x: &Tensor, m: &Modulation) -> Result<Tensor> {
+        let h = modulate(&layer_norm(x)?, &m.shift_mlp, &m.scale_mlp)?;
+        Ok((x + m.gate_mlp.broadcast_mul(&self.forward(&h)?)?)?)
+    }
+}
+
+/// Ordinary DiT block (`blocks.i`, `semantic_blocks.j`, `normal_blocks.j`).
+pub struct DitBlock {
+    qkv: Linear,
+    proj: Linear,
+    mlp: Mlp,
+    ada: Linear,
+    heads: usize,
+}
+
+impl DitBlock {
+    fn load(w: &mut WeightLoader, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(DitBlock {
+            qkv: Linear::load(w, &format!("{p}.attn.qkv"), c, 3 * c)?,
+            proj: Linear::load(w, &format!("{p}.attn.proj"), c, c)?,
+            mlp: Mlp::load(w, p, c, cfg.mlp_hidden)?,
+            ada: Linear::load(w, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+            heads: cfg.num_heads,
+        })
+    }
+
+    /// x: (B, T, C) -> (B, T, C)
+    fn forward(&self, x: &Tensor, silu_c: &Tensor) -> Result<Tensor> {
+        let m = Modulation::new(&self.ada, silu_c)?;
+        let h = modulate(&layer_norm(x)?, &m.shift_msa, &m.scale_msa)?;
+        let qkv = self.qkv.forward(&h)?; // (B, T, 3C)
+        let c = x.dim(2)?;
+        let (q, k, v) = (qkv.narrow(2, 0, c)?, qkv.narrow(2, c, c)?, qkv.narrow(2, 2 * c, c)?);
+        let a = self.proj.forward(&attention(&q, &k, &v, self.heads, None)?)?;
+        let x = (x + m.gate_msa.broadcast_mul(&a)?)?;
+        self.mlp.residual(&x, &m)
+    }
+}
+
+/// Poolingformer block: attention replaced by the global mean of V, O(N C^2) with no N^2 term.
+pub struct PoolingformerBlock {
+    v: Linear,
+    proj: Linear,
+    mlp: Mlp,
+    ada: Linear,
+}
+
+impl PoolingformerBlock {
+    fn load(w: &mut WeightLoader, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(PoolingformerBlock {
+            v: Linear::load(w, &format!("{p}.attn.v"), c, c)?,
+            proj: Linear::load(w, &format!("{p}.attn.proj"), c, c)?,
+            mlp: Mlp::load(w, p, c, cfg.mlp_hidden)?,
+            ada: Linear::load(w, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, silu_c: &Tensor) -> Result<Tensor> {
+        let m = Modulation::new(&self.ada, silu_c)?;
+        let h = modulate(&layer_norm(x)?, &m.shift_msa, &m.scale_msa)?;
+        // The official code multiplies a uniform N x N softmax by V: every token gets mean(V).
+        let pooled = self.v.forward(&h)?.mean_keepdim(1)?; // (B, 1, C)
+        let a = self.proj.forward(&pooled)?; // (B, 1, C), broadcast to every token
+        let x = x.broadcast_add(&m.gate_msa.broadcast_mul(&a)?)?;
+        self.mlp.residual(&x, &m)
+    }
+}
+
+/// Cross-attention projections `attn.q`, `attn.kv` (k first, then v), `attn.proj`.
+struct CrossAttention {
+    q: Linear,
+    kv: Linear,
+    proj: Linear,
+    heads: usize,
+}
+
+impl CrossAttention {
+    fn load(w: &mut WeightLoader, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(CrossAttention {
+            q: Linear::load(w, &format!("{p}.attn.q"), c, c)?,
+            kv: Linear::load(w, &format!("{p}.attn.kv"), c, 2 * c)?,
+            proj: Linear::load(w, &format!("{p}.attn.proj"), c, c)?,
+            heads: cfg.num_heads,
+        })
+    }
+
+    /// queries from x (B, Tq, C), keys/values from y (B, Tk, C).
+    fn forward(&self, x: &Tensor, y: &Tensor, probs: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+        let c = x.dim(2)?;
+        let q = self.q.forward(x)?;
+        let kv = self.kv.forward(y)?;
+        let (k, v) = (kv.narrow(2, 0, c)?, kv.narrow(2, c, c)?);
+        self.proj.forward(&attention(&q, &k, &v, self.heads, probs)?)
+    }
+}
+
+/// SDTM token-merge block: sparse queries gather from the dense tokens.
+pub struct TokenMergeBlock {
+    attn: CrossAttention,
+    mlp: Mlp,
+    ada: Linear,
+}
+
+impl TokenMergeBlock {
+    fn load(w: &mut WeightLoader, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(TokenMergeBlock {
+            attn: CrossAttention::load(w, p, cfg)?,
+            mlp: Mlp::load(w, p, c, cfg.mlp_hidden)?,
+            ada: Linear::load(w, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+        })
+    }
+
+    /// sparse: (B, S, C), dense: (B, N, C) -> (B, S, C)
+    fn forward(&self, sparse: &Tensor, dense: &Tensor, silu_c: &Tensor, probs: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+        let m = Modulation::new(&self.ada, silu_c)?;
+        // Both inputs share norm1 and the msa shift/scale.
+        let hq = modulate(&layer_norm(sparse)?, &m.shift_msa, &m.scale_msa)?;
+        let hkv = modulate(&layer_norm(dense)?, &m.shift_msa, &m.scale_msa)?;
+        let a = self.attn.forward(&hq, &hkv, probs)?;
+        let x = (sparse + m.gate_msa.broadcast_mul(&a)?)?;
+        self.mlp.residual(&x, &m)
+    }
+}
+
+/// SDTM token-recover block: sparse tokens back to the dense grid.
+pub struct TokenRecoverBlock {
+    merged_layer1: Linear,
+    merged_layer2: Linear,
+    attn: CrossAttention,
+    mlp: Mlp,
+    ada: Linear,
+}
+
+impl TokenRecoverBlock {
+    fn load(w: &mut WeightLoader, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(TokenRecoverBlock {
+            merged_layer1: Linear::load(w, &format!("{p}.merged_layer1"), c, c)?,
+            merged_layer2: Linear::load(w, &format!("{p}.merged_layer2"), c, c)?,
+            attn: CrossAttention::load(w, p, cfg)?,
+            mlp: Mlp::load(w, p, c, cfg.mlp_hidden)?,
+            ada: Linear::load(w, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+        })
+    }
+
+    /// sparse: (B, S, C), dense: (B, N, C), up_index: (N,) nearest source of each dense token
+    /// -> (B, N, C)
+    fn forward(
+        &self,
+        sparse: &Tensor,
+        dense: &Tensor,
+        up_index: &Tensor,
+        silu_c: &Tensor,
+        probs: Option<&mut Option<Tensor>>,
+    ) -> Result<Tensor> {
+        let up = sparse.index_select(up_index, 1)?; // (B, N, C), nearest-neighbour upsampling
+        let merged = (self.merged_layer1.forward(&up)? + self.merged_layer2.forward(dense)?)?;
+        let m = Modulation::new(&self.ada, silu_c)?;
+        let hq = modulate(&layer_norm(&merged)?, &m.shift_msa, &m.scale_msa)?;
+        let hkv = modulate(&layer_norm(sparse)?, &m.shift_msa, &m.scale_msa)?;
+        let a = self.attn.forward(&hq, &hkv, probs)?;
+        let x = (merged + m.gate_msa.broadcast_mul(&a)?)?;
+        self.mlp.residual(&x, &m)
+    }
+}
+
+/// One Sparse-Dense Token Module (`dumbbell_blocks.k`).
+pub struct Sdtm {
+    pub token_merge_blocks: Vec<TokenMergeBlock>,
+    pub semantic_blocks: Vec<DitBlock>,
+    pub token_recover_blocks: Vec<TokenRecoverBlock>,
+    pub normal_blocks: Vec<DitBlock>,
+}
+
+/// The block sequence of a model.
+pub enum Blocks {
+    Dense(Vec<DitBlock>),
+    Sparse { poolingformer_blocks: Vec<PoolingformerBlock>, dumbbell_blocks: Vec<Sdtm>, normal_blocks: Vec<DitBlock> },
+}
+
+/// A DiT or SparseDiT with f32 weights on the CPU.
+pub struct Model {
+    pub cfg: Config,
+    /// `x_embedder.proj.weight` reshaped to a linear on flattened (c_in, p, p) patches.
+    x_embedder: Linear,
+    /// `pos_embed`: (N, C).
+    pos_embed: Tensor,
+    t_mlp0: Linear,
+    t_mlp2: Linear,
+    /// `y_embedder.embedding_table.weight`: (classes [+1], C).
+    y_table: Tensor,
+    blocks: Blocks,
+    final_ada: Linear,
+    final_linear: Linear,
+}
+
+/// What one block did in a forward pass (the token view's data).
+#[derive(Clone, Debug)]
+pub struct BlockTrace {
+    /// Official checkpoint prefix, e.g. `dumbbell_blocks.0.token_merge_blocks.0`.
+    pub name: String,
+    /// Tokens the block computes: N dense, S sparse.
+    pub tokens: usize,
+    /// Grid side the tokens live on (n dense, s sparse; 1 for the Poolingformer's global token).
+    pub grid: usize,
+    /// Head-averaged cross-attention (B, Tq, Tk) of merge / recover blocks, when requested.
+    pub attention: Option<Tensor>,
+}
+
+impl Model {
+    /// Build from named f32 tensors (official key names). Every key must be used.
+    pub fn from_tensors(cfg: Config, tensors: TensorMap) -> Result<Model> {
+        cfg.validate()?;
+        let mut w = WeightLoader::new(tensors);
+        let c = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let cin = cfg.in_channels;
+        let conv = w.take("x_embedder.proj.weight", &[c, cin, p, p]);
+        let conv_b = w.take("x_embedder.proj.bias", &[c]);
+        let conv_t = if conv.rank() == 4 { conv.reshape((c, cin * p * p))?.t()?.contiguous()? } else { conv };
+        let x_embedder = Linear { w_t: conv_t, b: Some(conv_b) };
+        let n_tok = cfg.num_tokens();
+        let pos = w.take("pos_embed", &[1, n_tok, c]);
+        let pos_embed = if pos.rank() == 3 { pos.squeeze(0)? } else { pos };
+        let t_mlp0 = Linear::load(&mut w, "t_embedder.mlp.0", FREQ_DIM, c)?;
+        let t_mlp2 = Linear::load(&mut w, "t_embedder.mlp.2", c, c)?;
+        let rows = cfg.num_classes + cfg.class_null as usize;
+        let y_table = w.take("y_embedder.embedding_table.weight", &[rows, c]);
+        let blocks = match cfg.layout {
+            Layout::Dense { depth } => {
+                Blocks::Dense((0..depth).map(|i| DitBlock::load(&mut w, &format!("blocks.{i}"), &cfg)).collect::<Result<_>>()?)
+            }
+            Layout::Sparse(s) => {
+                let poolingformer_blocks = (0..s.num_poolingformer)
+                    .map(|i| PoolingformerBlock::load(&mut w, &format!("poolingformer_blocks.{i}"), &cfg))
+                    .collect::<Result<_>>()?;
+                let mut dumbbell_blocks = Vec::with_capacity(s.num_sdtm);
+                for k in 0..s.num_sdtm {
+                    let pre = |kind: &str, j: usize| format!("dumbbell_blocks.{k}.{kind}.{j}");
+                    dumbbell_blocks.push(Sdtm {
+                        token_merge_blocks: (0..s.group[0])
+                            .map(|j| TokenMergeBlock::load(&mut w, &pre(SDTM_KINDS[0], j), &cfg))
+                            .collect::<Result<_>>()?,
+                        semantic_blocks: (0..s.group[1])
+                            .map(|j| DitBlock::load(&mut w, &pre(SDTM_KINDS[1], j), &cfg))
+                            .collect::<Result<_>>()?,
+                        token_recover_blocks: (0..s.group[2])
+                            .map(|j| TokenRecoverBlock::load(&mut w, &pre(SDTM_KINDS[2], j), &cfg))
+                            .collect::<Result<_>>()?,
+                        normal_blocks: (0..s.group[3])
+                            .map(|j| DitBlock::load(&mut w, &pre(SDTM_KINDS[3], j), &cfg))
+                            .collect::<Result<_>>()?,
+                    });
+                }
+                let normal_blocks =
+                    (0..s.num_top).map(|i| DitBlock::load(&mut w, &format!("normal_blocks.{i}"), &cfg)).collect::<Result<_>>()?;
+                Blocks::Sparse { poolingformer_blocks, dumbbell_blocks, normal_blocks }
+            }
+        };
+        let final_ada = Linear::load(&mut w, "final_layer.adaLN_modulation.1", c, 2 * c)?;
+        let final_linear = Linear::load(&mut w, "final_layer.linear", c, p * p * cfg.out_channels())?;
+        w.finish()?;
+        Ok(Model { cfg, x_embedder, pos_embed, t_mlp0, t_mlp2, y_table, blocks, final_ada, final_linear })
+    }
+
+    /// Check labels against the label table: 0..num_classes, plus the null label when present.
+    pub fn check_labels(&self, y: &[i64]) -> Result<()> {
+        let max = self.cfg.num_classes as i64 - 1 + self.cfg.class_null as i64;
+        for (i, &label) in y.iter().enumerate() {
+            if label < 0 || label > max {
+                return Err(Error::arg(format!(
+                    "label {label} (batch row {i}) is out of range 0..={max} ({} classes{})",
+                    self.cfg.num_classes,
+                    if self.cfg.class_null { format!(", {} = null label", self.cfg.num_classes) } else { String::new() }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_inputs(&self, x: &Tensor, t: &[f32], y: &[i64]) -> Result<usize> {
+        let cfg = &self.cfg;
+        let want = [cfg.in_channels, cfg.input_size, cfg.input_size];
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1..] != want {
+            return Err(Error::arg(format!(
+                "input x has shape {dims:?}, the model takes (B, {}, {}, {})",
+                want[0], want[1], want[2]
+            )));
+        }
+        let b = dims[0];
+        if b == 0 || t.len() != b || y.len() != b {
+            return Err(Error::arg(format!("batch mismatch: x has {b} rows, t {} and y {}", t.len(), y.len())));
+        }
+        if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
+            return Err(Error::arg(format!("timestep {bad} is not finite")));
+        }
+        self.check_labels(y)?;
+        Ok(b)
+    }
+
+    /// model(x, t, y) with sparse grid side `grid` (ignored by dense models).
+    /// x: (B, c_in, I, I) -> (B, c_out, I, I).
+    pub fn forward(&self, x: &Tensor, t: &[f32], y: &[i64], grid: usize) -> Result<Tensor> {
+        self.forward_traced(x, t, y, grid, None)
+    }
+
+    /// As [`Model::forward`], also recording per-block traces when `trace` is given.
+    pub fn forward_traced(
+        &self,
+        x: &Tensor,
+        t: &[f32],
+        y: &[i64],
+        grid: usize,
+        mut trace: Option<&mut Vec<BlockTrace>>,
+    ) -> Result<Tensor> {
+        let b = self.check_inputs(x, t, y)?;
+        let cfg = &self.cfg;
+        let dev = x.device().clone();
+        let (c, p, n) = (cfg.hidden_size, cfg.patch_size, cfg.grid());
+        let n_tok = n * n;
+        let cin = cfg.in_channels;
+        let x = x.to_dtype(DType::F32)?;
+
+        // Patch embedding: (B, c_in, I, I) -> (B, N, c_in*p*p) -> (B, N, C), plus pos_embed.
+        let patches = x.reshape((b, cin, n, p, n, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, n_tok, cin * p * p))?;
+        let mut h = self.x_embedder.forward(&patches)?.broadcast_add(&self.pos_embed)?; // (B, N, C)
+
+        // Conditioning c = t_emb + y_emb: (B, C); every block's adaLN takes SiLU(c).
+        let t_freq = Tensor::from_vec(timestep_embedding(t), (b, FREQ_DIM), &dev)?;
+        let t_emb = self.t_mlp2.forward(&self.t_mlp0.forward(&t_freq)?.silu()?)?;
+        let y_idx = Tensor::from_vec(y.iter().map(|&v| v as u32).collect::<Vec<_>>(), b, &dev)?;
+        let y_emb = self.y_table.index_select(&y_idx, 0)?;
+        let silu_c = (t_emb + y_emb)?.silu()?;
+
+        let want_attn = trace.is_some();
+        let mut record = |name: String, tokens: usize, grid: usize, attention: Option<Tensor>| {
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.push(BlockTrace { name, tokens, grid, attention });
+            }
+        };
+
+        match &self.blocks {
+            Blocks::Dense(blocks) => {
+                for (i, blk) in blocks.iter().enumerate() {
+                    h = blk.forward(&h, &silu_c)?;
+                    record(format!("blocks.{i}"), n_tok, n, None);
+                }
+            }
+            Blocks::Sparse { poolingformer_blocks, dumbbell_blocks, normal_blocks } => {
+                if grid == 0 {
+                    return Err(Error::arg("sparse grid size must be at least 1"));
+                }
+                for (i, blk) in poolingformer_blocks.iter().enumerate() {
+                    h = blk.forward(&h, &silu_c)?;
+                    record(format!("poolingformer_blocks.{i}"), n_tok, 1, None);
+                }
+                let s = grid;
+                let pool = adaptive_avg_pool_matrix(n, s, &dev)?; // (S, N)
+                let up_index = nearest_upsample_index(s, n, &dev)?; // (N,)
+                for (k, sdtm) in dumbbell_blocks.iter().enumerate() {
+                    let dense = h; // (B, N, C): what the recover blocks merge with
+                    let mut x = pool.broadcast_matmul(&dense)?; // (B, S, C)
+                    for (j, blk) in sdtm.token_merge_blocks.iter().enumerate() {
+                        let mut probs = None;
+                        x = blk.forward(&x, &dense, &silu_c, want_attn.then_some(&mut probs))?;
+                        record(format!("dumbbell_blocks.{k}.token_merge_blocks.{j}"), s * s, s, probs);
+                    }
+                    for (j, blk) in sdtm.semantic_blocks.iter().enumerate() {
+                        x = blk.forward(&x, &silu_c)?;
+                        record(format!("dumbbell_blocks.{k}.semantic_blocks.{j}"), s * s, s, None);
+                    }
+                    let mut tokens_on_dense = false;
+                    for (j, blk) in sdtm.token_recover_blocks.iter().enumerate() {
+                        let mut probs = None;
+                        x = blk.forward(&x, &dense, &up_index, &silu_c, want_attn.then_some(&mut probs))?;
+                        tokens_on_dense = true;
+                        record(format!("dumbbell_blocks.{k}.token_recover_blocks.{j}"), n_tok, n, probs);
+                    }
+                    for (j, blk) in sdtm.normal_blocks.iter().enumerate() {
+                        x = blk.forward(&x, &silu_c)?;
+                        let (tk, g) = if tokens_on_dense { (n_tok, n) } else { (s * s, s) };
+                        record(format!("dumbbell_blocks.{k}.normal_blocks.{j}"), tk, g, None);
+                    }
+                    if x.dim(1)? != n_tok {
+                        return Err(Error::arch(format!(
+                            "dumbbell_blocks.{k} ends on {} tokens, not the dense {n_tok}: it needs a token_recover block",
+                            x.dim(1)?
+                        )));
+                    }
+                    h = x;
+                }
+                for (i, blk) in normal_blocks.iter().enumerate() {
+                    h = blk.forward(&h, &silu_c)?;
+                    record(format!("normal_blocks.{i}"), n_tok, n, None);
+                }
+            }
+        }
+
+        // Final layer: adaLN (shift, scale), LN, linear to p*p*c_out per token.
+        let fm = self.final_ada.forward(&silu_c)?.unsqueeze(1)?; // (B, 1, 2C)
+        let (shift, scale) = (fm.narrow(2, 0, c)?, fm.narrow(2, c, c)?);
+        let out = self.final_linear.forward(&modulate(&layer_norm(&h)?, &shift, &scale)?)?; // (B, N, p*p*c_out)
+        unpatchify(&out, n, p, cfg.out_channels())
+    }
+
+    /// The reference `forward_with_cfg`: the batch is [cond; uncond] halves, the first half's
+    /// latent is used for both; `eps = uncond + scale (cond - uncond)` on the first
+    /// `guided_channels` output channels (3 in the official code), the rest from each row.
+    pub fn forward_with_cfg(&self, x: &Tensor, t: &[f32], y: &[i64], cfg_scale: f64, guided_channels: usize, grid: usize) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if b % 2 != 0 {
+            return Err(Error::arg(format!("forward_with_cfg needs an even batch ([cond; uncond]), got {b}")));
+        }
+        let half = x.narrow(0, 0, b / 2)?;
+        let combined = Tensor::cat(&[&half, &half], 0)?;
+        let out = self.forward(&combined, t, y, grid)?;
+        apply_cfg(&out, cfg_scale, guided_channels)
+    }
+}
+
+/// CFG combine on a [cond; uncond] model output (B, c_out, H, W): the first `guided_channels`
+/// channels of both halves become uncond + scale (cond - uncond); the others are kept per row.
+pub fn apply_cfg(out: &Tensor, cfg_scale: f64, guided_channels: usize) -> Result<Tensor> {
+    let (b, c_out) = (out.dim(0)?, out.dim(1)?);
+    let g = guided_channels.min(c_out);
+    let eps = out.narrow(1, 0, g)?;
+    let cond = eps.narrow(0, 0, b / 2)?;
+    let uncond = eps.narrow(0, b / 2, b / 2)?;
+    let half_eps = (&uncond + ((&cond - &uncond)? * cfg_scale)?)?;
+    let eps = Tensor::cat(&[&half_eps, &half_eps], 0)?;
+    if g == c_out {
+        return Ok(eps);
+    }
+    Ok(Tensor::cat(&[&eps, &out.narrow(1, g, c_out - g)?], 1)?)
+}
+
+/// (B, N, p*p*c) -> (B, c, n*p, n*p); token (h, w) holds a (p, p, c) patch, row-major.
+fn unpatchify(x: &Tensor, n: usize, p: usize, c: usize) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    Ok(x.reshape((b, n, n, p, p, c))?.permute((0, 5, 1, 3, 2, 4))?.reshape((b, c, n * p, n * p))?)
+}
+
+/// DiT's sinusoidal timestep features (B, 256): [cos(t f_k), sin(t f_k)], f_k = 10000^(-k/128),
+/// computed in f32 in the same order as the PyTorch reference.
+pub fn timestep_embedding(t: &[f32]) -> Vec<f32> {
+    let half = FREQ_DIM / 2;
+    let neg_log = -(10000f64.ln()) as f32;
+    let freqs: Vec<f32> = (0..half).map(|k| ((neg_log * k as f32) / half as f32).exp()).collect();
+    let mut out = Vec::with_capacity(t.len() * FREQ_DIM);
+    for &tv in t {
+        out.extend(freqs.iter().map(|&f| (tv * f).cos()));
+        out.extend(freqs.iter().map(|&f| (tv * f).sin()));
+    }
+    out
+}
+
+/// PyTorch AdaptiveAvgPool2d window [start, end) of output cell `i` (of `out`) over `inp` cells:
+/// start = floor(i * inp / out), end = ceil((i + 1) * inp / out). Windows overlap when out does
+/// not divide inp.
+pub fn adaptive_pool_window(i: usize, inp: usize, out: usize) -> (usize, usize) {
+    (i * inp / out, ((i + 1) * inp).div_ceil(out))
+}
+
+/// The (s*s, n*n) matrix of 2-D adaptive average pooling from the n x n to the s x s grid.
+pub fn adaptive_avg_pool_matrix(n: usize, s: usize, dev: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; s * s * n * n];
+    for oi in 0..s {
+        let (r0, r1) = adaptive_pool_window(oi, n, s);
+        for oj in 0..s {
+            let (c0, c1) = adaptive_pool_window(oj, n, s);
+            let w = 1.0 / ((r1 - r0) * (c1 - c0)) as f32;
+            let row = (oi * s + oj) * n * n;
+            for r in r0..r1 {
+                for cc in c0..c1 {
+                    m[row + r * n + cc] = w;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (s * s, n * n), dev)?)
+}
+
+/// PyTorch 'nearest' source index of destination `dst` when resizing `inp` -> `out` cells:
+/// floor(dst * (inp / out)) in f32, clamped.
+pub fn nearest_source(dst: usize, inp: usize, out: usize) -> usize {
+    if inp == out {
+        return dst;
+    }
+    let scale = inp as f32 / out as f32;
+    (((dst as f32) * scale).floor() as usize).min(inp - 1)
+}
+
+/// For each of the n*n dense tokens, the index of the s x s sparse token it copies (nearest).
+pub fn nearest_upsample_index(s: usize, n: usize, dev: &Device) -> Result<Tensor> {
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n {
+        let si = nearest_source(i, s, n);
+        for j in 0..n {
+            idx.push((si * s + nearest_source(j, s, n)) as u32);
+        }
+    }
+    Ok(Tensor::from_vec(idx, n * n, dev)?)
+}
+
+/// 2-D sin-cos position table (N, C) as MAE's get_2d_sincos_pos_embed: the first C/2 channels
+/// encode the column index w, the last C/2 the row index h; each half is [sin, cos].
+pub fn sincos_pos_embed(c: usize, n: usize) -> Vec<f32> {
+    let quarter = c / 4;
+    let half = c / 2;
+    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64)).collect();
+    let mut out = vec![0f32; n * n * c];
+    for hh in 0..n {
+        for ww in 0..n {
+            let row = &mut out[(hh * n + ww) * c..(hh * n + ww + 1) * c];
+            for (part, pos) in [(0usize, ww as f64), (1, hh as f64)] {
+                for k in 0..quarter {
+                    let a = pos * omega[k];
+                    row[part * half + k] = a.sin() as f32;
+                    row[part * half + quarter + k] = a.cos() as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Convenience: a single-element-per-row view of a tensor as Vec<f32> (for tests and the CLI).
+pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adaptive_pool_windows_match_pytorch() {
+        // AdaptiveAvgPool2d(3) over 8 cells: [0,3), [2,6), [5,8) (overlapping).
+        assert_eq!((0..3).map(|i| adaptive_pool_window(i, 8, 3)).collect::<Vec<_>>(), vec![(0, 3), (2, 6), (5, 8)]);
+        // 6 -> 4: [0,2), [1,3), [3,5), [4,6)
+        assert_eq!((0..4).map(|i| adaptive_pool_window(i, 6, 4)).collect::<Vec<_>>(), vec![(0, 2), (1, 3), (3, 5), (4, 6)]);
+        // Upsampling windows (s > n) are single cells.
+        assert_eq!(adaptive_pool_window(5, 4, 8), (2, 3));
+    }
+
+    #[test]
+    fn nearest_matches_pytorch() {
+        // F.interpolate(mode='nearest') 3 -> 8: floor(i * 0.375)
+        let v: Vec<usize> = (0..8).map(|i| nearest_source(i, 3, 8)).collect();
+        assert_eq!(v, vec![0, 0, 0, 1, 1, 1, 2, 2]);
+        let v: Vec<usize> = (0..6).map(|i| nearest_source(i, 4, 6)).collect();
+        assert_eq!(v, vec![0, 0, 1, 2, 2, 3]);
+    }
+
+    #[test]
+    fn pos_embed_layout() {
+        let c = 8;
+        let t = sincos_pos_embed(c, 3);
+        // token (h=0, w=2): first half encodes w=2: sin(2), sin(2/100), cos(2), cos(2/100)
+        let row = &t[2 * c..3 * c];
+        assert!((row[0] - 2f32.sin()).abs() < 1e-6);
+        assert!((row[1] - (2f64 / 100.0).sin() as f32).abs() < 1e-6);
+        assert!((row[2] - 2f32.cos()).abs() < 1e-6);
+        // second half encodes h=0: sin(0)=0, cos(0)=1
+        assert_eq!(&row[4..8], &[0.0, 0.0, 1.0, 1.0]);
+    }
+}
