@@ -1,1 +1,325 @@
-//! (in progress)
+//! Reading official checkpoints and inferring their architecture.
+//!
+//! - PyTorch `.pt` / `.pth` (zip pickles, via candle's pickle reader): a plain state dict, or one
+//!   stored under `ema` (preferred, as the official fine-tuning script does), `model` or
+//!   `state_dict`. A DistributedDataParallel `module.` prefix is stripped.
+//! - `.safetensors` state dicts.
+//!
+//! The architecture (width, patch, channels, classes, learned sigma, input size, segment
+//! layout) is read off tensor names and shapes; what shapes cannot tell (heads, the sparse grid
+//! side) comes from [`ImportOptions`].
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{Config, Layout, SparseLayout, SDTM_KINDS};
+use crate::error::{Error, Result};
+use crate::model::TensorMap;
+
+/// What tensor shapes cannot tell.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Attention heads; default by width: 1152 -> 16, 1024 -> 16, 768 -> 12, 384 -> 6.
+    pub heads: Option<usize>,
+    /// Default sparse grid side s (the official `semantic_size`); default 8.
+    pub semantic_size: Option<usize>,
+}
+
+/// Default head count of the published widths.
+pub fn default_heads(width: usize) -> Option<usize> {
+    match width {
+        1152 | 1024 => Some(16),
+        768 => Some(12),
+        384 => Some(6),
+        _ => None,
+    }
+}
+
+/// Read a checkpoint into f32 CPU tensors with official names.
+pub fn read_checkpoint(path: &Path) -> Result<TensorMap> {
+    let shown = path.display().to_string();
+    let ck_err = |reason: String| Error::Checkpoint { path: shown.clone(), reason };
+    if !path.exists() {
+        return Err(Error::io(&shown, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let raw: Vec<(String, Tensor)> = if ext == "safetensors" {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(&shown, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ck_err(format!("not a valid safetensors file: {e}")))?;
+        let mut out = Vec::new();
+        for (name, view) in st.tensors() {
+            out.push((name.to_string(), safetensor_to_tensor(&name, &view).map_err(|e| ck_err(e.to_string()))?));
+        }
+        out
+    } else {
+        read_pickle(path).map_err(ck_err)?
+    };
+    if raw.is_empty() {
+        return Err(ck_err("no tensors found (expected a state dict, or one under 'ema' / 'model')".into()));
+    }
+    let mut map = TensorMap::new();
+    for (name, t) in raw {
+        let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
+        let t = t.to_dtype(DType::F32)?;
+        map.insert(name, t);
+    }
+    Ok(map)
+}
+
+/// A safetensors view as a CPU tensor (f32 / f16 / bf16 / f64 / integer types).
+fn safetensor_to_tensor(name: &str, view: &safetensors::tensor::TensorView) -> Result<Tensor> {
+    use safetensors::Dtype as S;
+    let dtype = match view.dtype() {
+        S::F32 => DType::F32,
+        S::F16 => DType::F16,
+        S::BF16 => DType::BF16,
+        S::F64 => DType::F64,
+        S::I64 => DType::I64,
+        S::U32 => DType::U32,
+        S::U8 => DType::U8,
+        S::I32 => DType::I32,
+        other => return Err(Error::UnsupportedType(format!("{other:?} for tensor {name}"))),
+    };
+    Ok(Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?)
+}
+
+/// The state dict of a zip pickle: under `ema`, `model` or `state_dict` if present, else the
+/// top-level dict. Never panics (a malformed pickle is an error).
+fn read_pickle(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    let attempt = |key: Option<&str>| {
+        let p = path.to_path_buf();
+        let key = key.map(str::to_string);
+        std::panic::catch_unwind(move || candle_core::pickle::read_all_with_key(&p, key.as_deref()))
+            .map_err(|_| "the pickle reader failed on this file (corrupt or unsupported checkpoint)".to_string())
+    };
+    let mut last_err = String::new();
+    for key in [Some("ema"), Some("model"), Some("state_dict"), None] {
+        match attempt(key)? {
+            Ok(tensors) if !tensors.is_empty() => return Ok(tensors),
+            Ok(_) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if msg.contains("not found") && key.is_some() {
+                    continue;
+                }
+                last_err = if msg.contains("zip") || msg.contains("Zip") || msg.contains("archive") {
+                    format!("not a zip-format PyTorch checkpoint ({msg}); re-save it with torch.save in PyTorch >= 1.6")
+                } else {
+                    msg
+                };
+                if key.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    if last_err.is_empty() {
+        last_err = "no tensors found (expected a state dict, or one under 'ema' / 'model')".into();
+    }
+    Err(last_err)
+}
+
+fn dims_of<'a>(map: &'a TensorMap, name: &str) -> Result<&'a [usize]> {
+    map.get(name)
+        .map(|t| t.dims())
+        .ok_or_else(|| Error::arch(format!("checkpoint has no '{name}': is this a DiT / SparseDiT state dict?")))
+}
+
+/// Distinct integer indices `i` of keys `{prefix}.{i}.…`.
+fn indices(map: &TensorMap, prefix: &str) -> BTreeSet<usize> {
+    let p = format!("{prefix}.");
+    map.keys()
+        .filter_map(|k| k.strip_prefix(&p))
+        .filter_map(|rest| rest.split('.').next())
+        .filter_map(|i| i.parse().ok())
+        .collect()
+}
+
+/// The count of a contiguous index range 0..n, or an error naming the gap.
+fn contiguous_count(set: &BTreeSet<usize>, what: &str) -> Result<usize> {
+    for (want, &have) in set.iter().enumerate() {
+        if want != have {
+            return Err(Error::arch(format!("{what}: block {want} is missing (found {have})")));
+        }
+    }
+    Ok(set.len())
+}
+
+/// Infer the architecture of an official DiT / SparseDiT state dict.
+pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
+    let conv = dims_of(map, "x_embedder.proj.weight")?;
+    if conv.len() != 4 || conv[2] != conv[3] {
+        return Err(Error::arch(format!("x_embedder.proj.weight has shape {conv:?}, expected (C, c_in, p, p)")));
+    }
+    let (hidden, in_channels, patch) = (conv[0], conv[1], conv[2]);
+    let pos = dims_of(map, "pos_embed")?;
+    if pos.len() != 3 || pos[0] != 1 || pos[2] != hidden {
+        return Err(Error::arch(format!("pos_embed has shape {pos:?}, expected (1, N, {hidden})")));
+    }
+    let grid = (pos[1] as f64).sqrt().round() as usize;
+    if grid * grid != pos[1] {
+        return Err(Error::arch(format!("pos_embed has {} tokens, not a square grid", pos[1])));
+    }
+    let table = dims_of(map, "y_embedder.embedding_table.weight")?;
+    if table.len() != 2 || table[0] < 2 {
+        return Err(Error::arch(format!("y_embedder.embedding_table.weight has shape {table:?}")));
+    }
+    // DiT trains with label dropout, so the table has num_classes + 1 rows (the null row).
+    let num_classes = table[0] - 1;
+    let fin = dims_of(map, "final_layer.linear.weight")?;
+    let out_ch = fin[0] / (patch * patch);
+    if fin[0] % (patch * patch) != 0 {
+        return Err(Error::arch(format!("final_layer.linear.weight has {} rows, not a multiple of p^2 = {}", fin[0], patch * patch)));
+    }
+    let learn_sigma = if out_ch == 2 * in_channels {
+        true
+    } else if out_ch == in_channels {
+        false
+    } else {
+        return Err(Error::arch(format!("{out_ch} output channels for {in_channels} input channels (expected {in_channels} or {})", 2 * in_channels)));
+    };
+
+    let dense = indices(map, "blocks");
+    let pool = indices(map, "poolingformer_blocks");
+    let sdtm = indices(map, "dumbbell_blocks");
+    let top = indices(map, "normal_blocks");
+    let layout = if !dense.is_empty() {
+        if !(pool.is_empty() && sdtm.is_empty() && top.is_empty()) {
+            return Err(Error::arch("checkpoint mixes dense 'blocks' with SparseDiT segments"));
+        }
+        Layout::Dense { depth: contiguous_count(&dense, "blocks")? }
+    } else if !(pool.is_empty() && sdtm.is_empty() && top.is_empty()) {
+        let num_sdtm = contiguous_count(&sdtm, "dumbbell_blocks")?;
+        let mut group = [0usize; 4];
+        for (g, kind) in group.iter_mut().zip(SDTM_KINDS) {
+            *g = contiguous_count(&indices(map, &format!("dumbbell_blocks.0.{kind}")), kind)?;
+        }
+        for k in 1..num_sdtm {
+            for (g, kind) in group.iter().zip(SDTM_KINDS) {
+                let c = indices(map, &format!("dumbbell_blocks.{k}.{kind}")).len();
+                if c != *g {
+                    return Err(Error::arch(format!("dumbbell_blocks.{k} has {c} {kind}, dumbbell_blocks.0 has {g}")));
+                }
+            }
+        }
+        Layout::Sparse(SparseLayout {
+            num_poolingformer: contiguous_count(&pool, "poolingformer_blocks")?,
+            num_sdtm,
+            group,
+            num_top: contiguous_count(&top, "normal_blocks")?,
+        })
+    } else {
+        return Err(Error::arch("no transformer blocks found (neither 'blocks.N' nor SparseDiT segments)"));
+    };
+    let mlp_hidden = map
+        .iter()
+        .find(|(k, _)| k.ends_with(".mlp.fc1.weight"))
+        .map(|(_, t)| t.dims()[0])
+        .ok_or_else(|| Error::arch("no mlp.fc1 weight found"))?;
+    let num_heads = match opts.heads {
+        Some(h) => h,
+        None => default_heads(hidden)
+            .ok_or_else(|| Error::arch(format!("cannot infer the head count for width {hidden}: pass --heads")))?,
+    };
+    let cfg = Config {
+        input_size: grid * patch,
+        patch_size: patch,
+        in_channels,
+        hidden_size: hidden,
+        num_heads,
+        mlp_hidden,
+        num_classes,
+        class_null: true,
+        learn_sigma,
+        layout,
+        semantic_size: opts.semantic_size.unwrap_or(8),
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Initialise a SparseDiT layout from a dense DiT state dict as the paper does: dense block i
+/// initialises the i-th block of the sparse order; `attn.q` = first third of `attn.qkv`,
+/// `attn.kv` = last two thirds, `attn.v` = last third; `merged_layer1` = 0, `merged_layer2` = I.
+pub fn dit_to_sparsedit(dense: &TensorMap, dense_cfg: &Config, layout: SparseLayout) -> Result<(Config, TensorMap)> {
+    let Layout::Dense { depth } = dense_cfg.layout else {
+        return Err(Error::arg("dit-to-sparsedit needs a dense DiT checkpoint"));
+    };
+    let mut cfg = dense_cfg.clone();
+    cfg.layout = Layout::Sparse(layout);
+    if cfg.layout.depth() != depth {
+        return Err(Error::arg(format!(
+            "the sparse layout has {} blocks, the dense checkpoint {depth}",
+            cfg.layout.depth()
+        )));
+    }
+    let c = cfg.hidden_size;
+    let mut out = TensorMap::new();
+    // Everything outside the blocks is copied.
+    for (k, t) in dense {
+        if !k.starts_with("blocks.") {
+            out.insert(k.clone(), t.clone());
+        }
+    }
+    let get = |name: &str| dense.get(name).ok_or_else(|| Error::Keys { missing: vec![name.to_string()], unexpected: vec![] });
+    for (i, target) in cfg.layout.block_names().iter().enumerate() {
+        let src = format!("blocks.{i}");
+        let copy = |out: &mut TensorMap, suffix: &str| -> Result<()> {
+            out.insert(format!("{target}.{suffix}"), get(&format!("{src}.{suffix}"))?.clone());
+            Ok(())
+        };
+        for suffix in ["mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "adaLN_modulation.1.weight", "adaLN_modulation.1.bias", "attn.proj.weight", "attn.proj.bias"] {
+            copy(&mut out, suffix)?;
+        }
+        let qkv_w = get(&format!("{src}.attn.qkv.weight"))?;
+        let qkv_b = get(&format!("{src}.attn.qkv.bias"))?;
+        let kind = if target.starts_with("poolingformer_blocks") {
+            "pool"
+        } else if target.contains("token_merge_blocks") || target.contains("token_recover_blocks") {
+            "cross"
+        } else {
+            "self"
+        };
+        match kind {
+            "pool" => {
+                out.insert(format!("{target}.attn.v.weight"), qkv_w.narrow(0, 2 * c, c)?);
+                out.insert(format!("{target}.attn.v.bias"), qkv_b.narrow(0, 2 * c, c)?);
+            }
+            "cross" => {
+                out.insert(format!("{target}.attn.q.weight"), qkv_w.narrow(0, 0, c)?);
+                out.insert(format!("{target}.attn.q.bias"), qkv_b.narrow(0, 0, c)?);
+                out.insert(format!("{target}.attn.kv.weight"), qkv_w.narrow(0, c, 2 * c)?);
+                out.insert(format!("{target}.attn.kv.bias"), qkv_b.narrow(0, c, 2 * c)?);
+            }
+            _ => {
+                copy(&mut out, "attn.qkv.weight")?;
+                copy(&mut out, "attn.qkv.bias")?;
+            }
+        }
+        if target.contains("token_recover_blocks") {
+            let dev = qkv_w.device();
+            out.insert(format!("{target}.merged_layer1.weight"), Tensor::zeros((c, c), DType::F32, dev)?);
+            out.insert(format!("{target}.merged_layer1.bias"), Tensor::zeros(c, DType::F32, dev)?);
+            out.insert(format!("{target}.merged_layer2.weight"), Tensor::eye(c, DType::F32, dev)?);
+            out.insert(format!("{target}.merged_layer2.bias"), Tensor::zeros(c, DType::F32, dev)?);
+        }
+    }
+    Ok((cfg, out))
+}
+
+/// Parse a SparseDiT layout `P,K,a:b:c:d,T` (e.g. `1,4,1:3:1:1,3`).
+pub fn parse_layout(s: &str) -> Result<SparseLayout> {
+    let bad = || Error::arg(format!("layout {s:?}: expected POOL,SDTM,a:b:c:d,TOP (e.g. 1,4,1:3:1:1,3)"));
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 4 {
+        return Err(bad());
+    }
+    let num = |v: &str| v.parse::<usize>().map_err(|_| bad());
+    let g: Vec<usize> = parts[2].split(':').map(num).collect::<Result<_>>()?;
+    if g.len() != 4 {
+        return Err(bad());
+    }
+    Ok(SparseLayout { num_poolingformer: num(parts[0])?, num_sdtm: num(parts[1])?, group: [g[0], g[1], g[2], g[3]], num_top: num(parts[3])? })
+}

@@ -550,6 +550,7 @@ impl Model {
                 let s = grid;
                 let pool = adaptive_avg_pool_matrix(n, s, &dev)?; // (S, N)
                 let up_index = nearest_upsample_index(s, n, &dev)?; // (N,)
+                let identity_index = nearest_upsample_index(n, n, &dev)?; // (N,)
                 for (k, sdtm) in dumbbell_blocks.iter().enumerate() {
                     let dense = h; // (B, N, C): what the recover blocks merge with
                     let mut x = pool.broadcast_matmul(&dense)?; // (B, S, C)
@@ -565,7 +566,10 @@ impl Model {
                     let mut tokens_on_dense = false;
                     for (j, blk) in sdtm.token_recover_blocks.iter().enumerate() {
                         let mut probs = None;
-                        x = blk.forward(&x, &dense, &up_index, &silu_c, want_attn.then_some(&mut probs))?;
+                        // A second recover block gets the first one's dense output as its
+                        // "sparse" input (S = N): nearest upsampling is then the identity.
+                        let index = if tokens_on_dense { &identity_index } else { &up_index };
+                        x = blk.forward(&x, &dense, index, &silu_c, want_attn.then_some(&mut probs))?;
                         tokens_on_dense = true;
                         record(format!("dumbbell_blocks.{k}.token_recover_blocks.{j}"), n_tok, n, probs);
                     }

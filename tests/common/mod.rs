@@ -1,0 +1,62 @@
+//! Shared helpers for the integration tests: fixture loading and tolerance checks.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sparsedit::config::Config;
+
+pub fn fixture_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data").join(case)
+}
+
+pub fn load_st(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn fixture_config(case: &str) -> Config {
+    let text = std::fs::read_to_string(fixture_dir(case).join("config.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn f32s(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+}
+
+pub fn i64s(t: &Tensor) -> Vec<i64> {
+    t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap()
+}
+
+/// Relative error check: |a_i - b_i| <= tol * max(|b_i|, rms(b)) for every i. Panics naming the
+/// worst index, both values and the overall relative L2 error.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    let rms = (want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt() as f32;
+    let mut worst = (0usize, 0f32);
+    let (mut e2, mut r2) = (0f64, 0f64);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(a.is_finite(), "{what}: non-finite value {a} at index {i}");
+        let rel = (a - b).abs() / b.abs().max(rms).max(1e-30);
+        if rel > worst.1 {
+            worst = (i, rel);
+        }
+        e2 += ((a - b) as f64).powi(2);
+        r2 += (*b as f64).powi(2);
+    }
+    let l2 = (e2 / r2.max(1e-300)).sqrt();
+    assert!(
+        worst.1 <= tol,
+        "{what}: relative error {:.3e} > {tol:.1e} at index {} (got {}, want {}); relative L2 error {l2:.3e}",
+        worst.1,
+        worst.0,
+        got[worst.0],
+        want[worst.0]
+    );
+}
+
+/// Max relative error (same metric as assert_close) for reporting.
+pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let rms = (want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt() as f32;
+    got.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(rms).max(1e-30)).fold(0.0, f32::max)
+}
