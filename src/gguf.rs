@@ -86,7 +86,12 @@ pub enum TensorType {
 
 impl TensorType {
     /// Every supported type, in the order used in messages.
-    pub const ALL: [TensorType; 4] = [TensorType::F32, TensorType::F16, TensorType::Q8_0, TensorType::Q4_0];
+    pub const ALL: [TensorType; 4] = [
+        TensorType::F32,
+        TensorType::F16,
+        TensorType::Q8_0,
+        TensorType::Q4_0,
+    ];
 
     /// The ggml type id stored in the file.
     pub fn ggml_id(self) -> u32 {
@@ -101,13 +106,16 @@ impl TensorType {
     /// The type with ggml id `id`; [`Error::UnsupportedType`] naming the type, the tensor and
     /// the supported types otherwise.
     pub fn from_ggml_id(id: u32, tensor_name: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|t| t.ggml_id() == id).ok_or_else(|| {
-            Error::UnsupportedType(format!(
-                "{} in tensor '{tensor_name}' (supported: {})",
-                ggml_type_label(id),
-                Self::supported_list()
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|t| t.ggml_id() == id)
+            .ok_or_else(|| {
+                Error::UnsupportedType(format!(
+                    "{} in tensor '{tensor_name}' (supported: {})",
+                    ggml_type_label(id),
+                    Self::supported_list()
+                ))
+            })
     }
 
     /// The ggml name: `"F32"`, `"F16"`, `"Q8_0"` or `"Q4_0"`.
@@ -145,12 +153,15 @@ impl TensorType {
 
     /// Parses `"f32"`, `"f16"`, `"q8_0"` or `"q4_0"` (case-insensitive).
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
-            Error::UnsupportedType(format!(
-                "'{s}' (supported: {})",
-                Self::ALL.map(|t| t.name().to_ascii_lowercase()).join(", ")
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::UnsupportedType(format!(
+                    "'{s}' (supported: {})",
+                    Self::ALL.map(|t| t.name().to_ascii_lowercase()).join(", ")
+                ))
+            })
     }
 
     fn supported_list() -> String {
@@ -184,17 +195,53 @@ impl std::str::FromStr for TensorType {
     }
 }
 
-/// "Q4_1 (ggml type 3)" for a known ggml type id, "unknown ggml type 99" otherwise.
+/// "Q4_1 (ggml type 3)" for a known ggml type id, "99 (not a known ggml type)" otherwise.
 fn ggml_type_label(id: u32) -> String {
     const NAMES: [&str; 40] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
-        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
-        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4",
-        "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
     ];
     match NAMES.get(id as usize) {
         Some(name) => format!("{name} (ggml type {id})"),
-        None => format!("unknown ggml type {id}"),
+        None => format!("{id} (not a known ggml type)"),
     }
 }
 
@@ -307,8 +354,10 @@ impl MetaValue {
 }
 
 fn value_type_name(id: u32) -> &'static str {
-    const NAMES: [&str; 13] =
-        ["U8", "I8", "U16", "I16", "U32", "I32", "F32", "Bool", "String", "Array", "U64", "I64", "F64"];
+    const NAMES: [&str; 13] = [
+        "U8", "I8", "U16", "I16", "U32", "I32", "F32", "Bool", "String", "Array", "U64", "I64",
+        "F64",
+    ];
     NAMES.get(id as usize).copied().unwrap_or("unknown")
 }
 
@@ -375,7 +424,9 @@ impl TensorRef for TensorInfo {
 
 impl TensorRef for str {
     fn resolve<'h>(&'h self, header: &'h GgufHeader) -> Result<&'h TensorInfo> {
-        header.tensor(self).ok_or_else(|| Error::gguf(format!("the pack has no tensor named '{self}'")))
+        header
+            .tensor(self)
+            .ok_or_else(|| Error::gguf(format!("the pack has no tensor named '{self}'")))
     }
 }
 
@@ -406,7 +457,9 @@ impl GgufHeader {
     pub fn validate_len(&self, file_len: u64) -> Result<()> {
         let align = self.alignment;
         if !align.is_power_of_two() {
-            return Err(Error::gguf(format!("alignment {align} is not a power of two")));
+            return Err(Error::gguf(format!(
+                "alignment {align} is not a power of two"
+            )));
         }
         if !self.data_offset.is_multiple_of(align) {
             return Err(Error::gguf(format!(
@@ -418,7 +471,10 @@ impl GgufHeader {
         let mut ranges = Vec::with_capacity(self.tensors.len());
         for info in &self.tensors {
             if !names.insert(info.name.as_str()) {
-                return Err(Error::gguf(format!("tensor name '{}' appears more than once", info.name)));
+                return Err(Error::gguf(format!(
+                    "tensor name '{}' appears more than once",
+                    info.name
+                )));
             }
             let expected = tensor_nbytes(&info.name, &info.shape, info.ty).map_err(Error::Gguf)?;
             if info.nbytes != expected {
@@ -463,7 +519,11 @@ impl GgufHeader {
 
     /// The bytes of a tensor (given by name or info) in `file`, the whole file this header was
     /// parsed from; bounds-checked.
-    pub fn tensor_bytes<'a, T: TensorRef + ?Sized>(&self, file: &'a [u8], tensor: &T) -> Result<&'a [u8]> {
+    pub fn tensor_bytes<'a, T: TensorRef + ?Sized>(
+        &self,
+        file: &'a [u8],
+        tensor: &T,
+    ) -> Result<&'a [u8]> {
         let info = tensor.resolve(self)?;
         let (start, end) = self.data_range(info)?;
         let range = usize::try_from(start).ok().zip(usize::try_from(end).ok());
@@ -498,7 +558,11 @@ fn elem_count(shape: &[usize]) -> Option<usize> {
 }
 
 /// Checks a tensor's shape for type `ty` and returns its size in bytes.
-fn tensor_nbytes(name: &str, shape: &[usize], ty: TensorType) -> std::result::Result<usize, String> {
+fn tensor_nbytes(
+    name: &str,
+    shape: &[usize],
+    ty: TensorType,
+) -> std::result::Result<usize, String> {
     if shape.is_empty() || shape.len() > MAX_DIMS {
         return Err(format!(
             "tensor '{name}' has {} dimensions (expected 1 to {MAX_DIMS})",
@@ -506,12 +570,15 @@ fn tensor_nbytes(name: &str, shape: &[usize], ty: TensorType) -> std::result::Re
         ));
     }
     if shape.contains(&0) {
-        return Err(format!("tensor '{name}' has a zero dimension in shape {shape:?}"));
+        return Err(format!(
+            "tensor '{name}' has a zero dimension in shape {shape:?}"
+        ));
     }
     let elems = elem_count(shape).ok_or_else(|| {
         format!("tensor '{name}': the element count of shape {shape:?} overflows")
     })?;
-    ty.try_bytes_for(elems).map_err(|e| format!("tensor '{name}' with shape {shape:?}: {e}"))
+    ty.try_bytes_for(elems)
+        .map_err(|e| format!("tensor '{name}' with shape {shape:?}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -569,10 +636,18 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_le_bytes)
     }
 
+    /// How many items of `min_bytes` each the remaining bytes could hold.
+    fn room_for(&self, min_bytes: u64) -> usize {
+        let remaining = self.buf.len().saturating_sub(self.pos);
+        (remaining as u64 / min_bytes) as usize
+    }
+
     /// Checks that `count` items of at least `min_bytes` each can follow: invalid when that
     /// would pass [`MAX_HEADER_BYTES`], incomplete when the available bytes cannot hold them.
     fn reserve(&self, count: u64, min_bytes: u64, what: impl FnOnce() -> String) -> Parse<usize> {
-        let end = count.checked_mul(min_bytes).and_then(|n| n.checked_add(self.pos as u64));
+        let end = count
+            .checked_mul(min_bytes)
+            .and_then(|n| n.checked_add(self.pos as u64));
         match end {
             Some(end) if end <= MAX_HEADER_BYTES => {
                 if end > self.buf.len() as u64 {
@@ -582,7 +657,7 @@ impl<'a> Reader<'a> {
                 usize::try_from(count).map_err(|_| Stop::Incomplete)
             }
             _ => invalid(format!(
-                "absurd {} {count}: the header would exceed {} MiB (corrupt file?)",
+                "{} is {count}, which is absurd: the header would exceed {} MiB (corrupt file?)",
                 what(),
                 MAX_HEADER_BYTES >> 20
             )),
@@ -612,7 +687,11 @@ impl<'a> Reader<'a> {
             7 => match self.u8()? {
                 0 => MetaValue::Bool(false),
                 1 => MetaValue::Bool(true),
-                b => return invalid(format!("metadata '{key}': bool byte {b} is neither 0 nor 1")),
+                b => {
+                    return invalid(format!(
+                        "metadata '{key}': bool byte {b} is neither 0 nor 1"
+                    ))
+                }
             },
             8 => MetaValue::String(self.string(|| format!("string value of metadata '{key}'"))?),
             9 => {
@@ -623,10 +702,14 @@ impl<'a> Reader<'a> {
                 }
                 let elem_ty = self.u32()?;
                 let Some(min_bytes) = min_value_bytes(elem_ty) else {
-                    return invalid(format!("metadata '{key}': unknown array element type {elem_ty}"));
+                    return invalid(format!(
+                        "metadata '{key}': unknown array element type {elem_ty}"
+                    ));
                 };
                 let count = self.u64()?;
-                let count = self.reserve(count, min_bytes, || format!("element count of array '{key}'"))?;
+                let count = self.reserve(count, min_bytes, || {
+                    format!("element count of array '{key}'")
+                })?;
                 let mut items = Vec::with_capacity(count);
                 for _ in 0..count {
                     items.push(self.value(elem_ty, key, depth + 1)?);
@@ -655,7 +738,7 @@ fn parse_header(buf: &[u8]) -> Parse<GgufHeader> {
     let version = r.u32()?;
     if version != GGUF_VERSION {
         return invalid(if version.swap_bytes() == GGUF_VERSION {
-            "version field is big-endian: big-endian GGUF files are not supported".to_string()
+            format!("version field reads {version}: this is a big-endian GGUF file, which is not supported")
         } else if version < GGUF_VERSION {
             format!("GGUF version {version} is not supported: only version 3 is (re-export the file with a current GGUF writer)")
         } else {
@@ -665,21 +748,23 @@ fn parse_header(buf: &[u8]) -> Parse<GgufHeader> {
 
     let tensor_count = r.u64()?;
     let kv_count = r.u64()?;
-    // Both lists must fit, at their smallest, in what is left of the header.
-    let min_tensor_bytes = tensor_count.checked_mul(MIN_TENSOR_INFO_BYTES);
-    let min_bytes = kv_count.checked_mul(MIN_KV_BYTES).zip(min_tensor_bytes).and_then(|(a, b)| a.checked_add(b));
-    let Some(min_bytes) = min_bytes.filter(|&n| n <= MAX_HEADER_BYTES) else {
+    // Both lists must fit, at their smallest, in a header of at most MAX_HEADER_BYTES.
+    let min_bytes = kv_count
+        .checked_mul(MIN_KV_BYTES)
+        .zip(tensor_count.checked_mul(MIN_TENSOR_INFO_BYTES))
+        .and_then(|(kvs, tensors)| kvs.checked_add(tensors)?.checked_add(r.pos as u64));
+    if min_bytes.is_none_or(|n| n > MAX_HEADER_BYTES) {
         return invalid(format!(
             "absurd counts: {tensor_count} tensors and {kv_count} metadata entries would need a header over {} MiB (corrupt file?)",
             MAX_HEADER_BYTES >> 20
         ));
-    };
-    r.reserve(min_bytes, 1, || "header size".to_string())?;
-    // Both counts are now bounded by the available bytes.
+    }
+    // Both counts now fit in usize; capacities are also bounded by the bytes at hand.
     let (tensor_count, kv_count) = (tensor_count as usize, kv_count as usize);
 
-    let mut metadata: Vec<(String, MetaValue)> = Vec::with_capacity(kv_count);
-    let mut keys = HashSet::with_capacity(kv_count);
+    let mut metadata: Vec<(String, MetaValue)> =
+        Vec::with_capacity(kv_count.min(r.room_for(MIN_KV_BYTES)));
+    let mut keys = HashSet::with_capacity(metadata.capacity());
     for i in 0..kv_count {
         let key = r.string(|| format!("metadata key #{i}"))?;
         let ty = r.u32()?;
@@ -694,26 +779,36 @@ fn parse_header(buf: &[u8]) -> Parse<GgufHeader> {
         None => DEFAULT_ALIGNMENT,
         Some((_, MetaValue::U32(a))) if a.is_power_of_two() => *a as usize,
         Some((_, MetaValue::U32(a))) => {
-            return invalid(format!("metadata '{ALIGNMENT_KEY}' is {a}, not a power of two"));
+            return invalid(format!(
+                "metadata '{ALIGNMENT_KEY}' is {a}, not a power of two"
+            ));
         }
         Some((_, v)) => {
-            return invalid(format!("metadata '{ALIGNMENT_KEY}' must be a U32, found {}", v.type_name()));
+            return invalid(format!(
+                "metadata '{ALIGNMENT_KEY}' must be a U32, found {}",
+                v.type_name()
+            ));
         }
     };
 
-    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(tensor_count);
-    let mut names = HashSet::with_capacity(tensor_count);
+    let mut tensors: Vec<TensorInfo> =
+        Vec::with_capacity(tensor_count.min(r.room_for(MIN_TENSOR_INFO_BYTES)));
+    let mut names = HashSet::with_capacity(tensors.capacity());
     for i in 0..tensor_count {
         let name = r.string(|| format!("name of tensor #{i}"))?;
         let n_dims = r.u32()?;
         if !(1..=MAX_DIMS as u32).contains(&n_dims) {
-            return invalid(format!("tensor '{name}' has {n_dims} dimensions (expected 1 to {MAX_DIMS})"));
+            return invalid(format!(
+                "tensor '{name}' has {n_dims} dimensions (expected 1 to {MAX_DIMS})"
+            ));
         }
         let mut shape = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             let dim = r.u64()?;
             let Ok(dim) = usize::try_from(dim) else {
-                return invalid(format!("tensor '{name}': dimension {dim} does not fit in memory"));
+                return invalid(format!(
+                    "tensor '{name}': dimension {dim} does not fit in memory"
+                ));
             };
             shape.push(dim);
         }
@@ -724,13 +819,27 @@ fn parse_header(buf: &[u8]) -> Parse<GgufHeader> {
         if !names.insert(name.clone()) {
             return invalid(format!("tensor name '{name}' appears more than once"));
         }
-        tensors.push(TensorInfo { name, shape, ty, offset, nbytes });
+        tensors.push(TensorInfo {
+            name,
+            shape,
+            ty,
+            offset,
+            nbytes,
+        });
     }
 
     let Some(data_offset) = r.pos.checked_next_multiple_of(alignment) else {
-        return invalid(format!("data section offset overflows (alignment {alignment})"));
+        return invalid(format!(
+            "data section offset overflows (alignment {alignment})"
+        ));
     };
-    Ok(GgufHeader { version, metadata, tensors, alignment, data_offset })
+    Ok(GgufHeader {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -748,7 +857,10 @@ impl<'a> Gguf<'a> {
     /// Parses the header and checks every tensor against the file ([`GgufHeader::validate_len`]).
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let header = GgufHeader::parse_prefix(bytes)?.ok_or_else(|| {
-            Error::gguf(format!("the file ({} bytes) ends inside the header: truncated?", bytes.len()))
+            Error::gguf(format!(
+                "the file ({} bytes) ends inside the header: truncated?",
+                bytes.len()
+            ))
         })?;
         header.validate_len(bytes.len() as u64)?;
         Ok(Gguf { header, bytes })
@@ -762,14 +874,19 @@ impl<'a> Gguf<'a> {
     /// The raw bytes of a tensor of this file. Every tensor of `self.header` is in range (checked
     /// by [`Gguf::parse`]); an info from elsewhere that does not fit gives an empty slice.
     pub fn tensor_data(&self, info: &TensorInfo) -> &'a [u8] {
-        self.header.tensor_bytes(self.bytes, info).unwrap_or_default()
+        self.header
+            .tensor_bytes(self.bytes, info)
+            .unwrap_or_default()
     }
 
     /// A tensor's values as f32, row-major in PyTorch order.
     pub fn dequantize_f32(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let bytes = self.header.tensor_bytes(self.bytes, info)?;
         let elems = info.elem_count().ok_or_else(|| {
-            Error::gguf(format!("tensor '{}': the element count of shape {:?} overflows", info.name, info.shape))
+            Error::gguf(format!(
+                "tensor '{}': the element count of shape {:?} overflows",
+                info.name, info.shape
+            ))
         })?;
         decode(bytes, info.ty, elems)
     }
@@ -798,7 +915,11 @@ fn writer_error(msg: impl fmt::Display) -> Error {
 /// the tensor infos in order, zero padding to 32 bytes, then each tensor's data at the next
 /// multiple of 32. No padding follows the last tensor. Everything is checked before the first
 /// byte is written; invalid input is [`Error::InvalidArgument`], a failed write [`Error::Io`].
-pub fn write<W: Write>(w: &mut W, metadata: &[(String, MetaValue)], tensors: &[TensorToWrite]) -> Result<()> {
+pub fn write<W: Write>(
+    w: &mut W,
+    metadata: &[(String, MetaValue)],
+    tensors: &[TensorToWrite],
+) -> Result<()> {
     let (header, offsets) = encode_header(metadata, tensors)?;
     let io = |e| Error::io(WRITER, e);
     w.write_all(&header).map_err(io)?;
@@ -813,14 +934,20 @@ pub fn write<W: Write>(w: &mut W, metadata: &[(String, MetaValue)], tensors: &[T
 }
 
 /// [`write`] into a new buffer.
-pub fn write_to_vec(metadata: &[(String, MetaValue)], tensors: &[TensorToWrite]) -> Result<Vec<u8>> {
+pub fn write_to_vec(
+    metadata: &[(String, MetaValue)],
+    tensors: &[TensorToWrite],
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     write(&mut out, metadata, tensors)?;
     Ok(out)
 }
 
 /// The header bytes (padded to the alignment) and each tensor's data offset.
-fn encode_header(metadata: &[(String, MetaValue)], tensors: &[TensorToWrite]) -> Result<(Vec<u8>, Vec<u64>)> {
+fn encode_header(
+    metadata: &[(String, MetaValue)],
+    tensors: &[TensorToWrite],
+) -> Result<(Vec<u8>, Vec<u64>)> {
     let mut keys = HashSet::with_capacity(metadata.len());
     for (key, value) in metadata {
         if !keys.insert(key.as_str()) {
@@ -856,7 +983,10 @@ fn encode_header(metadata: &[(String, MetaValue)], tensors: &[TensorToWrite]) ->
     let mut next = 0u64;
     for t in tensors {
         if !names.insert(t.name) {
-            return Err(writer_error(format_args!("tensor name '{}' appears more than once", t.name)));
+            return Err(writer_error(format_args!(
+                "tensor name '{}' appears more than once",
+                t.name
+            )));
         }
         let nbytes = tensor_nbytes(t.name, t.shape, t.ty).map_err(writer_error)?;
         if t.data.len() != nbytes {
@@ -949,10 +1079,18 @@ const QK: usize = 32;
 pub fn encode(values: &[f32], ty: TensorType) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(ty.bytes_for(values.len())?);
     match ty {
-        TensorType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        TensorType::F16 => values.iter().for_each(|&v| out.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
-        TensorType::Q8_0 => values.chunks_exact(QK).for_each(|b| quantize_q8_0(b, &mut out)),
-        TensorType::Q4_0 => values.chunks_exact(QK).for_each(|b| quantize_q4_0(b, &mut out)),
+        TensorType::F32 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        TensorType::F16 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
+        TensorType::Q8_0 => values
+            .chunks_exact(QK)
+            .for_each(|b| quantize_q8_0(b, &mut out)),
+        TensorType::Q4_0 => values
+            .chunks_exact(QK)
+            .for_each(|b| quantize_q4_0(b, &mut out)),
     }
     Ok(out)
 }
@@ -969,9 +1107,17 @@ pub fn decode(bytes: &[u8], ty: TensorType, elems: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(elems);
     match ty {
         TensorType::F32 => {
-            out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
         }
-        TensorType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        TensorType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         TensorType::Q8_0 => {
             for block in bytes.chunks_exact(ty.block_bytes()) {
                 let (d, qs) = split_scale(block);
@@ -1021,5 +1167,9 @@ fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
     let nibble = |v: f32| ((v * id + 8.5) as u8).min(15);
     out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
     let (lo, hi) = x.split_at(QK / 2);
-    out.extend(lo.iter().zip(hi).map(|(&a, &b)| nibble(a) | (nibble(b) << 4)));
+    out.extend(
+        lo.iter()
+            .zip(hi)
+            .map(|(&a, &b)| nibble(a) | (nibble(b) << 4)),
+    );
 }

@@ -1,1 +1,567 @@
-fn main() {}
+//! `sparsedit`: convert checkpoints to packs, inspect them, run the model and sample images.
+//!
+//! Every failure exits with status 2 and one line `error: <reason>` on stderr.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sparsedit::config::{Config, GridSchedule};
+use sparsedit::diffusion::{default_respacing, Guidance, NoiseSource, Sampler, SamplerKind, SeededNoise};
+use sparsedit::flops::{count_macs, sample_macs};
+use sparsedit::gguf::{MetaValue, TensorType};
+use sparsedit::import::{dit_to_sparsedit, infer_config, parse_layout, read_checkpoint, ImportOptions};
+use sparsedit::model::{to_vec_f32, Model, TensorMap};
+use sparsedit::pack::{load_pack_file, read_header_file, write_pack};
+use sparsedit::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "sparsedit", version, about = "SparseDiT / DiT: convert checkpoints, inspect packs, run and sample")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert an official checkpoint (.pt/.pth/.safetensors, or a pack) to a GGUF pack.
+    Convert(ConvertArgs),
+    /// Initialise a SparseDiT layout from a dense DiT checkpoint (as the paper's fine-tuning does).
+    DitToSparsedit(DitToSparseArgs),
+    /// Print a pack's architecture, parameters, bytes and block layout.
+    Info {
+        /// The pack (.gguf).
+        model: PathBuf,
+    },
+    /// Run model(x, t, y) on inputs from a safetensors file.
+    Forward(ForwardArgs),
+    /// Sample images / latents for a class.
+    Sample(SampleArgs),
+    /// MACs of one forward pass at batch 1, per module.
+    Flops(FlopsArgs),
+}
+
+#[derive(Args)]
+struct ImportFlags {
+    /// Attention heads (default by width: 1152/1024 -> 16, 768 -> 12, 384 -> 6).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Sparse grid side s: stored in the pack by convert; for forward/sample, the grid used.
+    #[arg(long)]
+    semantic_size: Option<usize>,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Checkpoint: .pt / .pth (state dict, or under 'ema' / 'model'), .safetensors, or a .gguf pack.
+    ckpt: PathBuf,
+    /// Output pack.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Type of the 2-D linear weights: f32, f16, q8_0, q4_0.
+    #[arg(long, default_value = "f32")]
+    quant: String,
+    #[command(flatten)]
+    import: ImportFlags,
+    /// Print every tensor's quantization error (default: the 12 worst).
+    #[arg(long)]
+    all_tensors: bool,
+}
+
+#[derive(Args)]
+struct DitToSparseArgs {
+    /// Dense DiT checkpoint.
+    ckpt: PathBuf,
+    #[arg(short, long)]
+    out: PathBuf,
+    /// SparseDiT layout POOL,SDTM,a:b:c:d,TOP; default 1,4,1:3:1:1,3 (the released 256 px run).
+    #[arg(long, default_value = "1,4,1:3:1:1,3")]
+    layout: String,
+    #[arg(long, default_value = "f32")]
+    quant: String,
+    #[command(flatten)]
+    import: ImportFlags,
+}
+
+#[derive(Args)]
+struct ModelFlags {
+    /// Model: a .gguf pack, or a checkpoint (.pt/.pth/.safetensors) imported on the fly.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    import: ImportFlags,
+    /// Compute backend (cpu: the candle reference).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelFlags,
+    /// safetensors with x (B,C,H,W), t (B), y (B), optional cfg_scale (1).
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Output safetensors: out, and out_cfg when cfg_scale is given.
+    #[arg(long)]
+    out: PathBuf,
+    /// Guide all eps channels instead of the reference's first 3.
+    #[arg(long)]
+    cfg_all_channels: bool,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[command(flatten)]
+    model: ModelFlags,
+    /// Class label.
+    #[arg(long)]
+    class: i64,
+    /// Number of images (ignored when --noise gives the batch).
+    #[arg(long, default_value_t = 1)]
+    num: usize,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// ddim or ddpm.
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Classifier-free guidance scale (<= 1: no guidance, as DiT's sample.py).
+    #[arg(long, default_value_t = 4.0)]
+    cfg: f64,
+    /// Guide all eps channels instead of the reference's first 3.
+    #[arg(long)]
+    cfg_all_channels: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Respacing (e.g. 250, ddim50); default ddimK for DDIM, K for DDPM.
+    #[arg(long)]
+    respacing: Option<String>,
+    /// Starting latent: safetensors with z (n,C,H,W).
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Write the final latent as safetensors (tensor `sample`).
+    #[arg(long)]
+    latent_out: Option<PathBuf>,
+    /// Write a PNG (pixel-space models: 1 or 3 channels in [-1, 1]).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Timestep-wise pruning (instead of the fixed --semantic-size grid): RMIN:RMAX (e.g. 0.61:0.86).
+    #[arg(long)]
+    schedule: Option<String>,
+}
+
+#[derive(Args)]
+struct FlopsArgs {
+    /// A preset: dit-xl2-256, dit-xl2-512, sparsedit-xl2-256, sparsedit-xl2-512, dit-b2, sparsedit-tiny, ...
+    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    preset: Option<String>,
+    /// A pack.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Sparse grid side s (default: the model's semantic size).
+    #[arg(long)]
+    semantic_size: Option<usize>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug, but it still ends as one line and status 2, never a backtrace dump.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(""));
+    }));
+    let cli = Cli::parse();
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::from(2)
+        }
+        Err(_) => ExitCode::from(2),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Convert(a) => convert(a),
+        Cmd::DitToSparsedit(a) => dit_to_sparse(a),
+        Cmd::Info { model } => info(&model),
+        Cmd::Forward(a) => forward(a),
+        Cmd::Sample(a) => sample(a),
+        Cmd::Flops(a) => flops(a),
+    }
+}
+
+fn import_opts(f: &ImportFlags) -> ImportOptions {
+    ImportOptions { heads: f.heads, semantic_size: f.semantic_size }
+}
+
+fn is_pack(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// A pack, or a checkpoint imported on the fly; flags override the stored semantic size.
+fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Config, TensorMap)> {
+    if is_pack(path) {
+        let p = load_pack_file(path)?;
+        let mut cfg = p.cfg;
+        if let Some(s) = flags.semantic_size {
+            cfg.semantic_size = s;
+        }
+        if let Some(h) = flags.heads {
+            if h != cfg.num_heads {
+                return Err(Error::InvalidArgument(format!("--heads {h} disagrees with the pack's {} heads", cfg.num_heads)));
+            }
+        }
+        Ok((cfg, p.tensors))
+    } else {
+        let map = read_checkpoint(path)?;
+        let cfg = infer_config(&map, &import_opts(flags))?;
+        Ok((cfg, map))
+    }
+}
+
+fn load_model(flags: &ModelFlags) -> Result<Model> {
+    if flags.backend != "cpu" {
+        return Err(Error::InvalidArgument(format!("backend {:?} is not available in this build (cpu)", flags.backend)));
+    }
+    let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
+    Model::from_tensors(cfg, tensors)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn write_pack_file(out: &Path, cfg: &Config, tensors: &TensorMap, quant: TensorType, name: &str, all: bool) -> Result<()> {
+    // Build the pack in memory first so a failure never leaves a half-written file behind.
+    let pb = bar(tensors.len() as u64, "encoding");
+    let mut bytes = Vec::new();
+    let stats = write_pack(&mut bytes, cfg, tensors, quant, name, |done, _| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    let tmp = out.with_extension("gguf.partial");
+    std::fs::write(&tmp, &bytes).map_err(|e| Error::Io { path: tmp.display().to_string(), source: e })?;
+    std::fs::rename(&tmp, out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
+
+    let mut rows: Vec<_> = stats.iter().collect();
+    rows.sort_by(|a, b| b.rel_err.total_cmp(&a.rel_err));
+    let shown = if all { rows.len() } else { rows.len().min(12) };
+    println!("{:<58} {:>14} {:>5} {:>12} {:>12}", "tensor", "shape", "type", "max abs err", "rel err");
+    for s in &rows[..shown] {
+        println!(
+            "{:<58} {:>14} {:>5} {:>12.3e} {:>12.3e}",
+            s.name,
+            format!("{:?}", s.shape),
+            s.ty.name(),
+            s.max_abs_err,
+            s.rel_err
+        );
+    }
+    if shown < rows.len() {
+        println!("... {} more tensors (--all-tensors lists them)", rows.len() - shown);
+    }
+    let total: usize = stats.iter().map(|s| s.bytes).sum();
+    let max_rel = stats.iter().map(|s| s.rel_err).fold(0.0, f32::max);
+    println!(
+        "wrote {} ({}, {} tensors, {:.2} MB of tensor data, worst relative error {:.3e})",
+        out.display(),
+        cfg.arch_name(),
+        stats.len(),
+        total as f64 / 1e6,
+        max_rel
+    );
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let quant = TensorType::parse(&a.quant)?;
+    let (cfg, tensors) = load_model_tensors(&a.ckpt, &a.import)?;
+    // Validate the whole model before writing anything.
+    let check = Model::from_tensors(cfg.clone(), tensors.clone())?;
+    drop(check);
+    let name = a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    write_pack_file(&a.out, &cfg, &tensors, quant, &name, a.all_tensors)
+}
+
+fn dit_to_sparse(a: DitToSparseArgs) -> Result<()> {
+    let quant = TensorType::parse(&a.quant)?;
+    let layout = parse_layout(&a.layout)?;
+    let (dense_cfg, dense) = load_model_tensors(&a.ckpt, &a.import)?;
+    let (cfg, sparse) = dit_to_sparsedit(&dense, &dense_cfg, layout)?;
+    let check = Model::from_tensors(cfg.clone(), sparse.clone())?;
+    drop(check);
+    let name = format!("{}-sparsedit", a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model"));
+    write_pack_file(&a.out, &cfg, &sparse, quant, &name, false)
+}
+
+fn info(path: &Path) -> Result<()> {
+    let (h, file_len) = read_header_file(path)?;
+    let cfg = sparsedit::pack::config_from_header(&h)?;
+    let mut types: HashMap<&str, (usize, usize)> = HashMap::new();
+    for t in &h.tensors {
+        let e = types.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.nbytes;
+    }
+    let params: usize = h.tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
+    println!("architecture: {}", cfg.arch_name());
+    if let Some(MetaValue::String(n)) = h.meta("general.name") {
+        println!("name: {n}");
+    }
+    println!(
+        "input: {}x{}x{} (patch {}, {} tokens on a {}x{} grid)",
+        cfg.in_channels,
+        cfg.input_size,
+        cfg.input_size,
+        cfg.patch_size,
+        cfg.num_tokens(),
+        cfg.grid(),
+        cfg.grid()
+    );
+    println!(
+        "width: {}, heads: {}, mlp: {}, classes: {}{}, learned sigma: {}",
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.mlp_hidden,
+        cfg.num_classes,
+        if cfg.class_null { " (+ null label)" } else { "" },
+        cfg.learn_sigma
+    );
+    println!("parameters: {params} ({:.2} M, pos_embed included)", params as f64 / 1e6);
+    println!("bytes: {file_len} ({:.2} MB)", file_len as f64 / 1e6);
+    let mut tys: Vec<_> = types.into_iter().collect();
+    tys.sort();
+    let tys: Vec<String> = tys.iter().map(|(k, (n, b))| format!("{k}: {n} tensors, {:.2} MB", *b as f64 / 1e6)).collect();
+    println!("tensor types: {}", tys.join("; "));
+    match cfg.layout {
+        sparsedit::Layout::Dense { depth } => println!("layout: dense, {depth} blocks"),
+        sparsedit::Layout::Sparse(s) => {
+            println!(
+                "layout: {} poolingformer, {} SDTM x [merge {}, semantic {}, recover {}, dense {}], {} top; depth {}; semantic size {}",
+                s.num_poolingformer,
+                s.num_sdtm,
+                s.group[0],
+                s.group[1],
+                s.group[2],
+                s.group[3],
+                s.num_top,
+                cfg.layout.depth(),
+                cfg.semantic_size
+            );
+        }
+    }
+    for name in cfg.layout.block_names() {
+        println!("  {name}");
+    }
+    Ok(())
+}
+
+fn read_inputs(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Checkpoint {
+        path: path.display().to_string(),
+        reason: e.to_string().lines().next().unwrap_or("").to_string(),
+    })
+}
+
+fn need<'a>(m: &'a HashMap<String, Tensor>, name: &str, path: &Path) -> Result<&'a Tensor> {
+    m.get(name).ok_or_else(|| Error::InvalidArgument(format!("{}: no tensor '{name}'", path.display())))
+}
+
+/// Labels as integers; float labels must be whole numbers.
+fn labels(t: &Tensor) -> Result<Vec<i64>> {
+    let v: Vec<f64> = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+    v.iter()
+        .map(|&x| if x.fract() == 0.0 && x.is_finite() { Ok(x as i64) } else { Err(Error::InvalidArgument(format!("label {x} is not an integer"))) })
+        .collect()
+}
+
+fn forward(a: ForwardArgs) -> Result<()> {
+    let inputs = read_inputs(&a.inputs)?;
+    let x = need(&inputs, "x", &a.inputs)?.to_dtype(DType::F32)?;
+    let t: Vec<f32> = need(&inputs, "t", &a.inputs)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    let y = labels(need(&inputs, "y", &a.inputs)?)?;
+    let model = load_model(&a.model)?;
+    let grid = model.cfg.semantic_size;
+    let out = model.forward(&x, &t, &y, grid)?;
+    let mut tensors = vec![("out".to_string(), out)];
+    if let Some(scale) = inputs.get("cfg_scale") {
+        let s = scale.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let s = *s.first().ok_or_else(|| Error::InvalidArgument("cfg_scale is empty".into()))?;
+        let channels = if a.cfg_all_channels { model.cfg.in_channels } else { 3 };
+        tensors.push(("out_cfg".to_string(), model.forward_with_cfg(&x, &t, &y, s, channels, grid)?));
+    }
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, &a.out).map_err(|e| Error::Io {
+        path: a.out.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    let kind = SamplerKind::parse(&a.sampler, a.eta)?;
+    if a.steps == 0 || a.steps > 1000 {
+        return Err(Error::InvalidArgument(format!("--steps {} must be in 1..=1000", a.steps)));
+    }
+    if !a.cfg.is_finite() {
+        return Err(Error::InvalidArgument("--cfg must be finite".into()));
+    }
+    let model = load_model(&a.model)?;
+    let cfg = model.cfg.clone();
+    if a.class < 0 || a.class >= cfg.num_classes as i64 {
+        return Err(Error::InvalidArgument(format!("--class {} is out of range 0..{} for this model", a.class, cfg.num_classes)));
+    }
+    let schedule = match (&a.schedule, a.model.import.semantic_size) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidArgument("give --semantic-size (fixed grid) or --schedule (timestep-wise), not both".into()))
+        }
+        (Some(s), None) => GridSchedule::parse_rates(s)?,
+        (None, _) => GridSchedule::Fixed(cfg.semantic_size),
+    };
+    schedule.validate()?;
+    let respacing = a.respacing.clone().unwrap_or_else(|| default_respacing(a.steps, matches!(kind, SamplerKind::Ddim { .. })));
+    let sampler = Sampler::new(&respacing, kind, cfg.learn_sigma)?;
+
+    let shape = (cfg.in_channels, cfg.input_size, cfg.input_size);
+    let mut seeded = SeededNoise::new(a.seed);
+    let z = match &a.noise {
+        Some(p) => {
+            let m = read_inputs(p)?;
+            let z = need(&m, "z", p)?.to_dtype(DType::F32)?;
+            let z = if z.rank() == 3 { z.unsqueeze(0)? } else { z };
+            if z.rank() != 4 || z.dims()[1..] != [shape.0, shape.1, shape.2] {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: z has shape {:?}, the model needs (n, {}, {}, {})",
+                    p.display(),
+                    z.dims(),
+                    shape.0,
+                    shape.1,
+                    shape.2
+                )));
+            }
+            z
+        }
+        None => {
+            if a.num == 0 {
+                return Err(Error::InvalidArgument("--num must be at least 1".into()));
+            }
+            let n = a.num * shape.0 * shape.1 * shape.2;
+            Tensor::from_vec(seeded.normal(n), (a.num, shape.0, shape.1, shape.2), &Device::Cpu)?
+        }
+    };
+    let n = z.dim(0)?;
+    let y = vec![a.class; n];
+    let guidance = (a.cfg > 1.0)
+        .then(|| {
+            cfg.null_label().map(|null| Guidance {
+                scale: a.cfg,
+                guided_channels: if a.cfg_all_channels { cfg.in_channels } else { 3 },
+                null_label: null as i64,
+            })
+        })
+        .flatten();
+    if a.cfg > 1.0 && guidance.is_none() {
+        return Err(Error::InvalidArgument("this model has no null label: use --cfg 1".into()));
+    }
+    let pb = bar(sampler.diffusion.num_steps() as u64, "sampling");
+    let n_tok = cfg.num_tokens();
+    let noise: &mut dyn NoiseSource = &mut seeded;
+    let started = std::time::Instant::now();
+    let out = sampler.sample(
+        |x, t, y| model.forward(x, t, y, schedule.grid_at(t[0] as f64, sparsedit::diffusion::NUM_TRAIN_TIMESTEPS, n_tok)),
+        &z,
+        &y,
+        guidance,
+        noise,
+        |s| {
+            pb.set_position(s.iter as u64 + 1);
+            Ok(())
+        },
+    )?;
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let calls = sampler.diffusion.num_steps();
+    let batch = n * if guidance.is_some() { 2 } else { 1 };
+    let macs = sample_macs(&cfg, &schedule, &sampler.diffusion.timestep_map, batch);
+    eprintln!(
+        "{n} sample(s), {calls} steps ({respacing}), {:.2} s, {:.1} GMACs (linear+norm+attention)",
+        secs,
+        macs as f64 / 1e9
+    );
+    if let Some(p) = &a.latent_out {
+        let map: HashMap<String, Tensor> = [("sample".to_string(), out.clone())].into_iter().collect();
+        candle_core::safetensors::save(&map, p)
+            .map_err(|e| Error::Io { path: p.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.out {
+        write_png(&out, p)?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// Write samples in [-1, 1] (n, 1 or 3, H, W) side by side as one PNG.
+fn write_png(x: &Tensor, path: &Path) -> Result<()> {
+    let (n, c, h, w) = x.dims4()?;
+    if c != 1 && c != 3 {
+        return Err(Error::InvalidArgument(format!(
+            "--out needs a pixel-space model (1 or 3 channels); this one has {c} latent channels: use --latent-out"
+        )));
+    }
+    let v = to_vec_f32(x)?;
+    let to_u8 = |f: f32| (((f.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8;
+    let (gw, gh) = (n * w, h);
+    let mut buf = vec![0u8; gw * gh * c];
+    for i in 0..n {
+        for ch in 0..c {
+            for yy in 0..h {
+                for xx in 0..w {
+                    let src = ((i * c + ch) * h + yy) * w + xx;
+                    buf[(yy * gw + i * w + xx) * c + ch] = to_u8(v[src]);
+                }
+            }
+        }
+    }
+    let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
+    image::save_buffer(path, &buf, gw as u32, gh as u32, color)
+        .map_err(|e| Error::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })
+}
+
+fn flops(a: FlopsArgs) -> Result<()> {
+    let cfg = match (&a.preset, &a.model) {
+        (Some(p), _) => Config::preset(p)?,
+        (None, Some(m)) => sparsedit::pack::config_from_header(&read_header_file(m)?.0)?,
+        (None, None) => return Err(Error::InvalidArgument("give --preset or --model".into())),
+    };
+    let report = count_macs(&cfg, a.semantic_size);
+    let mut stdout = std::io::stdout().lock();
+    let title = match (&a.preset, &a.model) {
+        (Some(p), _) => p.clone(),
+        (_, Some(m)) => m.display().to_string(),
+        _ => String::new(),
+    };
+    let text = if a.json { report.to_json() } else { report.to_markdown(&title) };
+    writeln!(stdout, "{text}").map_err(|e| Error::Io { path: "stdout".into(), source: e })
+}

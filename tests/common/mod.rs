@@ -60,3 +60,18 @@ pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     let rms = (want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt() as f32;
     got.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(rms).max(1e-30)).fold(0.0, f32::max)
 }
+
+/// Tensor-level relative error max_i |a_i - b_i| / max_i |b_i| (used for quantized paths, whose
+/// per-element error is relative to the weights' block scale, not to each output).
+pub fn assert_close_to_scale(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let (i, d) = got.iter().zip(want).map(|(a, b)| (a - b).abs()).enumerate().fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    assert!(
+        d / scale <= tol && got.iter().all(|v| v.is_finite()),
+        "{what}: max |error| / max |reference| = {:.3e} > {tol:.1e}, worst at index {i} (got {}, want {})",
+        d / scale,
+        got[i],
+        want[i]
+    );
+}

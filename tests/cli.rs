@@ -1,0 +1,218 @@
+//! The `sparsedit` command line end to end: convert official-layout checkpoints to packs, run
+//! forward and sample through the packs, and refuse bad input with status 2 and one line.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use common::*;
+
+fn sparsedit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sparsedit")).args(args).output().expect("run sparsedit")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sparsedit(args);
+    assert!(out.status.success(), "sparsedit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail: status 2 and exactly one line on stderr, returned.
+fn fails(args: &[&str]) -> String {
+    let out = sparsedit(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "sparsedit {args:?} should exit 2; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one-line reason expected, got: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn convert(case: &str, ckpt: &str, quant: &str, dir: &Path) -> std::path::PathBuf {
+    let cfg = fixture_config(case);
+    let out = dir.join(format!("{case}-{quant}.gguf"));
+    let heads = cfg.num_heads.to_string();
+    let sem = cfg.semantic_size.to_string();
+    let stdout = ok(&["convert", s(&fixture_dir(case).join(ckpt)), "-o", s(&out), "--quant", quant, "--heads", &heads, "--semantic-size", &sem]);
+    assert!(stdout.contains("max abs err") && stdout.contains("wrote"), "{stdout}");
+    out
+}
+
+fn forward_out(pack: &Path, case: &str, dir: &Path, tag: &str) -> HashMap<String, Tensor> {
+    let out = dir.join(format!("{case}-{tag}-out.safetensors"));
+    ok(&["forward", "--model", s(pack), "--inputs", s(&fixture_dir(case).join("inputs.safetensors")), "--out", s(&out)]);
+    load_st(&out)
+}
+
+#[test]
+fn convert_forward_matches_reference_for_every_case() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, ckpt) in [
+        ("sparse_nondiv", "model.pt"),
+        ("sparse_p4_gray", "model.safetensors"),
+        ("sparse_8to3", "model.pt"),
+        ("dit_dense", "model.pt"),
+    ] {
+        let pack = convert(case, ckpt, "f32", dir.path());
+        let got = forward_out(&pack, case, dir.path(), "f32");
+        let want = load_st(&fixture_dir(case).join("expected.safetensors"));
+        assert_close(&format!("{case} cli forward"), &f32s(&got["out"]), &f32s(&want["out"]), 1e-4);
+        assert_close(&format!("{case} cli forward cfg"), &f32s(&got["out_cfg"]), &f32s(&want["out_cfg"]), 1e-4);
+    }
+}
+
+#[test]
+fn quantized_packs_stay_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = "sparse_nondiv";
+    let want = load_st(&fixture_dir(case).join("expected.safetensors"));
+    let want_out = f32s(&want["out"]);
+    let mut sizes = Vec::new();
+    for (quant, tol) in [("f16", 1e-3), ("q8_0", 2e-2), ("q4_0", 1e-1)] {
+        let pack = convert(case, "model.pt", quant, dir.path());
+        sizes.push(std::fs::metadata(&pack).unwrap().len());
+        let got = forward_out(&pack, case, dir.path(), quant);
+        let err = max_rel_err(&f32s(&got["out"]), &want_out);
+        eprintln!("{quant}: max per-element relative error {err:.3e}");
+        assert_close_to_scale(&format!("{case} {quant} forward"), &f32s(&got["out"]), &want_out, tol);
+    }
+    assert!(sizes[1] < sizes[0] && sizes[2] < sizes[1], "pack sizes f16 > q8_0 > q4_0: {sizes:?}");
+}
+
+#[test]
+fn info_describes_the_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = convert("sparse_nondiv", "model.pt", "q8_0", dir.path());
+    let text = ok(&["info", s(&pack)]);
+    assert!(text.contains("architecture: sparsedit"), "{text}");
+    assert!(text.contains("dumbbell_blocks.1.token_recover_blocks.0"), "{text}");
+    assert!(text.contains("Q8_0"), "{text}");
+    let dense = convert("dit_dense", "model.pt", "f32", dir.path());
+    assert!(ok(&["info", s(&dense)]).contains("architecture: dit"));
+}
+
+#[test]
+fn dit_to_sparsedit_command_matches_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = "dit_to_sparsedit";
+    let out = dir.path().join("converted.gguf");
+    ok(&["dit-to-sparsedit", s(&fixture_dir(case).join("dense.pt")), "-o", s(&out), "--layout", "1,1,1:2:1:0,1", "--heads", "3", "--semantic-size", "2"]);
+    let got = forward_out(&out, case, dir.path(), "conv");
+    let want = load_st(&fixture_dir(case).join("expected.safetensors"));
+    assert_close("dit-to-sparsedit forward", &f32s(&got["out"]), &f32s(&want["out"]), 1e-4);
+}
+
+#[test]
+fn sample_reproduces_reference_ddim_from_given_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["sparse_nondiv", "sparse_p4_gray"] {
+        let pack = convert(case, if case == "sparse_p4_gray" { "model.safetensors" } else { "model.pt" }, "f32", dir.path());
+        let f = load_st(&fixture_dir(case).join("ddim.safetensors"));
+        // Rows are independent: sample row 0 alone with its label.
+        let z0 = f["z"].narrow(0, 0, 1).unwrap();
+        let label = i64s(&f["y"])[0].to_string();
+        let scale = f32s(&f["cfg_scale"])[0].to_string();
+        let noise = dir.path().join(format!("{case}-z.safetensors"));
+        let m: HashMap<String, Tensor> = [("z".to_string(), z0)].into_iter().collect();
+        candle_core::safetensors::save(&m, &noise).unwrap();
+        let latent = dir.path().join(format!("{case}-sample.safetensors"));
+        ok(&[
+            "sample", "--model", s(&pack), "--class", &label, "--steps", "10", "--sampler", "ddim", "--cfg", &scale, "--noise",
+            s(&noise), "--latent-out", s(&latent),
+        ]);
+        let got = load_st(&latent);
+        let want = f["sample"].narrow(0, 0, 1).unwrap();
+        assert_close(&format!("{case} cli ddim"), &f32s(&got["sample"]), &f32s(&want), 1e-3);
+    }
+}
+
+#[test]
+fn sample_writes_png_for_pixel_models_and_is_seeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = convert("sparse_p4_gray", "model.safetensors", "q8_0", dir.path());
+    let run = |seed: &str, name: &str| {
+        let png = dir.path().join(name);
+        let lat = dir.path().join(format!("{name}.safetensors"));
+        ok(&["sample", "--model", s(&pack), "--class", "1", "--steps", "4", "--seed", seed, "--num", "2", "--schedule", "0.3:0.6", "--out", s(&png), "--latent-out", s(&lat)]);
+        let img = std::fs::read(&png).unwrap();
+        assert_eq!(&img[1..4], b"PNG");
+        f32s(&load_st(&lat)["sample"])
+    };
+    let a = run("7", "a.png");
+    let b = run("7", "b.png");
+    let c = run("8", "c.png");
+    assert_eq!(a, b, "same seed, same sample");
+    assert_ne!(a, c, "different seed, different sample");
+}
+
+#[test]
+fn flops_json_matches_official_log() {
+    let text = ok(&["flops", "--preset", "sparsedit-xl2-256", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let modules = v["modules"].as_array().unwrap();
+    let get = |name: &str| modules.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name}"))["linear_macs"].as_u64().unwrap();
+    assert!((get("dumbbell_blocks.0") as f64 / 1e9 - 12.967).abs() < 5e-4);
+    assert!((get("normal_blocks.0") as f64 / 1e9 - 4.087).abs() < 5e-4);
+    assert!((get("final_layer") as f64 / 1e6 - 13.271).abs() < 5e-3);
+    let total = v["total_linear_macs"].as_u64().unwrap() as f64 / 1e9;
+    assert!((total - 67.6).abs() < 0.1, "{total}");
+    let dense: serde_json::Value = serde_json::from_str(&ok(&["flops", "--preset", "dit-xl2-256", "--json"])).unwrap();
+    let all = (dense["total_linear_macs"].as_u64().unwrap() + dense["total_attention_macs"].as_u64().unwrap()) as f64 / 1e9;
+    assert!((all - 118.6).abs() < 0.15, "{all}");
+    let table = ok(&["flops", "--preset", "sparsedit-xl2-512"]);
+    assert!(table.contains("poolingformer_blocks.1"), "{table}");
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = convert("sparse_8to3", "model.pt", "q4_0", dir.path());
+    let bytes = std::fs::read(&pack).unwrap();
+    // Truncated pack.
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = fails(&["info", s(&cut)]);
+    assert!(err.contains("GGUF"), "{err}");
+    let inputs = fixture_dir("sparse_8to3").join("inputs.safetensors");
+    let out = dir.path().join("o.safetensors");
+    fails(&["forward", "--model", s(&cut), "--inputs", s(&inputs), "--out", s(&out)]);
+    assert!(!out.exists(), "no output on failure");
+    // Not a pack at all.
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"this is not a model").unwrap();
+    fails(&["info", s(&junk)]);
+    // Missing file, unsupported quant type, out-of-range class, bad schedule, no --heads.
+    fails(&["info", s(&dir.path().join("nope.gguf"))]);
+    let ckpt = fixture_dir("sparse_8to3").join("model.pt");
+    let err = fails(&["convert", s(&ckpt), "-o", s(&dir.path().join("x.gguf")), "--quant", "q5_1", "--heads", "4"]);
+    assert!(err.to_lowercase().contains("q5_1"), "{err}");
+    let err = fails(&["convert", s(&ckpt), "-o", s(&dir.path().join("x.gguf"))]);
+    assert!(err.contains("--heads"), "{err}");
+    let err = fails(&["sample", "--model", s(&pack), "--class", "10", "--steps", "2"]);
+    assert!(err.contains("out of range"), "{err}");
+    fails(&["sample", "--model", s(&pack), "--class", "1", "--steps", "2", "--schedule", "0.9:0.1"]);
+    fails(&["sample", "--model", s(&pack), "--class", "1", "--steps", "2", "--sampler", "euler"]);
+    // Wrong input shapes / labels.
+    let bad = dir.path().join("bad.safetensors");
+    let x = Tensor::ones((1, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let t = Tensor::new(&[3i64], &Device::Cpu).unwrap();
+    let y = Tensor::new(&[2i64], &Device::Cpu).unwrap();
+    let m: HashMap<String, Tensor> = [("x".into(), x), ("t".into(), t), ("y".into(), y)].into_iter().collect();
+    candle_core::safetensors::save(&m, &bad).unwrap();
+    let err = fails(&["forward", "--model", s(&pack), "--inputs", s(&bad), "--out", s(&out)]);
+    assert!(err.contains("shape"), "{err}");
+    // A corrupted checkpoint.
+    let broken = dir.path().join("broken.pt");
+    let mut ck = std::fs::read(&ckpt).unwrap();
+    ck.truncate(ck.len() / 2);
+    std::fs::write(&broken, &ck).unwrap();
+    fails(&["convert", s(&broken), "-o", s(&dir.path().join("y.gguf")), "--heads", "4"]);
+    assert!(!dir.path().join("y.gguf").exists());
+}
