@@ -54,7 +54,7 @@ use crate::error::{Error, Result};
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 /// The only GGUF version this module reads and writes.
 pub const GGUF_VERSION: u32 = 3;
-/// The alignment used when `general.alignment` is absent, and always used by [`write`].
+/// The alignment used when `general.alignment` is absent, and always used by [`write()`].
 pub const DEFAULT_ALIGNMENT: usize = 32;
 /// Metadata key holding the alignment (a U32 power of two).
 pub const ALIGNMENT_KEY: &str = "general.alignment";
@@ -847,10 +847,20 @@ fn parse_header(buf: &[u8]) -> Parse<GgufHeader> {
 // ---------------------------------------------------------------------------------------------
 
 /// A whole GGUF file in memory: the header, parsed and validated against the file length.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Gguf<'a> {
     pub header: GgufHeader,
     pub bytes: &'a [u8],
+}
+
+impl fmt::Debug for Gguf<'_> {
+    /// The header, and the file's length rather than its bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gguf")
+            .field("header", &self.header)
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .finish()
+    }
 }
 
 impl<'a> Gguf<'a> {
@@ -933,7 +943,7 @@ pub fn write<W: Write>(
     w.flush().map_err(io)
 }
 
-/// [`write`] into a new buffer.
+/// [`write()`] into a new buffer.
 pub fn write_to_vec(
     metadata: &[(String, MetaValue)],
     tensors: &[TensorToWrite],
