@@ -42,6 +42,9 @@ pub enum Error {
     /// A checkpoint file could not be read (pickle, safetensors).
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
+    /// WebGPU: no adapter, a device error, device lost, a limit exceeded.
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// An error from the candle tensor library (should not happen on valid inputs).
     #[error("tensor op: {0}")]
     Candle(#[from] candle_core::Error),

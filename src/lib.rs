@@ -6,12 +6,14 @@
 //! - [`gguf`]: GGUF v3 packs with F32/F16/Q8_0/Q4_0 tensors, strictly validated.
 //! - [`import`]: PyTorch / safetensors checkpoints with the official key names.
 //! - [`flops`]: MACs per module, in the official training log's convention.
+//! - [`gpu`]: the WebGPU engine (wgpu + WGSL in `shaders/`), checked against [`model`].
 
 pub mod config;
 pub mod diffusion;
 pub mod error;
 pub mod flops;
 pub mod gguf;
+pub mod gpu;
 pub mod import;
 pub mod model;
 pub mod pack;

@@ -1,0 +1,126 @@
+// Linear layer: y (M, N) = epilogue(x (M, K) . W^T + b), W (N, K) stored as f32, f16, q8_0 or q4_0.
+// Tiled: a 64 x 64 output tile per workgroup of 16 x 16 threads, 4 x 4 outputs per thread,
+// K in steps of 16 through workgroup memory; weights are dequantised while loading the tile.
+
+override WFMT: u32 = 0u; // 0 f32, 1 f16 (two per u32, low half first), 2 q8_0, 3 q4_0
+override EPI: u32 = 0u;  // 0 y = v; 1 y = gelu_tanh(v); 2 y += gate[b] * v (gated residual, in place);
+                         // 3 y = v + aux[row % T] (pos_embed); 4 y += v (accumulate); 5 y = silu(v)
+
+struct Params {
+    M: u32,          // rows (tokens of all batch rows)
+    N: u32,          // output features
+    K: u32,          // input features
+    T: u32,          // rows per batch element (EPI 2 gate row = row / T; EPI 3 aux row = row % T)
+    gate_stride: u32, // EPI 2: floats per batch row of the gate buffer (6C for adaLN output)
+    gate_offset: u32, // EPI 2: first float of the gate vector within its row
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;        // (M, K)
+@group(0) @binding(2) var<storage, read> w: array<u32>;        // (N, K): f32 bits | f16 pairs | q8_0 / q4_0 quants
+@group(0) @binding(3) var<storage, read> scales: array<f32>;   // (N, K / 32) block scales (q8_0, q4_0)
+@group(0) @binding(4) var<storage, read> bias: array<f32>;     // (N)
+@group(0) @binding(5) var<storage, read> aux: array<f32>;      // EPI 2: (B, gate_stride); EPI 3: (T, N)
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;  // (M, N)
+
+const TILE: u32 = 64u;
+const KT: u32 = 16u;
+
+var<workgroup> xs: array<array<f32, 16>, 64>; // x tile (64 rows, 16 k)
+var<workgroup> ws: array<array<f32, 16>, 64>; // W tile (64 output features, 16 k)
+
+fn weight(n: u32, k: u32) -> f32 {
+    let i = n * p.K + k;
+    switch WFMT {
+        case 1u: {
+            let pair = unpack2x16float(w[i / 2u]);
+            return select(pair.x, pair.y, (i & 1u) == 1u);
+        }
+        case 2u: {
+            // 32 int8 per block = 8 u32; block b of row n is at n * K/32 + k/32.
+            let word = w[i / 4u];
+            let q = i32(word << (24u - 8u * (i & 3u))) >> 24u;
+            return f32(q) * scales[i / 32u];
+        }
+        case 3u: {
+            // 16 bytes per block = 4 u32: byte j holds element j (low nibble) and j + 16 (high).
+            let blk = i / 32u;
+            let j = i & 31u;
+            let byte_idx = j & 15u;
+            let word = w[blk * 4u + byte_idx / 4u];
+            let byte = (word >> (8u * (byte_idx & 3u))) & 0xffu;
+            let nib = select(byte & 0xfu, byte >> 4u, j >= 16u);
+            return (f32(nib) - 8.0) * scales[blk];
+        }
+        default: {
+            return bitcast<f32>(w[i]);
+        }
+    }
+}
+
+fn gelu_tanh(v: f32) -> f32 {
+    // 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))); tanh via exp, clamped against overflow.
+    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+    let e = exp(2.0 * u);
+    return 0.5 * v * (1.0 + (e - 1.0) / (e + 1.0));
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wg.y * TILE;
+    let col0 = wg.x * TILE;
+    let tid = lid.y * 16u + lid.x;
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = 0u; k0 < p.K; k0 += KT) {
+        // 256 threads load 64 x 16 = 1024 values of each tile: 4 each.
+        for (var l = 0u; l < 4u; l++) {
+            let e = tid * 4u + l;
+            let r = e / KT;
+            let kk = e % KT;
+            let gk = k0 + kk;
+            var xv = 0.0;
+            if (row0 + r < p.M && gk < p.K) {
+                xv = x[(row0 + r) * p.K + gk];
+            }
+            xs[r][kk] = xv;
+            var wv = 0.0;
+            if (col0 + r < p.N && gk < p.K) {
+                wv = weight(col0 + r, gk);
+            }
+            ws[r][kk] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < KT; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = xs[lid.y + 16u * i][kk];
+                b[i] = ws[lid.x + 16u * i][kk];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + lid.y + 16u * i;
+        if (r >= p.M) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let c = col0 + lid.x + 16u * j;
+            if (c >= p.N) { continue; }
+            let v = acc[i][j] + bias[c];
+            let o = r * p.N + c;
+            switch EPI {
+                case 1u: { y[o] = gelu_tanh(v); }
+                case 2u: { y[o] = y[o] + aux[(r / p.T) * p.gate_stride + p.gate_offset + c] * v; }
+                case 3u: { y[o] = v + aux[(r % p.T) * p.N + c]; }
+                case 4u: { y[o] = y[o] + v; }
+                case 5u: { y[o] = v / (1.0 + exp(-v)); }
+                default: { y[o] = v; }
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The WebGPU engine (wgpu): hand-written WGSL kernels in `shaders/`, one file per op.
+//!
+//! - [`Gpu`]: adapter, device, queue and the pipeline cache (a pipeline is built once per
+//!   (shader, specialisation constants)).
+//! - [`Dispatch`]: one recorded kernel launch (pipeline + bind group + workgroup count). A model
+//!   plan is a list of dispatches built once per (batch, grid) and replayed every step, so a
+//!   denoising step is one command encoder and one submission.
+//! - [`ops`]: op constructors that check shapes and record dispatches.
+//!
+//! Binding convention of every kernel: `@binding(0)` is a uniform block of u32 parameters
+//! (dimensions; f32 values bit-cast), `@binding(1..)` are storage buffers in the order the
+//! shader documents them.
+
+pub mod model;
+pub mod ops;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// A compiled compute pipeline and its bind group layout.
+pub struct Kernel {
+    pub name: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// One recorded kernel launch.
+pub struct Dispatch {
+    pub kernel: Rc<Kernel>,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+    /// What this launch computes, e.g. `blocks.3.attn.qkv` (for profiles and errors).
+    pub label: String,
+}
+
+/// A storage buffer of f32 (or packed u32) elements.
+#[derive(Clone)]
+pub struct GpuBuf {
+    pub buf: Rc<wgpu::Buffer>,
+    /// Number of 4-byte elements.
+    pub len: usize,
+}
+
+/// Adapter, device, queue and the pipeline cache.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    /// The device has `shader-f16` (f16 arithmetic path available).
+    pub has_f16: bool,
+    /// Timestamp queries are available (per-block GPU time in `bench`).
+    pub has_timestamps: bool,
+    pipelines: RefCell<HashMap<String, Rc<Kernel>>>,
+    /// Validation / out-of-memory errors raised asynchronously by the device.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Set when the device is lost.
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Open the default high-performance adapter. Errors (never panics) when none is found.
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")))?;
+        let info = adapter.get_info();
+        let features = adapter.features();
+        let mut wanted = wgpu::Features::empty();
+        for f in [wgpu::Features::SHADER_F16, wgpu::Features::TIMESTAMP_QUERY] {
+            if features.contains(f) {
+                wanted |= f;
+            }
+        }
+        // Ask for the adapter's own limits: large storage bindings are what big models need.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("sparsedit"),
+                required_features: wanted,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("cannot open the GPU device on {}: {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string().lines().next().unwrap_or("GPU error").to_string());
+            }
+        }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("GPU device lost ({reason:?}): {msg}"));
+            }
+        });
+        Ok(Gpu {
+            has_f16: wanted.contains(wgpu::Features::SHADER_F16),
+            has_timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
+            device,
+            queue,
+            adapter: info,
+            limits,
+            pipelines: RefCell::new(HashMap::new()),
+            errors,
+            lost,
+        })
+    }
+
+    /// Native: open the adapter, blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Gpu> {
+        pollster::block_on(Self::new())
+    }
+
+    /// "name (backend, type)" of the adapter, for tables.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {:?})", self.adapter.name, self.adapter.backend, self.adapter.device_type)
+    }
+
+    /// Fail with the first asynchronous device error or a device loss, if any happened.
+    pub fn check(&self) -> Result<()> {
+        if let Some(l) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::Gpu(l));
+        }
+        if let Some(e) = self.errors.lock().ok().and_then(|mut v| if v.is_empty() { None } else { Some(v.remove(0)) }) {
+            return Err(Error::Gpu(e));
+        }
+        Ok(())
+    }
+
+    /// The pipeline of `source` specialised with `constants` (WGSL `override`s), built once.
+    pub fn kernel(&self, name: &str, source: &str, constants: &[(&str, f64)]) -> Result<Rc<Kernel>> {
+        let key = format!("{name}{constants:?}");
+        if let Some(k) = self.pipelines.borrow().get(&key) {
+            return Ok(k.clone());
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            cache: None,
+        });
+        self.check().map_err(|e| Error::Gpu(format!("shader {name}: {e}")))?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let k = Rc::new(Kernel { name: name.to_string(), pipeline, layout });
+        self.pipelines.borrow_mut().insert(key, k.clone());
+        Ok(k)
+    }
+
+    /// Number of cached pipelines (tests check that plans reuse them).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.borrow().len()
+    }
+
+    fn storage_usage() -> wgpu::BufferUsages {
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC
+    }
+
+    /// A zero-filled storage buffer of `len` 4-byte elements (at least one).
+    pub fn zeros(&self, label: &str, len: usize) -> Result<GpuBuf> {
+        let bytes = (len.max(1) * 4) as u64;
+        if bytes > self.limits.max_storage_buffer_binding_size as u64 || bytes > self.limits.max_buffer_size {
+            return Err(Error::Gpu(format!(
+                "buffer {label} needs {bytes} bytes, over the adapter's limit of {} per binding",
+                self.limits.max_storage_buffer_binding_size
+            )));
+        }
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: Self::storage_usage(),
+            mapped_at_creation: false,
+        });
+        Ok(GpuBuf { buf: Rc::new(buf), len })
+    }
+
+    /// A storage buffer holding `data` (4-byte elements: f32, or packed u32).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<GpuBuf> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let len = bytes.len() / 4;
+        if bytes.len() as u64 > self.limits.max_storage_buffer_binding_size as u64 {
+            return Err(Error::Gpu(format!(
+                "tensor {label} has {} bytes, over the adapter's storage binding limit of {}",
+                bytes.len(),
+                self.limits.max_storage_buffer_binding_size
+            )));
+        }
+        let contents: Vec<u8> = if bytes.is_empty() { vec![0u8; 4] } else { bytes.to_vec() };
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &contents,
+            usage: Self::storage_usage(),
+        });
+        Ok(GpuBuf { buf: Rc::new(buf), len: len.max(1) })
+    }
+
+    /// Overwrite the start of `dst` with `data`.
+    pub fn write<T: bytemuck::Pod>(&self, dst: &GpuBuf, data: &[T]) -> Result<()> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if bytes.len() > dst.len * 4 {
+            return Err(Error::Gpu(format!("write of {} bytes into a {}-byte buffer", bytes.len(), dst.len * 4)));
+        }
+        self.queue.write_buffer(&dst.buf, 0, bytes);
+        Ok(())
+    }
+
+    /// Record a launch of `kernel` with uniform `params` and storage `buffers` (bindings 1..).
+    pub fn dispatch(&self, kernel: &Rc<Kernel>, label: &str, params: &[u32], buffers: &[&GpuBuf], groups: [u32; 3]) -> Result<Dispatch> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Gpu(format!("{label}: {groups:?} workgroups exceed the adapter's {max} per dimension")));
+        }
+        let mut words = params.to_vec();
+        while words.len() % 4 != 0 || words.is_empty() {
+            words.push(0);
+        }
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.buf.as_entire_binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        self.check().map_err(|e| Error::Gpu(format!("{label} ({}): {e}", kernel.name)))?;
+        Ok(Dispatch { kernel: kernel.clone(), bind_group, groups, label: label.to_string() })
+    }
+
+    /// Encode `dispatches` in order into one command buffer and submit it.
+    pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None });
+            for d in dispatches {
+                pass.set_pipeline(&d.kernel.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
+        self.queue.submit(Some(enc.finish()));
+        self.check()
+    }
+
+    /// Read `buf` back as f32 (native: blocks until the GPU is done).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(&self, buf: &GpuBuf) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(buf))
+    }
+
+    /// Read `buf` back as f32.
+    pub async fn read_async(&self, buf: &GpuBuf) -> Result<Vec<f32>> {
+        let bytes = (buf.len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        enc.copy_buffer_to_buffer(&buf.buf, 0, &staging, 0, bytes);
+        self.queue.submit(Some(enc.finish()));
+        let (tx, rx) = futures_oneshot();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        rx.await.map_err(|e| Error::Gpu(format!("reading a GPU buffer back: {e}")))?;
+        let data = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a GPU buffer: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        self.check()?;
+        Ok(data)
+    }
+}
+
+/// A tiny one-shot channel for the map_async callback (no executor needed).
+fn futures_oneshot() -> (OneshotTx, OneshotRx) {
+    let state = Arc::new(Mutex::new(OneshotState { value: None, waker: None }));
+    (OneshotTx(state.clone()), OneshotRx(state))
+}
+
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+struct OneshotState {
+    value: Option<MapResult>,
+    waker: Option<std::task::Waker>,
+}
+
+struct OneshotTx(Arc<Mutex<OneshotState>>);
+struct OneshotRx(Arc<Mutex<OneshotState>>);
+
+impl OneshotTx {
+    fn send(self, v: MapResult) {
+        if let Ok(mut s) = self.0.lock() {
+            s.value = Some(v);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl std::future::Future for OneshotRx {
+    type Output = MapResult;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<MapResult> {
+        let mut s = match self.0.lock() {
+            Ok(s) => s,
+            Err(_) => return std::task::Poll::Ready(Err(wgpu::BufferAsyncError)),
+        };
+        match s.value.take() {
+            Some(v) => std::task::Poll::Ready(v),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! DiT / SparseDiT on the GPU: weights uploaded once ([`GpuModel`]), and a [`Plan`] per
+//! (batch, sparse grid) holding every activation buffer and the recorded dispatches of one
+//! forward pass, replayed each denoising step as a single submission.
+//!
+//! The dispatch order mirrors `model::Model::forward_traced` block for block; the CPU model is
+//! the reference the GPU output is tested against.
+
+use std::borrow::Cow;
+
+use crate::config::{Config, Layout, FREQ_DIM, SDTM_KINDS};
+use crate::error::{Error, Result};
+use crate::gguf::{self, Gguf, TensorType};
+use crate::gpu::ops::attention::{attention, AttnShape};
+use crate::gpu::ops::tokens;
+use crate::gpu::ops::{layernorm_modulate, linear, Epilogue, GpuLinear};
+use crate::gpu::{Dispatch, Gpu, GpuBuf};
+use crate::model::{timestep_embedding, TensorMap};
+use crate::pack;
+
+/// Where weights come from: encoded bytes per tensor, as in a pack.
+pub trait WeightSource {
+    /// (type, encoded bytes, PyTorch shape) of tensor `name`.
+    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)>;
+    /// Tensor `name` decoded to f32, with its shape.
+    fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (ty, bytes, shape) = self.encoded(name)?;
+        let n = shape.iter().product();
+        Ok((gguf::decode(&bytes, ty, n)?, shape))
+    }
+}
+
+fn missing(name: &str) -> Error {
+    Error::Keys { missing: vec![name.to_string()], unexpected: vec![] }
+}
+
+impl WeightSource for Gguf<'_> {
+    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)> {
+        let info = self.header.tensor(name).ok_or_else(|| missing(name))?;
+        Ok((info.ty, Cow::Borrowed(self.tensor_data(info)), info.shape.clone()))
+    }
+}
+
+/// f32 tensors encoded on the fly with `quant` for 2-D linear weights (as `convert` would).
+pub struct EncodedMap<'a> {
+    pub tensors: &'a TensorMap,
+    pub quant: TensorType,
+}
+
+impl WeightSource for EncodedMap<'_> {
+    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)> {
+        let t = self.tensors.get(name).ok_or_else(|| missing(name))?;
+        let shape = t.dims().to_vec();
+        let ty = pack::storage_type(name, &shape, self.quant);
+        let values = crate::model::to_vec_f32(t)?;
+        Ok((ty, Cow::Owned(gguf::encode(&values, ty)?), shape))
+    }
+}
+
+fn lin(gpu: &Gpu, src: &dyn WeightSource, name: &str, k_in: usize, n_out: usize) -> Result<GpuLinear> {
+    let (ty, bytes, shape) = src.encoded(&format!("{name}.weight"))?;
+    if shape != [n_out, k_in] {
+        return Err(Error::Shape { name: format!("{name}.weight"), expected: vec![n_out, k_in], found: shape });
+    }
+    let (bias, bshape) = src.f32(&format!("{name}.bias"))?;
+    if bshape != [n_out] {
+        return Err(Error::Shape { name: format!("{name}.bias"), expected: vec![n_out], found: bshape });
+    }
+    GpuLinear::from_encoded(gpu, name, ty, &bytes, n_out, k_in, &bias)
+}
+
+fn table(gpu: &Gpu, src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<GpuBuf> {
+    let (v, s) = src.f32(name)?;
+    if s != shape {
+        return Err(Error::Shape { name: name.to_string(), expected: shape.to_vec(), found: s });
+    }
+    gpu.upload(name, &v)
+}
+
+/// One block's weights; `name` is its checkpoint prefix.
+pub struct GpuBlock {
+    pub name: String,
+    pub kind: BlockKind,
+    ada: GpuLinear,
+    /// DiT: qkv; merge / recover: q. Poolingformer: v.
+    q_or_qkv: GpuLinear,
+    /// merge / recover: kv.
+    kv: Option<GpuLinear>,
+    proj: GpuLinear,
+    fc1: GpuLinear,
+    fc2: GpuLinear,
+    merged: Option<(GpuLinear, GpuLinear)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Ordinary DiT block (dense `blocks`, `semantic_blocks`, `normal_blocks`).
+    Dit,
+    Poolingformer,
+    TokenMerge,
+    TokenRecover,
+}
+
+/// Weights of a whole model on the GPU.
+pub struct GpuModel {
+    pub cfg: Config,
+    x_embedder: GpuLinear,
+    pos_embed: GpuBuf,
+    t_mlp0: GpuLinear,
+    t_mlp2: GpuLinear,
+    y_table: GpuBuf,
+    /// Every block in forward order.
+    pub blocks: Vec<GpuBlock>,
+    final_ada: GpuLinear,
+    final_linear: GpuLinear,
+}
+
+impl GpuModel {
+    /// Upload a model. Conv / table / bias tensors are decoded to f32; linear weights stay in
+    /// their stored format (f32, f16, q8_0, q4_0) and are dequantised in the kernel.
+    pub fn load(gpu: &Gpu, cfg: Config, src: &dyn WeightSource) -> Result<GpuModel> {
+        cfg.validate()?;
+        let (c, p, cin, m) = (cfg.hidden_size, cfg.patch_size, cfg.in_channels, cfg.mlp_hidden);
+        let (conv, cshape) = src.f32("x_embedder.proj.weight")?;
+        if cshape != [c, cin, p, p] {
+            return Err(Error::Shape { name: "x_embedder.proj.weight".into(), expected: vec![c, cin, p, p], found: cshape });
+        }
+        let (conv_b, _) = src.f32("x_embedder.proj.bias")?;
+        let x_embedder = GpuLinear::from_encoded(gpu, "x_embedder.proj", TensorType::F32, bytemuck::cast_slice(&conv), c, cin * p * p, &conv_b)?;
+        let pos_embed = table(gpu, src, "pos_embed", &[1, cfg.num_tokens(), c])?;
+        let rows = cfg.num_classes + cfg.class_null as usize;
+        let y_table = table(gpu, src, "y_embedder.embedding_table.weight", &[rows, c])?;
+        let mut blocks = Vec::new();
+        for name in cfg.layout.block_names() {
+            let kind = if name.starts_with("poolingformer_blocks") {
+                BlockKind::Poolingformer
+            } else if name.contains(&format!(".{}.", SDTM_KINDS[0])) {
+                BlockKind::TokenMerge
+            } else if name.contains(&format!(".{}.", SDTM_KINDS[2])) {
+                BlockKind::TokenRecover
+            } else {
+                BlockKind::Dit
+            };
+            let l = |sfx: &str, k: usize, n: usize| lin(gpu, src, &format!("{name}.{sfx}"), k, n);
+            let (q_or_qkv, kv) = match kind {
+                BlockKind::Dit => (l("attn.qkv", c, 3 * c)?, None),
+                BlockKind::Poolingformer => (l("attn.v", c, c)?, None),
+                _ => (l("attn.q", c, c)?, Some(l("attn.kv", c, 2 * c)?)),
+            };
+            let merged = if kind == BlockKind::TokenRecover {
+                Some((l("merged_layer1", c, c)?, l("merged_layer2", c, c)?))
+            } else {
+                None
+            };
+            blocks.push(GpuBlock {
+                ada: l("adaLN_modulation.1", c, 6 * c)?,
+                proj: l("attn.proj", c, c)?,
+                fc1: l("mlp.fc1", c, m)?,
+                fc2: l("mlp.fc2", m, c)?,
+                q_or_qkv,
+                kv,
+                merged,
+                name,
+                kind,
+            });
+        }
+        Ok(GpuModel {
+            x_embedder,
+            pos_embed,
+            t_mlp0: lin(gpu, src, "t_embedder.mlp.0", FREQ_DIM, c)?,
+            t_mlp2: lin(gpu, src, "t_embedder.mlp.2", c, c)?,
+            y_table,
+            blocks,
+            final_ada: lin(gpu, src, "final_layer.adaLN_modulation.1", c, 2 * c)?,
+            final_linear: lin(gpu, src, "final_layer.linear", c, p * p * cfg.out_channels())?,
+            cfg,
+        })
+    }
+
+    /// Upload a pack held in memory (validated first).
+    pub fn from_pack_bytes(gpu: &Gpu, bytes: &[u8]) -> Result<GpuModel> {
+        let g = Gguf::parse(bytes)?;
+        let cfg = pack::config_from_header(&g.header)?;
+        Self::load(gpu, cfg, &g)
+    }
+
+    /// Record one forward pass for `batch` rows at sparse grid `grid` (ignored when dense).
+    pub fn plan(&self, gpu: &Gpu, batch: usize, grid: usize) -> Result<Plan> {
+        let cfg = &self.cfg;
+        if batch == 0 {
+            return Err(Error::arg("batch must be at least 1"));
+        }
+        if cfg.layout.is_sparse() && grid == 0 {
+            return Err(Error::arg("sparse grid size must be at least 1"));
+        }
+        let (c, p, n, m) = (cfg.hidden_size, cfg.patch_size, cfg.grid(), cfg.mlp_hidden);
+        let (cin, co, i) = (cfg.in_channels, cfg.out_channels(), cfg.input_size);
+        let nt = n * n;
+        let s = if cfg.layout.is_sparse() { grid } else { n };
+        let st = s * s;
+        let tmax = nt.max(st);
+        let b = batch;
+        let buf = |label: &str, len: usize| gpu.zeros(label, len);
+        // Activations, allocated once per (batch, grid). Shapes in comments.
+        let x_in = buf("x", b * cin * i * i)?; // (B, c_in, I, I)
+        let t_freq = buf("t_freq", b * FREQ_DIM)?; // (B, 256)
+        let labels = buf("labels", b)?; // (B) u32
+        let patches = buf("patches", b * nt * cin * p * p)?; // (B, N, c_in p^2)
+        let t_hidden = buf("t_hidden", b * c)?; // (B, C)
+        let t_emb = buf("t_emb", b * c)?; // (B, C)
+        let cond = buf("silu_c", b * c)?; // (B, C) = SiLU(t_emb + y_emb)
+        let mods = buf("mods", b * 6 * c)?; // (B, 6C) adaLN of the current block
+        let dense = [buf("dense_a", b * nt * c)?, buf("dense_b", b * nt * c)?]; // (B, N, C) ping-pong
+        let sparse = buf("sparse", b * st * c)?; // (B, S, C)
+        let normed = buf("normed", b * tmax * c)?; // (B, T, C) modulated LN output
+        let normed_kv = buf("normed_kv", b * tmax * c)?; // (B, T, C) keys/values side
+        let wide = buf("wide", b * tmax * (3 * c).max(m))?; // (B, T, 3C) qkv or (B, T, M) MLP hidden
+        let q = buf("q", b * tmax * c)?; // (B, T, C)
+        let kv = buf("kv", b * tmax * 2 * c)?; // (B, T, 2C)
+        let att = buf("att", b * tmax * c)?; // (B, T, C) attention output before proj
+        let pooled = buf("pooled", b * c)?; // (B, C) Poolingformer mean of V
+        let pooled_proj = buf("pooled_proj", b * c)?; // (B, C)
+        let fmods = buf("final_mods", b * 2 * c)?; // (B, 2C)
+        let out_tokens = buf("out_tokens", b * nt * p * p * co)?; // (B, N, p^2 c_out)
+        let out = buf("out", b * co * i * i)?; // (B, c_out, I, I)
+
+        let mut d: Vec<Dispatch> = Vec::new();
+        let mut traces = Vec::new();
+        // Embeddings.
+        d.push(tokens::patchify(gpu, "x_embedder.patchify", &x_in, b, cin, i, p, &patches)?);
+        d.push(linear(gpu, "x_embedder.proj", &self.x_embedder, &patches, b * nt, &dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt })?);
+        d.push(linear(gpu, "t_embedder.mlp.0", &self.t_mlp0, &t_freq, b, &t_hidden, Epilogue::Silu)?);
+        d.push(linear(gpu, "t_embedder.mlp.2", &self.t_mlp2, &t_hidden, b, &t_emb, Epilogue::Store)?);
+        let rows = cfg.num_classes + cfg.class_null as usize;
+        d.push(tokens::condition(gpu, "y_embedder", &t_emb, &self.y_table, &labels, b, c, rows, &cond)?);
+
+        // The two halves of a block that every kind shares: gated MLP on x (B*T rows).
+        let mlp = |d: &mut Vec<Dispatch>, blk: &GpuBlock, x: &GpuBuf, t: usize| -> Result<()> {
+            d.push(layernorm_modulate(gpu, &format!("{}.norm2", blk.name), x, b * t, c, t, &mods, 6 * c, 3 * c, 4 * c, &normed)?);
+            d.push(linear(gpu, &format!("{}.mlp.fc1", blk.name), &blk.fc1, &normed, b * t, &wide, Epilogue::Gelu)?);
+            d.push(linear(gpu, &format!("{}.mlp.fc2", blk.name), &blk.fc2, &wide, b * t, x, Epilogue::GatedResidual { mods: &mods, tokens: t, stride: 6 * c, offset: 5 * c })?);
+            Ok(())
+        };
+        let gated = |t: usize| Epilogue::GatedResidual { mods: &mods, tokens: t, stride: 6 * c, offset: 2 * c };
+        let dit_block = |d: &mut Vec<Dispatch>, blk: &GpuBlock, x: &GpuBuf, t: usize| -> Result<()> {
+            d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+            d.push(layernorm_modulate(gpu, &format!("{}.norm1", blk.name), x, b * t, c, t, &mods, 6 * c, 0, c, &normed)?);
+            d.push(linear(gpu, &format!("{}.attn.qkv", blk.name), &blk.q_or_qkv, &normed, b * t, &wide, Epilogue::Store)?);
+            d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::packed_qkv(b, t, c, cfg.num_heads), &wide, &wide, &att)?);
+            d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * t, x, gated(t))?);
+            mlp(d, blk, x, t)
+        };
+
+        let mut cur = 0usize; // index of the dense buffer holding the residual stream
+        let mut bi = 0usize;
+        let blocks = &self.blocks;
+        let mut next_block = || -> Result<&GpuBlock> {
+            let blk = blocks.get(bi).ok_or_else(|| Error::arch("block list shorter than the layout"))?;
+            bi += 1;
+            Ok(blk)
+        };
+        match cfg.layout {
+            Layout::Dense { depth } => {
+                for _ in 0..depth {
+                    let blk = next_block()?;
+                    dit_block(&mut d, blk, &dense[cur], nt)?;
+                    traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
+                }
+            }
+            Layout::Sparse(sl) => {
+                for _ in 0..sl.num_poolingformer {
+                    let blk = next_block()?;
+                    let x = &dense[cur];
+                    d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+                    d.push(layernorm_modulate(gpu, &format!("{}.norm1", blk.name), x, b * nt, c, nt, &mods, 6 * c, 0, c, &normed)?);
+                    d.push(linear(gpu, &format!("{}.attn.v", blk.name), &blk.q_or_qkv, &normed, b * nt, &att, Epilogue::Store)?);
+                    d.push(tokens::mean_tokens(gpu, &format!("{}.attn.mean", blk.name), &att, b, nt, c, &pooled)?);
+                    d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &pooled, b, &pooled_proj, Epilogue::Store)?);
+                    d.push(tokens::residual_broadcast(gpu, &format!("{}.residual", blk.name), x, b, nt, c, &mods, 6 * c, 2 * c, &pooled_proj)?);
+                    mlp(&mut d, blk, x, nt)?;
+                    traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: 1 });
+                }
+                for k in 0..sl.num_sdtm {
+                    let dn = &dense[cur]; // the dense tokens entering the module
+                    let out_dense = &dense[1 - cur];
+                    d.push(tokens::adaptive_avg_pool(gpu, &format!("dumbbell_blocks.{k}.pool"), dn, b, n, s, c, &sparse)?);
+                    for _ in 0..sl.group[0] {
+                        let blk = next_block()?;
+                        d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.q", blk.name), &sparse, b * st, c, st, &mods, 6 * c, 0, c, &normed)?);
+                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.kv", blk.name), dn, b * nt, c, nt, &mods, 6 * c, 0, c, &normed_kv)?);
+                        d.push(linear(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * st, &q, Epilogue::Store)?);
+                        let kvl = blk.kv.as_ref().ok_or_else(|| Error::arch("merge block without kv"))?;
+                        d.push(linear(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * nt, &kv, Epilogue::Store)?);
+                        d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::cross(b, st, nt, c, cfg.num_heads), &q, &kv, &att)?);
+                        d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * st, &sparse, gated(st))?);
+                        mlp(&mut d, blk, &sparse, st)?;
+                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
+                    }
+                    for _ in 0..sl.group[1] {
+                        let blk = next_block()?;
+                        dit_block(&mut d, blk, &sparse, st)?;
+                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
+                    }
+                    // Recover: x = merged + gate * CrossAttn(LN(merged) -> LN(sparse)); the
+                    // "sparse" input of a second recover block is the first one's dense output.
+                    let mut on_dense = false;
+                    for _ in 0..sl.group[2] {
+                        let blk = next_block()?;
+                        let (m1, m2) = blk.merged.as_ref().ok_or_else(|| Error::arch("recover block without merged layers"))?;
+                        let (src, src_t, src_grid) = if on_dense { (out_dense, nt, n) } else { (&sparse, st, s) };
+                        if on_dense {
+                            // Nearest upsampling is the identity: copy through normed_kv.
+                            d.push(tokens::upsample_nearest(gpu, &format!("{}.upsample", blk.name), src, b, n, n, c, &att)?);
+                        } else {
+                            d.push(tokens::upsample_nearest(gpu, &format!("{}.upsample", blk.name), src, b, src_grid, n, c, &att)?);
+                        }
+                        // The sparse side must survive until its keys/values are computed, and the
+                        // output goes to out_dense: normalise the source first.
+                        d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.kv", blk.name), src, b * src_t, c, src_t, &mods, 6 * c, 0, c, &normed_kv)?);
+                        let kvl = blk.kv.as_ref().ok_or_else(|| Error::arch("recover block without kv"))?;
+                        d.push(linear(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * src_t, &kv, Epilogue::Store)?);
+                        d.push(linear(gpu, &format!("{}.merged_layer1", blk.name), m1, &att, b * nt, out_dense, Epilogue::Store)?);
+                        d.push(linear(gpu, &format!("{}.merged_layer2", blk.name), m2, dn, b * nt, out_dense, Epilogue::Accumulate)?);
+                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.q", blk.name), out_dense, b * nt, c, nt, &mods, 6 * c, 0, c, &normed)?);
+                        d.push(linear(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * nt, &q, Epilogue::Store)?);
+                        d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::cross(b, nt, src_t, c, cfg.num_heads), &q, &kv, &att)?);
+                        d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * nt, out_dense, gated(nt))?);
+                        mlp(&mut d, blk, out_dense, nt)?;
+                        on_dense = true;
+                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
+                    }
+                    if !on_dense {
+                        return Err(Error::arch(format!("dumbbell_blocks.{k} has no token_recover block: it would end on sparse tokens")));
+                    }
+                    for _ in 0..sl.group[3] {
+                        let blk = next_block()?;
+                        dit_block(&mut d, blk, out_dense, nt)?;
+                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
+                    }
+                    cur = 1 - cur;
+                }
+                for _ in 0..sl.num_top {
+                    let blk = next_block()?;
+                    dit_block(&mut d, blk, &dense[cur], nt)?;
+                    traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
+                }
+            }
+        }
+        // Final layer.
+        d.push(linear(gpu, "final_layer.adaLN_modulation.1", &self.final_ada, &cond, b, &fmods, Epilogue::Store)?);
+        d.push(layernorm_modulate(gpu, "final_layer.norm_final", &dense[cur], b * nt, c, nt, &fmods, 2 * c, 0, c, &normed)?);
+        d.push(linear(gpu, "final_layer.linear", &self.final_linear, &normed, b * nt, &out_tokens, Epilogue::Store)?);
+        d.push(tokens::unpatchify(gpu, "unpatchify", &out_tokens, b, n, p, co, &out)?);
+        Ok(Plan { batch: b, grid: s, dispatches: d, x_in, t_freq, labels, out, blocks: traces })
+    }
+
+    /// Check labels against the label table.
+    pub fn check_labels(&self, y: &[i64]) -> Result<()> {
+        let max = self.cfg.num_classes as i64 - 1 + self.cfg.class_null as i64;
+        match y.iter().position(|&l| l < 0 || l > max) {
+            Some(i) => Err(Error::arg(format!("label {} (batch row {i}) is out of range 0..={max}", y[i]))),
+            None => Ok(()),
+        }
+    }
+
+    /// Write the inputs of a forward pass into the plan's buffers.
+    pub fn write_inputs(&self, gpu: &Gpu, plan: &Plan, x: Option<&[f32]>, t: &[f32], y: &[i64]) -> Result<()> {
+        let cfg = &self.cfg;
+        let want = plan.batch * cfg.in_channels * cfg.input_size * cfg.input_size;
+        if t.len() != plan.batch || y.len() != plan.batch {
+            return Err(Error::arg(format!("batch mismatch: the plan has {} rows, t {} and y {}", plan.batch, t.len(), y.len())));
+        }
+        if let Some(x) = x {
+            if x.len() != want {
+                return Err(Error::arg(format!("input x has {} values, the model takes {want}", x.len())));
+            }
+            gpu.write(&plan.x_in, x)?;
+        }
+        if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
+            return Err(Error::arg(format!("timestep {bad} is not finite")));
+        }
+        self.check_labels(y)?;
+        gpu.write(&plan.t_freq, &timestep_embedding(t))?;
+        let labels: Vec<u32> = y.iter().map(|&v| v as u32).collect();
+        gpu.write(&plan.labels, &labels)
+    }
+
+    /// model(x, t, y) on the GPU, read back (B, c_out, I, I) flattened.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward(&self, gpu: &Gpu, plan: &Plan, x: &[f32], t: &[f32], y: &[i64]) -> Result<Vec<f32>> {
+        self.write_inputs(gpu, plan, Some(x), t, y)?;
+        gpu.run(&plan.dispatches)?;
+        gpu.read(&plan.out)
+    }
+}
+
+/// What one block of a plan computes (the token view's static data).
+#[derive(Clone, Debug)]
+pub struct PlanBlock {
+    pub name: String,
+    pub kind: BlockKind,
+    pub tokens: usize,
+    pub grid: usize,
+}
+
+/// One recorded forward pass for a (batch, grid).
+pub struct Plan {
+    pub batch: usize,
+    pub grid: usize,
+    pub dispatches: Vec<Dispatch>,
+    /// (B, c_in, I, I) input.
+    pub x_in: GpuBuf,
+    /// (B, 256) sinusoidal timestep features, written by the host each step.
+    pub t_freq: GpuBuf,
+    /// (B) labels as u32.
+    pub labels: GpuBuf,
+    /// (B, c_out, I, I) output.
+    pub out: GpuBuf,
+    pub blocks: Vec<PlanBlock>,
+}

@@ -1,0 +1,175 @@
+//! Op constructors: each checks shapes against the buffers it is given and records one
+//! [`Dispatch`]. Shapes are row-major; "rows" are tokens of all batch elements.
+
+use crate::error::{Error, Result};
+use crate::gguf::TensorType;
+use crate::gpu::{Dispatch, Gpu, GpuBuf};
+
+pub mod attention;
+pub mod tokens;
+
+pub const LINEAR_WGSL: &str = include_str!("../../../shaders/linear.wgsl");
+pub const LAYERNORM_WGSL: &str = include_str!("../../../shaders/layernorm_modulate.wgsl");
+
+/// Fail with a clear message when a buffer is smaller than an op needs.
+pub fn need(what: &str, buf: &GpuBuf, elems: usize) -> Result<()> {
+    if buf.len < elems {
+        return Err(Error::Gpu(format!("{what}: buffer holds {} elements, the op needs {elems}", buf.len)));
+    }
+    Ok(())
+}
+
+/// Workgroups for `n` items of `per` each, split over x and y when x would exceed 65535.
+pub fn groups_1d(n: usize, per: usize) -> [u32; 3] {
+    let g = n.div_ceil(per).max(1);
+    if g <= 65535 {
+        [g as u32, 1, 1]
+    } else {
+        [65535, g.div_ceil(65535) as u32, 1]
+    }
+}
+
+/// A linear layer's weights on the GPU: W (N, K) in one of four formats, bias (N).
+pub struct GpuLinear {
+    pub name: String,
+    pub w: GpuBuf,
+    /// Block scales (N * K / 32) for Q8_0 / Q4_0; a 1-element dummy otherwise.
+    pub scales: GpuBuf,
+    pub bias: GpuBuf,
+    pub format: TensorType,
+    pub n_out: usize,
+    pub k_in: usize,
+}
+
+impl GpuLinear {
+    /// From weights encoded as in a GGUF pack (`bytes` in `ty`'s layout, PyTorch (N, K) order).
+    /// GGUF blocks are 34 (Q8_0) or 18 (Q4_0) bytes, not 4-byte aligned: they are repacked into
+    /// an f32 scale array and u32-aligned quant words that WGSL reads directly.
+    pub fn from_encoded(gpu: &Gpu, name: &str, ty: TensorType, bytes: &[u8], n_out: usize, k_in: usize, bias: &[f32]) -> Result<Self> {
+        let elems = n_out * k_in;
+        if bytes.len() != ty.bytes_for(elems)? || bias.len() != n_out {
+            return Err(Error::Gpu(format!("{name}: {} weight bytes / {} biases for ({n_out}, {k_in}) {}", bytes.len(), bias.len(), ty.name())));
+        }
+        let (w, scales) = match ty {
+            TensorType::F32 => (gpu.upload(name, bytemuck::cast_slice::<u8, u32>(&aligned(bytes)))?, gpu.zeros("no scales", 1)?),
+            TensorType::F16 => {
+                let mut b = bytes.to_vec();
+                if b.len() % 4 != 0 {
+                    b.extend_from_slice(&[0, 0]);
+                }
+                (gpu.upload(name, bytemuck::cast_slice::<u8, u32>(&aligned(&b)))?, gpu.zeros("no scales", 1)?)
+            }
+            TensorType::Q8_0 | TensorType::Q4_0 => {
+                let block = ty.block_bytes();
+                let quant = block - 2;
+                let nblocks = elems / 32;
+                let mut words = Vec::with_capacity(nblocks * quant / 4);
+                let mut sc = Vec::with_capacity(nblocks);
+                for blk in bytes.chunks_exact(block) {
+                    sc.push(half::f16::from_le_bytes([blk[0], blk[1]]).to_f32());
+                    for q in blk[2..].chunks_exact(4) {
+                        words.push(u32::from_le_bytes([q[0], q[1], q[2], q[3]]));
+                    }
+                }
+                (gpu.upload(name, &words)?, gpu.upload(&format!("{name}.scales"), &sc)?)
+            }
+        };
+        Ok(GpuLinear { name: name.to_string(), w, scales, bias: gpu.upload(&format!("{name}.bias"), bias)?, format: ty, n_out, k_in })
+    }
+}
+
+/// Copy bytes into a 4-byte aligned vector (bytemuck casts need alignment).
+fn aligned(bytes: &[u8]) -> Vec<u8> {
+    let words: Vec<u32> = bytes.chunks(4).map(|c| {
+        let mut a = [0u8; 4];
+        a[..c.len()].copy_from_slice(c);
+        u32::from_le_bytes(a)
+    }).collect();
+    bytemuck::cast_slice(&words).to_vec()
+}
+
+/// What a linear layer does with its result v = x W^T + b.
+pub enum Epilogue<'a> {
+    /// y = v
+    Store,
+    /// y = gelu_tanh(v)
+    Gelu,
+    /// y = silu(v)
+    Silu,
+    /// y += gate[b] * v, gate = mods[b, offset .. offset + N] with rows of `stride` floats and
+    /// `tokens` rows per batch element (the adaLN-Zero gated residual, in place).
+    GatedResidual { mods: &'a GpuBuf, tokens: usize, stride: usize, offset: usize },
+    /// y = v + table[row % tokens] (the position table after the patch embedding).
+    AddRows { table: &'a GpuBuf, tokens: usize },
+    /// y += v
+    Accumulate,
+}
+
+/// y (rows, N) = epilogue(x (rows, K) W^T + b).
+pub fn linear(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: usize, y: &GpuBuf, epi: Epilogue) -> Result<Dispatch> {
+    let (n, k) = (lin.n_out, lin.k_in);
+    need(&format!("{label} input"), x, rows * k)?;
+    need(&format!("{label} output"), y, rows * n)?;
+    let dummy;
+    let (code, t, stride, offset, aux) = match epi {
+        Epilogue::Store => (0u32, 1usize, 0usize, 0usize, None),
+        Epilogue::Gelu => (1, 1, 0, 0, None),
+        Epilogue::Silu => (5, 1, 0, 0, None),
+        Epilogue::Accumulate => (4, 1, 0, 0, None),
+        Epilogue::GatedResidual { mods, tokens, stride, offset } => {
+            if tokens == 0 || rows % tokens != 0 || offset + n > stride {
+                return Err(Error::Gpu(format!("{label}: gate slice {offset}+{n} of {stride} over {tokens}-token rows")));
+            }
+            need(&format!("{label} gate"), mods, rows / tokens * stride)?;
+            (2, tokens, stride, offset, Some(mods))
+        }
+        Epilogue::AddRows { table, tokens } => {
+            need(&format!("{label} row table"), table, tokens * n)?;
+            (3, tokens, 0, 0, Some(table))
+        }
+    };
+    let aux = match aux {
+        Some(a) => a,
+        None => {
+            dummy = gpu.zeros("no aux", 1)?;
+            &dummy
+        }
+    };
+    let fmt = match lin.format {
+        TensorType::F32 => 0.0,
+        TensorType::F16 => 1.0,
+        TensorType::Q8_0 => 2.0,
+        TensorType::Q4_0 => 3.0,
+    };
+    let kernel = gpu.kernel("linear", LINEAR_WGSL, &[("WFMT", fmt), ("EPI", code as f64)])?;
+    let params = [rows as u32, n as u32, k as u32, t as u32, stride as u32, offset as u32];
+    let groups = [n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1];
+    gpu.dispatch(&kernel, label, &params, &[x, &lin.w, &lin.scales, &lin.bias, aux, y], groups)
+}
+
+/// h (rows, C) = LN(x) * (1 + scale[b]) + shift[b], shift/scale at `shift_off` / `scale_off`
+/// in rows of `stride` floats of `mods` (B, stride), `tokens` rows per batch element.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_modulate(
+    gpu: &Gpu,
+    label: &str,
+    x: &GpuBuf,
+    rows: usize,
+    c: usize,
+    tokens: usize,
+    mods: &GpuBuf,
+    stride: usize,
+    shift_off: usize,
+    scale_off: usize,
+    h: &GpuBuf,
+) -> Result<Dispatch> {
+    need(&format!("{label} input"), x, rows * c)?;
+    need(&format!("{label} output"), h, rows * c)?;
+    if tokens == 0 || rows % tokens != 0 || shift_off + c > stride || scale_off + c > stride {
+        return Err(Error::Gpu(format!("{label}: bad modulation slices")));
+    }
+    need(&format!("{label} modulation"), mods, rows / tokens * stride)?;
+    let kernel = gpu.kernel("layernorm_modulate", LAYERNORM_WGSL, &[])?;
+    let params = [rows as u32, c as u32, tokens as u32, stride as u32, shift_off as u32, scale_off as u32];
+    gpu.dispatch(&kernel, label, &params, &[x, mods, h], groups_1d(rows, 1))
+}

@@ -1,0 +1,107 @@
+//! The whole GPU forward pass against the CPU reference and the PyTorch fixtures, for every
+//! fixture architecture, in f32 and through quantized packs. Needs a WebGPU adapter (lavapipe in
+//! CI); with CI=true a missing adapter is a failure, elsewhere the test says it skipped.
+
+mod common;
+
+use common::*;
+use sparsedit::gguf::TensorType;
+use sparsedit::gpu::model::{EncodedMap, GpuModel};
+use sparsedit::gpu::Gpu;
+use sparsedit::import::{infer_config, read_checkpoint, ImportOptions};
+use sparsedit::model::Model;
+use sparsedit::pack;
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::new_blocking() {
+        Ok(g) => {
+            eprintln!("adapter: {}", g.describe());
+            Some(g)
+        }
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI needs a WebGPU adapter (lavapipe): {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+const CASES: [(&str, &str); 4] = [
+    ("sparse_nondiv", "model.pt"),
+    ("sparse_p4_gray", "model.safetensors"),
+    ("sparse_8to3", "model.pt"),
+    ("dit_dense", "model.pt"),
+];
+
+fn load(case: &str, file: &str) -> (sparsedit::Config, sparsedit::model::TensorMap) {
+    let want = fixture_config(case);
+    let map = read_checkpoint(&fixture_dir(case).join(file)).unwrap();
+    let cfg = infer_config(&map, &ImportOptions { heads: Some(want.num_heads), semantic_size: Some(want.semantic_size) }).unwrap();
+    (cfg, map)
+}
+
+#[test]
+fn gpu_forward_matches_cpu_and_pytorch_f32() {
+    let Some(gpu) = gpu() else { return };
+    for (case, file) in CASES {
+        let (cfg, map) = load(case, file);
+        let gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::F32 }).unwrap();
+        let cpu = Model::from_tensors(cfg.clone(), map.clone()).unwrap();
+        let inp = load_st(&fixture_dir(case).join("inputs.safetensors"));
+        let (x, t, y) = (inp["x"].clone(), f32s(&inp["t"]), i64s(&inp["y"]));
+        let exp = load_st(&fixture_dir(case).join("expected.safetensors"));
+        let mut grids = vec![(cfg.semantic_size, "out".to_string())];
+        if exp.contains_key("out_s3") {
+            grids.push((3, "out_s3".into()));
+            grids.push((6, "out_s6".into()));
+        }
+        for (grid, key) in grids {
+            let plan = gm.plan(&gpu, x.dim(0).unwrap(), grid).unwrap();
+            let got = gm.forward(&gpu, &plan, &f32s(&x), &t, &y).unwrap();
+            let want_cpu = f32s(&cpu.forward(&x, &t, &y, grid).unwrap());
+            assert_close(&format!("{case} grid {grid}: GPU vs CPU"), &got, &want_cpu, 1e-3);
+            assert_close(&format!("{case} grid {grid}: GPU vs PyTorch"), &got, &f32s(&exp[&key]), 1e-3);
+            eprintln!("{case} grid {grid}: max relative error vs CPU {:.2e}", max_rel_err(&got, &want_cpu));
+        }
+    }
+}
+
+#[test]
+fn gpu_quantized_weights_match_cpu_on_the_same_pack() {
+    let Some(gpu) = gpu() else { return };
+    let (cfg, map) = load("sparse_8to3", "model.pt");
+    let inp = load_st(&fixture_dir("sparse_8to3").join("inputs.safetensors"));
+    let (x, t, y) = (inp["x"].clone(), f32s(&inp["t"]), i64s(&inp["y"]));
+    for quant in [TensorType::F16, TensorType::Q8_0, TensorType::Q4_0] {
+        let mut bytes = Vec::new();
+        pack::write_pack(&mut bytes, &cfg, &map, quant, "test", |_, _| {}).unwrap();
+        // The CPU reference on the dequantised pack and the GPU on the packed weights.
+        let loaded = pack::load_pack_bytes(&bytes).unwrap();
+        let cpu = Model::from_tensors(loaded.cfg.clone(), loaded.tensors).unwrap();
+        let gm = GpuModel::from_pack_bytes(&gpu, &bytes).unwrap();
+        let plan = gm.plan(&gpu, 4, cfg.semantic_size).unwrap();
+        let got = gm.forward(&gpu, &plan, &f32s(&x), &t, &y).unwrap();
+        let want = f32s(&cpu.forward(&x, &t, &y, cfg.semantic_size).unwrap());
+        eprintln!("{quant:?}: GPU vs CPU max relative error {:.2e}", max_rel_err(&got, &want));
+        assert_close(&format!("{quant:?} GPU vs CPU"), &got, &want, 1e-3);
+    }
+}
+
+#[test]
+fn plans_reuse_pipelines_and_reject_bad_input() {
+    let Some(gpu) = gpu() else { return };
+    let (cfg, map) = load("sparse_nondiv", "model.pt");
+    let gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::Q8_0 }).unwrap();
+    let p1 = gm.plan(&gpu, 2, 4).unwrap();
+    let n = gpu.pipeline_count();
+    let _p2 = gm.plan(&gpu, 3, 3).unwrap();
+    assert_eq!(gpu.pipeline_count(), n, "a second plan builds no new pipelines");
+    assert_eq!(p1.blocks.len(), cfg.layout.depth());
+    assert_eq!(p1.blocks[2].tokens, 16, "merge block computes s*s tokens");
+    assert_eq!(p1.blocks[0].grid, 1, "Poolingformer: one global token");
+    let x = vec![0.5f32; 2 * 4 * 12 * 12];
+    assert!(gm.forward(&gpu, &p1, &x, &[1.0, 2.0], &[0, 9]).unwrap_err().to_string().contains("out of range"));
+    assert!(gm.forward(&gpu, &p1, &x[1..], &[1.0, 2.0], &[0, 1]).is_err());
+    assert!(gm.forward(&gpu, &p1, &x, &[1.0], &[0, 1]).is_err());
+    assert!(gm.plan(&gpu, 2, 0).is_err());
+}

@@ -1,0 +1,228 @@
+"""DiT / SparseDiT for training, on top of the project's PyTorch reference (tests/fixtures/gen.py).
+
+gen.py is the verified reference the Rust port is tested against (official module names, MAE
+sin-cos pos_embed, LayerNorm without affine eps 1e-6, GELU tanh, Poolingformer mean attention,
+SDTM merge / semantic / recover / normal blocks, AdaptiveAvgPool2d to s x s, nearest upsampling,
+forward(x, t, y, s=...) with the sparse grid side as a forward argument). This module adds what
+training needs: configs, DiT's initialisation (adaLN-Zero), label dropout, the dense -> sparse
+initialisation, EMA helpers and checkpoint I/O, all with the official key names.
+"""
+
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn as nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
+import gen  # noqa: E402  (sets torch threads to 1 and deterministic algorithms)
+
+T_TRAIN = gen.T_TRAIN
+SDTM_KINDS = ["token_merge_blocks", "semantic_blocks", "token_recover_blocks", "normal_blocks"]
+
+
+# ----------------------------------------------------------------------------
+# Configs (the crate's Config JSON: src/config.rs)
+# ----------------------------------------------------------------------------
+
+def tiny_config(sparse, **over):
+    """Config::tiny: 16x16x1, patch 2 (8x8 = 64 tokens), width 128, 4 heads, MLP 512, 10 classes,
+    learned sigma; dense depth 10; sparse 1 Poolingformer + 2 x [1,1,1,1] + 1 top, s = 4."""
+    cfg = {
+        "input_size": 16,
+        "patch_size": 2,
+        "in_channels": 1,
+        "hidden_size": 128,
+        "num_heads": 4,
+        "mlp_hidden": 512,
+        "num_classes": 10,
+        "class_null": True,
+        "learn_sigma": True,
+        "layout": ({"kind": "sparse", "num_poolingformer": 1, "num_sdtm": 2, "group": [1, 1, 1, 1], "num_top": 1}
+                   if sparse else {"kind": "dense", "depth": 10}),
+        "semantic_size": 4,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def sparse_layout_from_str(s):
+    """"P:K:a,b,c,d:T" -> layout dict (e.g. "1:2:1,1,1,1:1")."""
+    p, k, g, t = s.split(":")
+    group = [int(v) for v in g.split(",")]
+    assert len(group) == 4, s
+    return {"kind": "sparse", "num_poolingformer": int(p), "num_sdtm": int(k), "group": group, "num_top": int(t)}
+
+
+def depth(cfg):
+    lay = cfg["layout"]
+    if lay["kind"] == "dense":
+        return lay["depth"]
+    return lay["num_poolingformer"] + lay["num_sdtm"] * sum(lay["group"]) + lay["num_top"]
+
+
+def block_names(cfg):
+    """Checkpoint prefixes of the blocks in forward order (Layout::block_names in src/config.rs)."""
+    lay = cfg["layout"]
+    if lay["kind"] == "dense":
+        return [f"blocks.{i}" for i in range(lay["depth"])]
+    names = [f"poolingformer_blocks.{i}" for i in range(lay["num_poolingformer"])]
+    for k in range(lay["num_sdtm"]):
+        for kind, cnt in zip(SDTM_KINDS, lay["group"]):
+            names += [f"dumbbell_blocks.{k}.{kind}.{j}" for j in range(cnt)]
+    names += [f"normal_blocks.{i}" for i in range(lay["num_top"])]
+    return names
+
+
+def grid_at(t, r_min, r_max, n_tokens, T=T_TRAIN):
+    """GridSchedule::grid_at (src/config.rs): r = r_min for t < T/4, then linear to r_max at T;
+    s = round(sqrt((1 - r) N)), rounding half away from zero as Rust's f64::round."""
+    q = T / 4.0
+    r = r_min if t < q else r_min + (r_max - r_min) * min((t - q) / (T - q), 1.0)
+    return max(1, int(math.floor(math.sqrt((1.0 - r) * n_tokens) + 0.5)))
+
+
+# ----------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------
+
+def build(cfg):
+    """A gen.DenseDiT / gen.SparseDiT (forward(x, t, y) / forward(x, t, y, s=...)), DiT-initialised."""
+    model = gen.build(cfg)
+    dit_init(model)
+    return model
+
+
+@torch.no_grad()
+def dit_init(model):
+    """DiT's initialize_weights: xavier-uniform linears with zero bias, patch embedding as a
+    linear, N(0, 0.02) label table and timestep MLP, adaLN-Zero (every adaLN_modulation and the
+    final linear zero); SDTM recover blocks: merged_layer1 = 0, merged_layer2 = identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    w = model.x_embedder.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+    nn.init.normal_(model.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    for name, m in model.named_modules():
+        if name.endswith("adaLN_modulation"):
+            nn.init.zeros_(m[-1].weight)
+            nn.init.zeros_(m[-1].bias)
+        if hasattr(m, "merged_layer1"):
+            nn.init.zeros_(m.merged_layer1.weight)
+            nn.init.zeros_(m.merged_layer1.bias)
+            m.merged_layer2.weight.copy_(torch.eye(m.merged_layer2.weight.shape[0]))
+            nn.init.zeros_(m.merged_layer2.bias)
+    nn.init.zeros_(model.final_layer.linear.weight)
+    nn.init.zeros_(model.final_layer.linear.bias)
+    return model
+
+
+def drop_labels(y, null_label, prob, gen_=None):
+    """Classifier-free guidance training: replace labels by the null label with probability prob
+    (DiT's LabelEmbedder.token_drop)."""
+    if prob <= 0:
+        return y
+    drop = torch.rand(y.shape, generator=gen_) < prob
+    return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+def state_dict(model):
+    """Plain, contiguous, official-name state dict (what `sparsedit convert` reads)."""
+    return gen.state_dict(model)
+
+
+def num_params(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def dense_to_sparse(dense_sd, sparse_cfg):
+    """The paper's fine-tuning initialisation: dense block i -> i-th block of the sparse order;
+    attn.q = qkv[:C], attn.kv = qkv[C:], attn.v = qkv[2C:]; merged_layer1 = 0, merged_layer2 = I;
+    embedders, pos_embed and final layer copied. Returns the sparse state dict."""
+    sparse = gen.build(sparse_cfg)
+    n_dense = len({k.split(".")[1] for k in dense_sd if k.startswith("blocks.")})
+    assert n_dense == depth(sparse_cfg), f"dense depth {n_dense} != sparse depth {depth(sparse_cfg)}"
+    sd = gen.dit_to_sparsedit(dense_sd, sparse)
+    sparse.load_state_dict(sd)  # strict: the key set is exactly the sparse model's
+    return sd
+
+
+# ----------------------------------------------------------------------------
+# EMA
+# ----------------------------------------------------------------------------
+
+def make_ema(model, cfg):
+    ema = gen.build(cfg)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    ema.eval()
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    """DiT's update_ema over named parameters: ema = decay * ema + (1 - decay) * model."""
+    ep = [p for _, p in ema.named_parameters()]
+    mp = [p.detach() for _, p in model.named_parameters()]
+    torch._foreach_mul_(ep, decay)
+    torch._foreach_add_(ep, mp, alpha=1.0 - decay)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoint I/O
+# ----------------------------------------------------------------------------
+
+def atomic_save(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_config(cfg, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_config(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_weights(path):
+    """A state dict from ckpt.pt ('ema' preferred, as `sparsedit convert`), ema.pt / init.pt, or
+    .safetensors."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("ema", "model", "state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    return obj
+
+
+def load_model(path, cfg_path=None):
+    """(model in eval mode, cfg) from a checkpoint; the config is config.json next to it."""
+    cfg_path = cfg_path or os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    cfg = load_config(cfg_path)
+    model = gen.build(cfg)
+    model.load_state_dict(load_weights(path))
+    model.eval()
+    return model, cfg
+
+
+__all__ = ["gen", "tiny_config", "build", "dit_init", "drop_labels", "dense_to_sparse", "make_ema", "update_ema",
+           "grid_at", "block_names", "load_model", "load_weights", "state_dict"]
