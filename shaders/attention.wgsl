@@ -66,10 +66,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     var s: array<f32, MAXKT>;
 
     // Keys per tile: as many as fit TILE_F floats, at most MAXKT (D = 128: 16, 72: 28, <= 64: 32).
-    let KT = min(MAXKT, TILE_F / D);
+    let kt = min(MAXKT, TILE_F / D);
     let kv_head = h * D;
-    for (var j0 = 0u; j0 < p.Tk; j0 += KT) {
-        let n = min(KT, p.Tk - j0);
+    for (var j0 = 0u; j0 < p.Tk; j0 += kt) {
+        let n = min(kt, p.Tk - j0);
         // Cooperative load of n keys and values of this head.
         for (var t = lid; t < n * D; t += QB) {
             let jj = t / D;

@@ -17,6 +17,8 @@ use sparsedit::gguf::{MetaValue, TensorType};
 use sparsedit::import::{dit_to_sparsedit, infer_config, parse_layout, read_checkpoint, ImportOptions};
 use sparsedit::model::{to_vec_f32, Model, TensorMap};
 use sparsedit::pack::{load_pack_file, read_header_file, write_pack};
+use sparsedit::gpu::model::{EncodedMap, GpuModel};
+use sparsedit::gpu::Gpu;
 use sparsedit::{Error, Result};
 
 #[derive(Parser)]
@@ -94,8 +96,9 @@ struct ModelFlags {
     model: PathBuf,
     #[command(flatten)]
     import: ImportFlags,
-    /// Compute backend (cpu: the candle reference).
-    #[arg(long, default_value = "cpu")]
+    /// Compute backend: gpu (WebGPU via wgpu), cpu (the candle reference), or auto (gpu when an
+    /// adapter exists).
+    #[arg(long, default_value = "auto")]
     backend: String,
 }
 
@@ -183,6 +186,11 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| "unknown".into());
         eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(""));
     }));
+    // Mesa's Vulkan drivers probe Wayland and print a stray line when XDG_RUNTIME_DIR is unset
+    // (headless machines, CI); an absolute path silences it. Set before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let cli = Cli::parse();
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -234,12 +242,85 @@ fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Config, Tenso
     }
 }
 
-fn load_model(flags: &ModelFlags) -> Result<Model> {
-    if flags.backend != "cpu" {
-        return Err(Error::InvalidArgument(format!("backend {:?} is not available in this build (cpu)", flags.backend)));
+/// A model on the chosen backend.
+enum Engine {
+    Cpu(Model),
+    Gpu(Box<Gpu>, Box<GpuModel>),
+}
+
+impl Engine {
+    fn cfg(&self) -> &Config {
+        match self {
+            Engine::Cpu(m) => &m.cfg,
+            Engine::Gpu(_, m) => &m.cfg,
+        }
     }
-    let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
-    Model::from_tensors(cfg, tensors)
+
+    fn name(&self) -> String {
+        match self {
+            Engine::Cpu(_) => "cpu (candle)".into(),
+            Engine::Gpu(g, _) => format!("gpu: {}", g.describe()),
+        }
+    }
+
+    /// model(x, t, y) at sparse grid `grid`.
+    fn forward(&self, x: &Tensor, t: &[f32], y: &[i64], grid: usize) -> Result<Tensor> {
+        match self {
+            Engine::Cpu(m) => m.forward(x, t, y, grid),
+            Engine::Gpu(g, m) => {
+                let dims = x.dims().to_vec();
+                let c = &m.cfg;
+                if dims.len() != 4 || dims[1..] != [c.in_channels, c.input_size, c.input_size] {
+                    return Err(Error::InvalidArgument(format!(
+                        "input x has shape {dims:?}, the model takes (B, {}, {}, {})",
+                        c.in_channels, c.input_size, c.input_size
+                    )));
+                }
+                let plan = m.plan(g, dims[0], grid)?;
+                let out = m.forward(g, &plan, &to_vec_f32(x)?, t, y)?;
+                Ok(Tensor::from_vec(out, (dims[0], c.out_channels(), c.input_size, c.input_size), &Device::Cpu)?)
+            }
+        }
+    }
+}
+
+fn load_model(flags: &ModelFlags) -> Result<Engine> {
+    let gpu = match flags.backend.as_str() {
+        "cpu" => None,
+        "gpu" => Some(Gpu::new_blocking()?),
+        "auto" => match Gpu::new_blocking() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("note: {e}; using the CPU backend");
+                None
+            }
+        },
+        other => return Err(Error::InvalidArgument(format!("unknown backend {other:?} (gpu, cpu or auto)"))),
+    };
+    match gpu {
+        None => {
+            let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
+            Ok(Engine::Cpu(Model::from_tensors(cfg, tensors)?))
+        }
+        Some(g) => {
+            let model = if is_pack(&flags.model) {
+                let bytes = std::fs::read(&flags.model).map_err(|e| Error::Io { path: flags.model.display().to_string(), source: e })?;
+                let g2 = sparsedit::gguf::Gguf::parse(&bytes).map_err(|e| match e {
+                    Error::Gguf(m) => Error::Gguf(format!("{}: {m}", flags.model.display())),
+                    other => other,
+                })?;
+                let mut cfg = sparsedit::pack::config_from_header(&g2.header)?;
+                if let Some(s) = flags.import.semantic_size {
+                    cfg.semantic_size = s;
+                }
+                GpuModel::load(&g, cfg, &g2)?
+            } else {
+                let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
+                GpuModel::load(&g, cfg, &EncodedMap { tensors: &tensors, quant: TensorType::F32 })?
+            };
+            Ok(Engine::Gpu(Box::new(g), Box::new(model)))
+        }
+    }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -400,15 +481,23 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let x = need(&inputs, "x", &a.inputs)?.to_dtype(DType::F32)?;
     let t: Vec<f32> = need(&inputs, "t", &a.inputs)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
     let y = labels(need(&inputs, "y", &a.inputs)?)?;
-    let model = load_model(&a.model)?;
-    let grid = model.cfg.semantic_size;
-    let out = model.forward(&x, &t, &y, grid)?;
+    let engine = load_model(&a.model)?;
+    let grid = engine.cfg().semantic_size;
+    let out = engine.forward(&x, &t, &y, grid)?;
     let mut tensors = vec![("out".to_string(), out)];
     if let Some(scale) = inputs.get("cfg_scale") {
         let s = scale.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let s = *s.first().ok_or_else(|| Error::InvalidArgument("cfg_scale is empty".into()))?;
-        let channels = if a.cfg_all_channels { model.cfg.in_channels } else { 3 };
-        tensors.push(("out_cfg".to_string(), model.forward_with_cfg(&x, &t, &y, s, channels, grid)?));
+        let channels = if a.cfg_all_channels { engine.cfg().in_channels } else { 3 };
+        // The reference forward_with_cfg: the first half's latent for both halves.
+        let b = x.dim(0)?;
+        if b % 2 != 0 {
+            return Err(Error::InvalidArgument(format!("cfg_scale needs an even batch ([cond; uncond]), got {b}")));
+        }
+        let half = x.narrow(0, 0, b / 2)?;
+        let combined = Tensor::cat(&[&half, &half], 0)?;
+        let raw = engine.forward(&combined, &t, &y, grid)?;
+        tensors.push(("out_cfg".to_string(), sparsedit::model::apply_cfg(&raw, s, channels)?));
     }
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
     candle_core::safetensors::save(&map, &a.out).map_err(|e| Error::Io {
@@ -427,8 +516,8 @@ fn sample(a: SampleArgs) -> Result<()> {
     if !a.cfg.is_finite() {
         return Err(Error::InvalidArgument("--cfg must be finite".into()));
     }
-    let model = load_model(&a.model)?;
-    let cfg = model.cfg.clone();
+    let engine = load_model(&a.model)?;
+    let cfg = engine.cfg().clone();
     if a.class < 0 || a.class >= cfg.num_classes as i64 {
         return Err(Error::InvalidArgument(format!("--class {} is out of range 0..{} for this model", a.class, cfg.num_classes)));
     }
@@ -488,25 +577,46 @@ fn sample(a: SampleArgs) -> Result<()> {
     let n_tok = cfg.num_tokens();
     let noise: &mut dyn NoiseSource = &mut seeded;
     let started = std::time::Instant::now();
-    let out = sampler.sample(
-        |x, t, y| model.forward(x, t, y, schedule.grid_at(t[0] as f64, sparsedit::diffusion::NUM_TRAIN_TIMESTEPS, n_tok)),
-        &z,
-        &y,
-        guidance,
-        noise,
-        |s| {
-            pb.set_position(s.iter as u64 + 1);
-            Ok(())
-        },
-    )?;
+    let out = match &engine {
+        Engine::Cpu(model) => sampler.sample(
+            |x, t, y| model.forward(x, t, y, schedule.grid_at(t[0] as f64, sparsedit::diffusion::NUM_TRAIN_TIMESTEPS, n_tok)),
+            &z,
+            &y,
+            guidance,
+            noise,
+            |s| {
+                pb.set_position(s.iter as u64 + 1);
+                Ok(())
+            },
+        )?,
+        Engine::Gpu(g, model) => {
+            let v = pollster::block_on(sparsedit::gpu::sample::sample_gpu(
+                g,
+                model,
+                &sampler,
+                &to_vec_f32(&z)?,
+                &y,
+                guidance,
+                &schedule,
+                noise,
+                false,
+                |s| {
+                    pb.set_position(s.iter as u64 + 1);
+                    Ok(())
+                },
+            ))?;
+            Tensor::from_vec(v, z.dims(), &Device::Cpu)?
+        }
+    };
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let calls = sampler.diffusion.num_steps();
     let batch = n * if guidance.is_some() { 2 } else { 1 };
     let macs = sample_macs(&cfg, &schedule, &sampler.diffusion.timestep_map, batch);
     eprintln!(
-        "{n} sample(s), {calls} steps ({respacing}), {:.2} s, {:.1} GMACs (linear+norm+attention)",
+        "{n} sample(s), {calls} steps ({respacing}), {:.2} s on {}, {:.1} GMACs (linear+norm+attention)",
         secs,
+        engine.name(),
         macs as f64 / 1e9
     );
     if let Some(p) = &a.latent_out {

@@ -46,9 +46,20 @@ fn convert(case: &str, ckpt: &str, quant: &str, dir: &Path) -> std::path::PathBu
 }
 
 fn forward_out(pack: &Path, case: &str, dir: &Path, tag: &str) -> HashMap<String, Tensor> {
-    let out = dir.join(format!("{case}-{tag}-out.safetensors"));
-    ok(&["forward", "--model", s(pack), "--inputs", s(&fixture_dir(case).join("inputs.safetensors")), "--out", s(&out)]);
+    forward_on(pack, case, dir, tag, "auto")
+}
+
+fn forward_on(pack: &Path, case: &str, dir: &Path, tag: &str, backend: &str) -> HashMap<String, Tensor> {
+    let out = dir.join(format!("{case}-{tag}-{backend}-out.safetensors"));
+    ok(&["forward", "--model", s(pack), "--inputs", s(&fixture_dir(case).join("inputs.safetensors")), "--out", s(&out), "--backend", backend]);
     load_st(&out)
+}
+
+/// The backends to exercise: the CPU reference always, the GPU when an adapter exists (always
+/// in CI, where lavapipe is installed).
+fn backends() -> Vec<&'static str> {
+    let gpu = std::env::var("CI").as_deref() == Ok("true") || sparsedit::gpu::Gpu::new_blocking().is_ok();
+    if gpu { vec!["cpu", "gpu"] } else { vec!["cpu"] }
 }
 
 #[test]
@@ -61,10 +72,13 @@ fn convert_forward_matches_reference_for_every_case() {
         ("dit_dense", "model.pt"),
     ] {
         let pack = convert(case, ckpt, "f32", dir.path());
-        let got = forward_out(&pack, case, dir.path(), "f32");
         let want = load_st(&fixture_dir(case).join("expected.safetensors"));
-        assert_close(&format!("{case} cli forward"), &f32s(&got["out"]), &f32s(&want["out"]), 1e-4);
-        assert_close(&format!("{case} cli forward cfg"), &f32s(&got["out_cfg"]), &f32s(&want["out_cfg"]), 1e-4);
+        for backend in backends() {
+            let got = forward_on(&pack, case, dir.path(), "f32", backend);
+            let tol = if backend == "cpu" { 1e-4 } else { 1e-3 };
+            assert_close(&format!("{case} cli forward ({backend})"), &f32s(&got["out"]), &f32s(&want["out"]), tol);
+            assert_close(&format!("{case} cli forward cfg ({backend})"), &f32s(&got["out_cfg"]), &f32s(&want["out_cfg"]), tol);
+        }
     }
 }
 
@@ -122,14 +136,16 @@ fn sample_reproduces_reference_ddim_from_given_noise() {
         let noise = dir.path().join(format!("{case}-z.safetensors"));
         let m: HashMap<String, Tensor> = [("z".to_string(), z0)].into_iter().collect();
         candle_core::safetensors::save(&m, &noise).unwrap();
-        let latent = dir.path().join(format!("{case}-sample.safetensors"));
-        ok(&[
-            "sample", "--model", s(&pack), "--class", &label, "--steps", "10", "--sampler", "ddim", "--cfg", &scale, "--noise",
-            s(&noise), "--latent-out", s(&latent),
-        ]);
-        let got = load_st(&latent);
-        let want = f["sample"].narrow(0, 0, 1).unwrap();
-        assert_close(&format!("{case} cli ddim"), &f32s(&got["sample"]), &f32s(&want), 1e-3);
+        for backend in backends() {
+            let latent = dir.path().join(format!("{case}-{backend}-sample.safetensors"));
+            ok(&[
+                "sample", "--model", s(&pack), "--class", &label, "--steps", "10", "--sampler", "ddim", "--cfg", &scale, "--noise",
+                s(&noise), "--latent-out", s(&latent), "--backend", backend,
+            ]);
+            let got = load_st(&latent);
+            let want = f["sample"].narrow(0, 0, 1).unwrap();
+            assert_close(&format!("{case} cli ddim ({backend})"), &f32s(&got["sample"]), &f32s(&want), 1e-3);
+        }
     }
 }
 
@@ -150,6 +166,26 @@ fn sample_writes_png_for_pixel_models_and_is_seeded() {
     let c = run("8", "c.png");
     assert_eq!(a, b, "same seed, same sample");
     assert_ne!(a, c, "different seed, different sample");
+}
+
+#[test]
+fn gpu_and_cpu_samplers_agree_for_a_seed() {
+    let b = backends();
+    if b.len() < 2 {
+        eprintln!("skipped: no GPU adapter");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pack = convert("sparse_nondiv", "model.pt", "q8_0", dir.path());
+    let run = |backend: &str, sampler: &str| {
+        let lat = dir.path().join(format!("{backend}-{sampler}.safetensors"));
+        ok(&["sample", "--model", s(&pack), "--class", "2", "--steps", "6", "--sampler", sampler, "--eta", "0.3", "--seed", "11", "--num", "2", "--schedule", "0.2:0.8", "--latent-out", s(&lat), "--backend", backend]);
+        f32s(&load_st(&lat)["sample"])
+    };
+    for sampler in ["ddpm", "ddim"] {
+        let (c, g) = (run("cpu", sampler), run("gpu", sampler));
+        assert_close(&format!("{sampler}: GPU vs CPU sample, same seed"), &g, &c, 1e-3);
+    }
 }
 
 #[test]

@@ -132,8 +132,13 @@ fn cross_attention_many_queries_few_keys() {
 #[test]
 fn head_dim_72() {
     let Some(gpu) = gpu() else { return };
-    let s = AttnShape::packed_qkv(2, 20, 144, 2);
-    let qkv = random(6, 2 * 20 * 3 * 144, 1.0);
+    // 61 tokens: tiles of 28 keys (28 + 28 + 5).
+    let s = AttnShape::packed_qkv(2, 61, 144, 2);
+    let qkv = random(6, 2 * 61 * 3 * 144, 1.0);
+    check(&gpu, "self d72 T61", &s, &qkv, None, true);
+    // The brief's T = 20 (a single partial tile).
+    let s = AttnShape::packed_qkv(1, 20, 144, 2);
+    let qkv = random(17, 20 * 3 * 144, 1.0);
     check(&gpu, "self d72 T20", &s, &qkv, None, true);
 }
 
@@ -221,7 +226,7 @@ fn bad_shapes_are_errors() {
         ("q slice past the row", AttnShape { q_off: 40, ..good.clone() }),
         ("k slice past the row", AttnShape { k_off: 33, ..good.clone() }),
         ("v slice past the row", AttnShape { v_off: 33, ..good.clone() }),
-        ("head dim 129", AttnShape { channels: 129, heads: 1, q_stride: 387, kv_stride: 387, k_off: 129, v_off: 258, batch: 1, tq: 1, tk: 1 }),
+        ("head dim 129", AttnShape { channels: 129, heads: 1, q_stride: 387, q_off: 0, kv_stride: 387, k_off: 129, v_off: 258, batch: 1, tq: 1, tk: 1 }),
         ("buffers too small", AttnShape { tq: 9, tk: 9, ..good.clone() }),
     ];
     for (what, s) in &cases {

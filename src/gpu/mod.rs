@@ -12,6 +12,7 @@
 //! shader documents them.
 
 pub mod model;
+pub mod sample;
 pub mod ops;
 
 use std::cell::RefCell;
@@ -67,7 +68,13 @@ pub struct Gpu {
 impl Gpu {
     /// Open the default high-performance adapter. Errors (never panics) when none is found.
     pub async fn new() -> Result<Gpu> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        // Vulkan / Metal / DX12 / browser WebGPU; the GL fallback lacks storage-heavy compute
+        // features (and probes window systems). WGPU_BACKEND still overrides.
+        if std::env::var_os("WGPU_BACKEND").is_none() {
+            desc.backends = wgpu::Backends::PRIMARY;
+        }
+        let instance = wgpu::Instance::new(desc);
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -100,7 +107,10 @@ impl Gpu {
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string().lines().next().unwrap_or("GPU error").to_string());
+                // Keep the whole message (shader compile errors span lines); callers flatten it.
+                let mut text = e.to_string();
+                text.truncate(4000);
+                v.push(text);
             }
         }));
         let lost = Arc::new(Mutex::new(None));
@@ -257,10 +267,22 @@ impl Gpu {
 
     /// Encode `dispatches` in order into one command buffer and submit it.
     pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        self.run_step(&[], &[dispatches])
+    }
+
+    /// One submission: buffer copies (src, dst, dst offset in elements), then every dispatch of
+    /// `groups` in order in one compute pass (WebGPU orders dispatches within a pass).
+    pub fn run_step(&self, copies: &[(&GpuBuf, &GpuBuf, usize)], groups: &[&[Dispatch]]) -> Result<()> {
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        for (src, dst, off) in copies {
+            if off + src.len > dst.len {
+                return Err(Error::Gpu(format!("copy of {} elements at {off} into a buffer of {}", src.len, dst.len)));
+            }
+            enc.copy_buffer_to_buffer(&src.buf, 0, &dst.buf, (*off * 4) as u64, (src.len * 4) as u64);
+        }
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None });
-            for d in dispatches {
+            for d in groups.iter().flat_map(|g| g.iter()) {
                 pass.set_pipeline(&d.kernel.pipeline);
                 pass.set_bind_group(0, &d.bind_group, &[]);
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);

@@ -78,7 +78,7 @@ fn not_aliased(label: &str, out: (&str, &GpuBuf), inputs: &[(&str, &GpuBuf)]) ->
 /// out[b, hh*n + ww, ci*p*p + i*p + j] = x[b, ci, hh*p + i, ww*p + j].
 #[allow(clippy::too_many_arguments)]
 pub fn patchify(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, cin: usize, input_size: usize, patch: usize, out: &GpuBuf) -> Result<Dispatch> {
-    if patch == 0 || input_size % patch != 0 {
+    if patch == 0 || !input_size.is_multiple_of(patch) {
         return bad(label, format!("image side {input_size} is not a multiple of patch size {patch}"));
     }
     let n = input_size / patch;

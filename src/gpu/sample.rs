@@ -1,0 +1,87 @@
+//! The whole sampler on the GPU: each denoising step is one submission (copy the latent into
+//! the [x; x] model batch, the forward plan, the fused CFG + DDPM/DDIM update), and nothing is
+//! read back until the end unless a preview is asked for.
+//!
+//! Noise is drawn on the host from the same [`NoiseSource`] in the same order as the CPU
+//! sampler, so a seed gives the same sample on both backends (up to float rounding).
+
+use std::collections::HashMap;
+
+use crate::diffusion::{Guidance, NoiseSource, Sampler, SamplerKind, NUM_TRAIN_TIMESTEPS};
+use crate::error::{Error, Result};
+use crate::gpu::model::{GpuModel, Plan};
+use crate::gpu::ops::tokens::{sampler_step, SamplerStepParams};
+use crate::gpu::Gpu;
+use crate::config::GridSchedule;
+
+/// Per-step report of a GPU sampling run.
+pub struct GpuStep<'a> {
+    pub iter: usize,
+    pub total: usize,
+    pub timestep: usize,
+    /// Sparse grid side used at this step.
+    pub grid: usize,
+    /// Predicted x0 (n, C, H, W), present when previews were asked for.
+    pub pred_x0: Option<&'a [f32]>,
+}
+
+/// Sample `n = z.len() / (C H W)` latents for labels `y` on the GPU.
+#[allow(clippy::too_many_arguments)]
+pub async fn sample_gpu(
+    gpu: &Gpu,
+    model: &GpuModel,
+    sampler: &Sampler,
+    z: &[f32],
+    y: &[i64],
+    guidance: Option<Guidance>,
+    schedule: &GridSchedule,
+    noise: &mut dyn NoiseSource,
+    preview: bool,
+    mut on_step: impl FnMut(&GpuStep) -> Result<()>,
+) -> Result<Vec<f32>> {
+    let cfg = &model.cfg;
+    let chw = cfg.in_channels * cfg.input_size * cfg.input_size;
+    let n = y.len();
+    if n == 0 || z.len() != n * chw {
+        return Err(Error::arg(format!("latent has {} values for {n} labels of {chw}", z.len())));
+    }
+    model.check_labels(y)?;
+    let rows = if guidance.is_some() { 2 * n } else { n };
+    let mut labels = y.to_vec();
+    if let Some(g) = guidance {
+        labels.extend(std::iter::repeat_n(g.null_label, n));
+    }
+    let x = gpu.upload("latent", z)?; // (n, C, H, W)
+    let x0 = gpu.zeros("pred_x0", n * chw)?; // (n, C, H, W)
+    let noise_buf = gpu.zeros("noise", n * chw)?; // (n, C, H, W)
+    let mut host_noise = vec![0f32; n * chw];
+    let mut plans: HashMap<usize, Plan> = HashMap::new();
+    let total = sampler.diffusion.num_steps();
+    let spatial = cfg.input_size * cfg.input_size;
+    for (iter, i) in (0..total).rev().enumerate() {
+        let t_orig = sampler.diffusion.timestep_map[i];
+        let grid = schedule.grid_at(t_orig as f64, NUM_TRAIN_TIMESTEPS, cfg.num_tokens());
+        if !plans.contains_key(&grid) {
+            plans.insert(grid, model.plan(gpu, rows, grid)?);
+        }
+        let plan = &plans[&grid];
+        model.write_inputs(gpu, plan, None, &vec![t_orig as f32; rows], &labels)?;
+        let needs_noise = i != 0 && !matches!(sampler.kind, SamplerKind::Ddim { eta } if eta == 0.0);
+        if needs_noise {
+            noise.fill(iter, &mut host_noise)?;
+            gpu.write(&noise_buf, &host_noise)?;
+        }
+        let params = SamplerStepParams::new(&sampler.diffusion, i, sampler.kind, sampler.variance, n, cfg.in_channels, spatial, guidance)?;
+        let step = sampler_step(gpu, "sampler_step", &x, &plan.out, &noise_buf, &x0, &params)?;
+        let mut copies = vec![(&x, &plan.x_in, 0usize)];
+        if guidance.is_some() {
+            copies.push((&x, &plan.x_in, n * chw));
+        }
+        gpu.run_step(&copies, &[&plan.dispatches, std::slice::from_ref(&step)])?;
+        let pred = if preview { Some(gpu.read_async(&x0).await?) } else { None };
+        on_step(&GpuStep { iter, total, timestep: t_orig, grid, pred_x0: pred.as_deref() })?;
+    }
+    let mut out = gpu.read_async(&x).await?;
+    out.truncate(n * chw);
+    Ok(out)
+}
