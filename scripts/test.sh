@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what a fresh machine lacks first.
 # Usage: bash scripts/test.sh   (README's test command; .ci/run calls it)
+#
+# GPU tests run on whatever WebGPU adapter wgpu finds; on a machine without a GPU that is Mesa's
+# CPU Vulkan driver (lavapipe), installed here. With CI=true a missing adapter fails the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,5 +12,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Unit, reference-fixture, GGUF and CLI tests (CPU; fixtures come from tests/fixtures/gen.py).
+# Vulkan loader + lavapipe, unless a Vulkan driver is already installed.
+if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "note: no Vulkan driver and no apt-get: GPU tests will skip (or fail with CI=true)" >&2
+  fi
+fi
+
+# Unit, PyTorch-reference fixture, GGUF, GPU-kernel, GPU-model and CLI tests.
+# (Fixtures are committed; tests/fixtures/gen.py regenerates them with PyTorch.)
 cargo test --locked --all-targets 2>&1
