@@ -8,6 +8,8 @@
 //! - [`flops`]: MACs per module, in the official training log's convention.
 //! - [`gpu`]: the WebGPU engine (wgpu + WGSL in `shaders/`), checked against [`model`].
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod config;
 pub mod diffusion;
 pub mod error;

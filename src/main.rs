@@ -45,6 +45,32 @@ enum Cmd {
     Sample(SampleArgs),
     /// MACs of one forward pass at batch 1, per module.
     Flops(FlopsArgs),
+    /// Dense vs sparse timing on one backend (forward, full sample, matmul GFLOP/s).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A preset (random weights), e.g. sparsedit-tiny, sparsedit-xl2-256.
+    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    preset: Option<String>,
+    /// A pack (its dense/sparse counterpart gets random weights of the same widths).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Sampling steps for the full-sample time.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Images per sample (the model batch is twice this, for CFG).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed repetitions of the forward pass (median reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Weight format on the GPU: f32, f16, q8_0, q4_0.
+    #[arg(long, default_value = "f32")]
+    quant: String,
 }
 
 #[derive(Args)]
@@ -210,6 +236,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Forward(a) => forward(a),
         Cmd::Sample(a) => sample(a),
         Cmd::Flops(a) => flops(a),
+        Cmd::Bench(a) => bench(a),
     }
 }
 
@@ -674,4 +701,58 @@ fn flops(a: FlopsArgs) -> Result<()> {
     };
     let text = if a.json { report.to_json() } else { report.to_markdown(&title) };
     writeln!(stdout, "{text}").map_err(|e| Error::Io { path: "stdout".into(), source: e })
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use sparsedit::bench::{bench_model, counterpart, matmul_gflops, random_tensors, table, BenchOptions};
+    let quant = TensorType::parse(&a.quant)?;
+    let opts = BenchOptions { steps: a.steps, batch: a.batch, repeats: a.repeats, quant };
+    let gpu = match a.backend.as_str() {
+        "cpu" => None,
+        "gpu" => Some(Gpu::new_blocking()?),
+        "auto" => Gpu::new_blocking().ok(),
+        other => return Err(Error::InvalidArgument(format!("unknown backend {other:?} (gpu, cpu or auto)"))),
+    };
+    let (cfg, tensors) = match (&a.preset, &a.model) {
+        (Some(p), _) => {
+            let cfg = Config::preset(p)?;
+            let t = random_tensors(&cfg, 0)?;
+            (cfg, t)
+        }
+        (None, Some(m)) => {
+            let p = load_pack_file(m)?;
+            (p.cfg, p.tensors)
+        }
+        _ => return Err(Error::InvalidArgument("give --preset or --model".into())),
+    };
+    let other = counterpart(&cfg);
+    let other_t = random_tensors(&other, 1)?;
+    let (dense, sparse) = if cfg.layout.is_sparse() { ((other, other_t), (cfg, tensors)) } else { ((cfg, tensors), (other, other_t)) };
+    let device = match &gpu {
+        Some(g) => g.describe(),
+        None => format!("CPU (candle, {} threads)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+    };
+    let name = |c: &Config| match c.layout {
+        sparsedit::Layout::Dense { depth } => format!("DiT, {depth} blocks, N={}", c.num_tokens()),
+        sparsedit::Layout::Sparse(s) => format!(
+            "SparseDiT {}+{}x{:?}+{}, s={}",
+            s.num_poolingformer, s.num_sdtm, s.group, s.num_top, c.semantic_size
+        ),
+    };
+    eprintln!("benchmarking on {device} ...");
+    let rows = vec![
+        bench_model(gpu.as_ref(), &dense.0, &dense.1, &opts, &name(&dense.0))?,
+        bench_model(gpu.as_ref(), &sparse.0, &sparse.1, &opts, &name(&sparse.0))?,
+    ];
+    println!("{}", table(&device, &rows, &opts)?);
+    if let Some(g) = &gpu {
+        let c = dense.0.hidden_size;
+        let m = 2 * a.batch.max(1) * dense.0.num_tokens();
+        println!("| matmul (linear.wgsl) | M x K x N | GFLOP/s |\n|---|---|---:|");
+        for (k, n) in [(c, 4 * c), (4 * c, c), (c, 3 * c)] {
+            let gf = matmul_gflops(g, m, k, n, quant, a.repeats)?;
+            println!("| {} | {m} x {k} x {n} | {gf:.1} |", quant.name());
+        }
+    }
+    Ok(())
 }

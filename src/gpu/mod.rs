@@ -292,6 +292,15 @@ impl Gpu {
         self.check()
     }
 
+    /// Block until every submitted command has finished (native; timing).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
     /// Read `buf` back as f32 (native: blocks until the GPU is done).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, buf: &GpuBuf) -> Result<Vec<f32>> {

@@ -65,11 +65,7 @@ impl AttnShape {
 
     /// Head dim d = C / H.
     pub fn head_dim(&self) -> usize {
-        if self.heads == 0 {
-            0
-        } else {
-            self.channels / self.heads
-        }
+        self.channels.checked_div(self.heads).unwrap_or(0)
     }
 
     /// Check the shape on its own (not against buffers). `need_v`: the v slice is read.
@@ -79,7 +75,7 @@ impl AttnShape {
         if s.batch == 0 || s.tq == 0 || s.tk == 0 {
             return bad(format!("empty attention: batch {}, {} queries, {} keys", s.batch, s.tq, s.tk));
         }
-        if s.channels == 0 || s.heads == 0 || s.channels % s.heads != 0 {
+        if s.channels == 0 || s.heads == 0 || !s.channels.is_multiple_of(s.heads) {
             return bad(format!("{} channels do not split into {} heads", s.channels, s.heads));
         }
         let d = s.channels / s.heads;
