@@ -1,6 +1,15 @@
 // Linear layer: y (M, N) = epilogue(x (M, K) . W^T + b), W (N, K) stored as f32, f16, q8_0 or q4_0.
 // Tiled: a 64 x 64 output tile per workgroup of 16 x 16 threads, 4 x 4 outputs per thread,
 // K in steps of 16 through workgroup memory; weights are dequantised while loading the tile.
+//
+// This file is the kernel body shared by two arithmetic precisions; it is not a module on its
+// own. The host prepends one of (src/gpu/ops/mod.rs, `Precision`):
+//   linear_f32.wgsl  tiles in f32, fma in f32 (the default, works on every adapter)
+//   linear_f16.wgsl  `enable f16;` tiles in f16, products in f16, sums in f32 (needs shader-f16)
+// Each defines the tile element type `H`, `to_h` (f32 -> H when a value enters a tile) and
+// `madd` (acc + a * b over 4 outputs, accumulated in f32). WGSL has no includes and
+// `enable f16` cannot be conditional, so the shared part (bindings, weight decoding, epilogues,
+// the tile loop) lives here once instead of being copied into two kernels.
 
 override WFMT: u32 = 0u; // 0 f32, 1 f16 (two per u32, low half first), 2 q8_0, 3 q4_0
 override EPI: u32 = 0u;  // 0 y = v; 1 y = gelu_tanh(v); 2 y += gate[b] * v (gated residual, in place);
@@ -26,8 +35,8 @@ struct Params {
 const TILE: u32 = 64u;
 const KT: u32 = 16u;
 
-var<workgroup> xs: array<array<f32, 16>, 64>; // x tile (64 rows, 16 k)
-var<workgroup> ws: array<array<f32, 16>, 64>; // W tile (64 output features, 16 k)
+var<workgroup> xs: array<array<H, 16>, 64>; // x tile (64 rows, 16 k)
+var<workgroup> ws: array<array<H, 16>, 64>; // W tile (64 output features, 16 k)
 
 fn weight(n: u32, k: u32) -> f32 {
     let i = n * p.K + k;
@@ -70,7 +79,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
     let tid = lid.y * 16u + lid.x;
-    var acc: array<array<f32, 4>, 4>;
+    var acc: array<vec4<f32>, 4>; // acc[i][j]: row lid.y + 16 i, column lid.x + 16 j
     for (var k0 = 0u; k0 < p.K; k0 += KT) {
         // 256 threads load 64 x 16 = 1024 values of each tile: 4 each.
         for (var l = 0u; l < 4u; l++) {
@@ -82,25 +91,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             if (row0 + r < p.M && gk < p.K) {
                 xv = x[(row0 + r) * p.K + gk];
             }
-            xs[r][kk] = xv;
+            xs[r][kk] = to_h(xv);
             var wv = 0.0;
             if (col0 + r < p.N && gk < p.K) {
                 wv = weight(col0 + r, gk);
             }
-            ws[r][kk] = wv;
+            ws[r][kk] = to_h(wv);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KT; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
+            let b = vec4<H>(ws[lid.x][kk], ws[lid.x + 16u][kk], ws[lid.x + 32u][kk], ws[lid.x + 48u][kk]);
             for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[lid.y + 16u * i][kk];
-                b[i] = ws[lid.x + 16u * i][kk];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
-                }
+                acc[i] = madd(acc[i], xs[lid.y + 16u * i][kk], b);
             }
         }
         workgroupBarrier();

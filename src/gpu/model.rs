@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{self, Gguf, TensorType};
 use crate::gpu::ops::attention::{attention, AttnShape};
 use crate::gpu::ops::tokens;
-use crate::gpu::ops::{layernorm_modulate, linear, Epilogue, GpuLinear};
+use crate::gpu::ops::{layernorm_modulate, linear_with, Epilogue, GpuLinear, Precision};
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
 use crate::model::{timestep_embedding, TensorMap};
 use crate::pack;
@@ -112,6 +112,8 @@ pub struct GpuModel {
     pub blocks: Vec<GpuBlock>,
     final_ada: GpuLinear,
     final_linear: GpuLinear,
+    /// Arithmetic of every linear layer in plans built from now on (F32 after `load`).
+    pub precision: Precision,
 }
 
 impl GpuModel {
@@ -173,7 +175,16 @@ impl GpuModel {
             final_ada: lin(gpu, src, "final_layer.adaLN_modulation.1", c, 2 * c)?,
             final_linear: lin(gpu, src, "final_layer.linear", c, p * p * cfg.out_channels())?,
             cfg,
+            precision: Precision::F32,
         })
+    }
+
+    /// Use `p` for the linear layers of plans built afterwards (existing plans keep theirs).
+    /// F16 errors, leaving the precision unchanged, on a device without shader-f16.
+    pub fn set_precision(&mut self, gpu: &Gpu, p: Precision) -> Result<()> {
+        p.check(gpu, "GpuModel::set_precision")?;
+        self.precision = p;
+        Ok(())
     }
 
     /// Upload a pack held in memory (validated first).
@@ -227,26 +238,26 @@ impl GpuModel {
         let mut traces = Vec::new();
         // Embeddings.
         d.push(tokens::patchify(gpu, "x_embedder.patchify", &x_in, b, cin, i, p, &patches)?);
-        d.push(linear(gpu, "x_embedder.proj", &self.x_embedder, &patches, b * nt, &dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt })?);
-        d.push(linear(gpu, "t_embedder.mlp.0", &self.t_mlp0, &t_freq, b, &t_hidden, Epilogue::Silu)?);
-        d.push(linear(gpu, "t_embedder.mlp.2", &self.t_mlp2, &t_hidden, b, &t_emb, Epilogue::Store)?);
+        d.push(linear_with(gpu, "x_embedder.proj", &self.x_embedder, &patches, b * nt, &dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt }, self.precision)?);
+        d.push(linear_with(gpu, "t_embedder.mlp.0", &self.t_mlp0, &t_freq, b, &t_hidden, Epilogue::Silu, self.precision)?);
+        d.push(linear_with(gpu, "t_embedder.mlp.2", &self.t_mlp2, &t_hidden, b, &t_emb, Epilogue::Store, self.precision)?);
         let rows = cfg.num_classes + cfg.class_null as usize;
         d.push(tokens::condition(gpu, "y_embedder", &t_emb, &self.y_table, &labels, b, c, rows, &cond)?);
 
         // The two halves of a block that every kind shares: gated MLP on x (B*T rows).
         let mlp = |d: &mut Vec<Dispatch>, blk: &GpuBlock, x: &GpuBuf, t: usize| -> Result<()> {
             d.push(layernorm_modulate(gpu, &format!("{}.norm2", blk.name), x, b * t, c, t, &mods, 6 * c, 3 * c, 4 * c, &normed)?);
-            d.push(linear(gpu, &format!("{}.mlp.fc1", blk.name), &blk.fc1, &normed, b * t, &wide, Epilogue::Gelu)?);
-            d.push(linear(gpu, &format!("{}.mlp.fc2", blk.name), &blk.fc2, &wide, b * t, x, Epilogue::GatedResidual { mods: &mods, tokens: t, stride: 6 * c, offset: 5 * c })?);
+            d.push(linear_with(gpu, &format!("{}.mlp.fc1", blk.name), &blk.fc1, &normed, b * t, &wide, Epilogue::Gelu, self.precision)?);
+            d.push(linear_with(gpu, &format!("{}.mlp.fc2", blk.name), &blk.fc2, &wide, b * t, x, Epilogue::GatedResidual { mods: &mods, tokens: t, stride: 6 * c, offset: 5 * c }, self.precision)?);
             Ok(())
         };
         let gated = |t: usize| Epilogue::GatedResidual { mods: &mods, tokens: t, stride: 6 * c, offset: 2 * c };
         let dit_block = |d: &mut Vec<Dispatch>, blk: &GpuBlock, x: &GpuBuf, t: usize| -> Result<()> {
-            d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+            d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
             d.push(layernorm_modulate(gpu, &format!("{}.norm1", blk.name), x, b * t, c, t, &mods, 6 * c, 0, c, &normed)?);
-            d.push(linear(gpu, &format!("{}.attn.qkv", blk.name), &blk.q_or_qkv, &normed, b * t, &wide, Epilogue::Store)?);
+            d.push(linear_with(gpu, &format!("{}.attn.qkv", blk.name), &blk.q_or_qkv, &normed, b * t, &wide, Epilogue::Store, self.precision)?);
             d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::packed_qkv(b, t, c, cfg.num_heads), &wide, &wide, &att)?);
-            d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * t, x, gated(t))?);
+            d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * t, x, gated(t), self.precision)?);
             mlp(d, blk, x, t)
         };
 
@@ -270,11 +281,11 @@ impl GpuModel {
                 for _ in 0..sl.num_poolingformer {
                     let blk = next_block()?;
                     let x = &dense[cur];
-                    d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+                    d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
                     d.push(layernorm_modulate(gpu, &format!("{}.norm1", blk.name), x, b * nt, c, nt, &mods, 6 * c, 0, c, &normed)?);
-                    d.push(linear(gpu, &format!("{}.attn.v", blk.name), &blk.q_or_qkv, &normed, b * nt, &att, Epilogue::Store)?);
+                    d.push(linear_with(gpu, &format!("{}.attn.v", blk.name), &blk.q_or_qkv, &normed, b * nt, &att, Epilogue::Store, self.precision)?);
                     d.push(tokens::mean_tokens(gpu, &format!("{}.attn.mean", blk.name), &att, b, nt, c, &pooled)?);
-                    d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &pooled, b, &pooled_proj, Epilogue::Store)?);
+                    d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &pooled, b, &pooled_proj, Epilogue::Store, self.precision)?);
                     d.push(tokens::residual_broadcast(gpu, &format!("{}.residual", blk.name), x, b, nt, c, &mods, 6 * c, 2 * c, &pooled_proj)?);
                     mlp(&mut d, blk, x, nt)?;
                     traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: 1 });
@@ -285,14 +296,14 @@ impl GpuModel {
                     d.push(tokens::adaptive_avg_pool(gpu, &format!("dumbbell_blocks.{k}.pool"), dn, b, n, s, c, &sparse)?);
                     for _ in 0..sl.group[0] {
                         let blk = next_block()?;
-                        d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+                        d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
                         d.push(layernorm_modulate(gpu, &format!("{}.norm1.q", blk.name), &sparse, b * st, c, st, &mods, 6 * c, 0, c, &normed)?);
                         d.push(layernorm_modulate(gpu, &format!("{}.norm1.kv", blk.name), dn, b * nt, c, nt, &mods, 6 * c, 0, c, &normed_kv)?);
-                        d.push(linear(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * st, &q, Epilogue::Store)?);
+                        d.push(linear_with(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * st, &q, Epilogue::Store, self.precision)?);
                         let kvl = blk.kv.as_ref().ok_or_else(|| Error::arch("merge block without kv"))?;
-                        d.push(linear(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * nt, &kv, Epilogue::Store)?);
+                        d.push(linear_with(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * nt, &kv, Epilogue::Store, self.precision)?);
                         d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::cross(b, st, nt, c, cfg.num_heads), &q, &kv, &att)?);
-                        d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * st, &sparse, gated(st))?);
+                        d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * st, &sparse, gated(st), self.precision)?);
                         mlp(&mut d, blk, &sparse, st)?;
                         traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
                     }
@@ -316,16 +327,16 @@ impl GpuModel {
                         }
                         // The sparse side must survive until its keys/values are computed, and the
                         // output goes to out_dense: normalise the source first.
-                        d.push(linear(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store)?);
+                        d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
                         d.push(layernorm_modulate(gpu, &format!("{}.norm1.kv", blk.name), src, b * src_t, c, src_t, &mods, 6 * c, 0, c, &normed_kv)?);
                         let kvl = blk.kv.as_ref().ok_or_else(|| Error::arch("recover block without kv"))?;
-                        d.push(linear(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * src_t, &kv, Epilogue::Store)?);
-                        d.push(linear(gpu, &format!("{}.merged_layer1", blk.name), m1, &att, b * nt, out_dense, Epilogue::Store)?);
-                        d.push(linear(gpu, &format!("{}.merged_layer2", blk.name), m2, dn, b * nt, out_dense, Epilogue::Accumulate)?);
+                        d.push(linear_with(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * src_t, &kv, Epilogue::Store, self.precision)?);
+                        d.push(linear_with(gpu, &format!("{}.merged_layer1", blk.name), m1, &att, b * nt, out_dense, Epilogue::Store, self.precision)?);
+                        d.push(linear_with(gpu, &format!("{}.merged_layer2", blk.name), m2, dn, b * nt, out_dense, Epilogue::Accumulate, self.precision)?);
                         d.push(layernorm_modulate(gpu, &format!("{}.norm1.q", blk.name), out_dense, b * nt, c, nt, &mods, 6 * c, 0, c, &normed)?);
-                        d.push(linear(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * nt, &q, Epilogue::Store)?);
+                        d.push(linear_with(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * nt, &q, Epilogue::Store, self.precision)?);
                         d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::cross(b, nt, src_t, c, cfg.num_heads), &q, &kv, &att)?);
-                        d.push(linear(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * nt, out_dense, gated(nt))?);
+                        d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * nt, out_dense, gated(nt), self.precision)?);
                         mlp(&mut d, blk, out_dense, nt)?;
                         on_dense = true;
                         traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
@@ -348,9 +359,9 @@ impl GpuModel {
             }
         }
         // Final layer.
-        d.push(linear(gpu, "final_layer.adaLN_modulation.1", &self.final_ada, &cond, b, &fmods, Epilogue::Store)?);
+        d.push(linear_with(gpu, "final_layer.adaLN_modulation.1", &self.final_ada, &cond, b, &fmods, Epilogue::Store, self.precision)?);
         d.push(layernorm_modulate(gpu, "final_layer.norm_final", &dense[cur], b * nt, c, nt, &fmods, 2 * c, 0, c, &normed)?);
-        d.push(linear(gpu, "final_layer.linear", &self.final_linear, &normed, b * nt, &out_tokens, Epilogue::Store)?);
+        d.push(linear_with(gpu, "final_layer.linear", &self.final_linear, &normed, b * nt, &out_tokens, Epilogue::Store, self.precision)?);
         d.push(tokens::unpatchify(gpu, "unpatchify", &out_tokens, b, n, p, co, &out)?);
         Ok(Plan { batch: b, grid: s, dispatches: d, x_in, t_freq, labels, out, blocks: traces })
     }

@@ -8,7 +8,11 @@ use crate::gpu::{Dispatch, Gpu, GpuBuf};
 pub mod attention;
 pub mod tokens;
 
-pub const LINEAR_WGSL: &str = include_str!("../../../shaders/linear.wgsl");
+/// The linear kernel in f32 arithmetic: a precision prelude + the shared body (see the header
+/// of `shaders/linear.wgsl`).
+pub const LINEAR_WGSL: &str = concat!(include_str!("../../../shaders/linear_f32.wgsl"), include_str!("../../../shaders/linear.wgsl"));
+/// The linear kernel in f16 arithmetic (f16 tiles and products, f32 sums); needs shader-f16.
+pub const LINEAR_F16_WGSL: &str = concat!(include_str!("../../../shaders/linear_f16.wgsl"), include_str!("../../../shaders/linear.wgsl"));
 pub const LAYERNORM_WGSL: &str = include_str!("../../../shaders/layernorm_modulate.wgsl");
 
 /// Fail with a clear message when a buffer is smaller than an op needs.
@@ -105,8 +109,41 @@ pub enum Epilogue<'a> {
     Accumulate,
 }
 
-/// y (rows, N) = epilogue(x (rows, K) W^T + b).
+/// Arithmetic precision of the linear kernels. Storage (activations, biases, epilogues) is f32
+/// either way; weights stay in their stored format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 tiles and fma: every adapter, the reference path.
+    #[default]
+    F32,
+    /// x and W tiles in f16 workgroup memory, products in f16, sums in f32
+    /// (`shaders/linear_f16.wgsl`). Needs a device with shader-f16 ([`Gpu::has_f16`]).
+    F16,
+}
+
+impl Precision {
+    /// Fail clearly when `gpu` cannot run this precision (F16 without shader-f16); `what`
+    /// names the caller in the message.
+    pub fn check(self, gpu: &Gpu, what: &str) -> Result<()> {
+        match self {
+            Precision::F16 if !gpu.has_f16 => Err(Error::Gpu(format!(
+                "{what}: f16 arithmetic needs a device with shader-f16, and {} has none (use Precision::F32)",
+                gpu.describe()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// y (rows, N) = epilogue(x (rows, K) W^T + b), in f32 arithmetic.
 pub fn linear(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: usize, y: &GpuBuf, epi: Epilogue) -> Result<Dispatch> {
+    linear_with(gpu, label, lin, x, rows, y, epi, Precision::F32)
+}
+
+/// [`linear`] in the arithmetic `precision`; F16 errors on a device without shader-f16.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_with(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: usize, y: &GpuBuf, epi: Epilogue, precision: Precision) -> Result<Dispatch> {
+    precision.check(gpu, label)?;
     let (n, k) = (lin.n_out, lin.k_in);
     need(&format!("{label} input"), x, rows * k)?;
     need(&format!("{label} output"), y, rows * n)?;
@@ -141,7 +178,11 @@ pub fn linear(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: usize, 
         TensorType::Q8_0 => 2.0,
         TensorType::Q4_0 => 3.0,
     };
-    let kernel = gpu.kernel("linear", LINEAR_WGSL, &[("WFMT", fmt), ("EPI", code as f64)])?;
+    let (name, source) = match precision {
+        Precision::F32 => ("linear", LINEAR_WGSL),
+        Precision::F16 => ("linear_f16", LINEAR_F16_WGSL),
+    };
+    let kernel = gpu.kernel(name, source, &[("WFMT", fmt), ("EPI", code as f64)])?;
     let params = [rows as u32, n as u32, k as u32, t as u32, stride as u32, offset as u32];
     let groups = [n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1];
     gpu.dispatch(&kernel, label, &params, &[x, &lin.w, &lin.scales, &lin.bias, aux, y], groups)

@@ -1,0 +1,281 @@
+//! The f16 arithmetic path (`Precision::F16`: f16 tiles and products, f32 sums) against the f32
+//! path: the linear kernel alone for every weight format and epilogue on odd sizes, the whole
+//! GPU forward against the CPU reference, and the refusal of F16 on a device without
+//! shader-f16. Needs a WebGPU adapter with shader-f16 for the numeric tests (lavapipe has it);
+//! with CI=true a missing adapter or a missing shader-f16 is a failure, elsewhere the tests say
+//! they skipped.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sparsedit::gguf::{self, TensorType};
+use sparsedit::gpu::model::{EncodedMap, GpuModel, Plan};
+use sparsedit::gpu::ops::{linear, linear_with, Epilogue, GpuLinear, Precision};
+use sparsedit::gpu::{Gpu, GpuBuf};
+use sparsedit::import::{infer_config, read_checkpoint, ImportOptions};
+use sparsedit::model::Model;
+
+fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::new_blocking() {
+        Ok(g) => {
+            eprintln!("adapter: {} (shader-f16: {})", g.describe(), g.has_f16);
+            Some(g)
+        }
+        Err(e) if in_ci() => panic!("CI needs a WebGPU adapter (lavapipe): {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// The GPU when it can run f16 arithmetic. CI runs lavapipe, which has shader-f16, so there a
+/// device without it means the f16 path would go untested: a failure.
+fn gpu_f16() -> Option<Gpu> {
+    let g = gpu()?;
+    if g.has_f16 {
+        return Some(g);
+    }
+    if in_ci() {
+        panic!("CI expects an adapter with shader-f16 (lavapipe has it); {} has none", g.describe());
+    }
+    eprintln!("skipped: {} has no shader-f16", g.describe());
+    None
+}
+
+/// Uniform in (-amp, amp), never closer to zero than amp / 1000.
+fn random(rng: &mut ChaCha8Rng, n: usize, amp: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v: f32 = rng.random_range(-amp..amp);
+            if v.abs() < amp * 1e-3 { (amp * 1e-3).copysign(v) } else { v }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// (1) The linear kernel: f16 vs f32 arithmetic on the same weights and inputs.
+
+/// |f16 - f32| <= LINEAR_TOL * max(|f32_i|, rms(f32)) per output. Each product carries up to three
+/// roundings to 11 significant bits (x, W, the product), each at most 2^-11 = 4.9e-4 relative
+/// and independent: the error of an output is about 2^-11 * sqrt(sum of squared terms), i.e.
+/// ~5e-4 of rms(y) at one sigma for random data; the worst of a few thousand outputs sits near
+/// 3.5 sigma. The sums are f32, so this does not grow with K.
+const LINEAR_TOL: f32 = 2e-3;
+
+#[derive(Clone, Copy, Debug)]
+enum Epi {
+    Store,
+    Gelu,
+    Silu,
+    Gated,
+    AddRows,
+    Accumulate,
+}
+
+const EPIS: [Epi; 6] = [Epi::Store, Epi::Gelu, Epi::Silu, Epi::Gated, Epi::AddRows, Epi::Accumulate];
+
+/// (M, K, N, tokens per batch element): odd M and N, partial 64-tiles, K not a multiple of the
+/// 16-wide k step where the format allows (quantized formats need K % 32 == 0).
+const SHAPES: [(usize, usize, usize, usize); 4] = [(37, 96, 70, 37), (74, 160, 33, 37), (5, 64, 130, 1), (37, 50, 70, 37)];
+
+const FORMATS: [TensorType; 4] = [TensorType::F32, TensorType::F16, TensorType::Q8_0, TensorType::Q4_0];
+
+struct Case {
+    lin: GpuLinear,
+    x: GpuBuf,
+    /// Initial y (read by the in-place epilogues).
+    y0: Vec<f32>,
+    /// Gate rows (B, 3N) for the gated residual, gate at offset N; the AddRows table (T, N).
+    mods: GpuBuf,
+    table: GpuBuf,
+    rows: usize,
+    n: usize,
+    tokens: usize,
+}
+
+impl Case {
+    fn new(gpu: &Gpu, rng: &mut ChaCha8Rng, ty: TensorType, (m, k, n, t): (usize, usize, usize, usize)) -> Case {
+        let w = random(rng, n * k, 0.5);
+        let bias = random(rng, n, 0.3);
+        let bytes = gguf::encode(&w, ty).unwrap();
+        let lin = GpuLinear::from_encoded(gpu, "w", ty, &bytes, n, k, &bias).unwrap();
+        Case {
+            lin,
+            x: gpu.upload("x", &random(rng, m * k, 2.0)).unwrap(),
+            y0: random(rng, m * n, 1.0),
+            mods: gpu.upload("mods", &random(rng, m / t * 3 * n, 1.5)).unwrap(),
+            table: gpu.upload("table", &random(rng, t * n, 1.0)).unwrap(),
+            rows: m,
+            n,
+            tokens: t,
+        }
+    }
+
+    fn run(&self, gpu: &Gpu, epi: Epi, precision: Precision) -> Vec<f32> {
+        let y = gpu.upload("y", &self.y0).unwrap();
+        let e = match epi {
+            Epi::Store => Epilogue::Store,
+            Epi::Gelu => Epilogue::Gelu,
+            Epi::Silu => Epilogue::Silu,
+            Epi::Gated => Epilogue::GatedResidual { mods: &self.mods, tokens: self.tokens, stride: 3 * self.n, offset: self.n },
+            Epi::AddRows => Epilogue::AddRows { table: &self.table, tokens: self.tokens },
+            Epi::Accumulate => Epilogue::Accumulate,
+        };
+        let d = linear_with(gpu, "test", &self.lin, &self.x, self.rows, &y, e, precision).unwrap();
+        gpu.run(&[d]).unwrap();
+        gpu.read(&y).unwrap()
+    }
+}
+
+#[test]
+fn f16_linear_matches_f32_kernel_for_every_format_and_epilogue() {
+    let Some(gpu) = gpu_f16() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let mut worst_per_format = Vec::new();
+    for ty in FORMATS {
+        let mut worst = 0f32;
+        for shape in SHAPES {
+            if matches!(ty, TensorType::Q8_0 | TensorType::Q4_0) && shape.1 % 32 != 0 {
+                continue; // quantized blocks span 32 inputs
+            }
+            let case = Case::new(&gpu, &mut rng, ty, shape);
+            for epi in EPIS {
+                let want = case.run(&gpu, epi, Precision::F32);
+                let got = case.run(&gpu, epi, Precision::F16);
+                let what = format!("{ty:?} {epi:?} M={} K={} N={}: f16 vs f32 kernel", shape.0, shape.1, shape.2);
+                // The in-place epilogues must have changed y (both paths ran their epilogue).
+                assert!(want.iter().zip(&case.y0).any(|(a, b)| a != b), "{what}: y unchanged");
+                assert_close(&what, &got, &want, LINEAR_TOL);
+                let err = max_rel_err(&got, &want);
+                assert!(err > 0.0, "{what}: bit-identical to f32: is the f16 kernel running?");
+                worst = worst.max(err);
+            }
+        }
+        eprintln!("{ty:?}: worst relative error f16 vs f32 kernel over {} epilogues: {worst:.2e}", EPIS.len());
+        worst_per_format.push((ty, worst));
+    }
+    assert_eq!(worst_per_format.len(), FORMATS.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (2) The whole forward in f16 arithmetic against the CPU reference.
+
+/// |GPU f16 - CPU| <= FORWARD_TOL * max(|cpu_i|, rms(cpu)) per output. Measured on lavapipe:
+/// see the report printed by the test (worst ~2e-3 on these fixtures, against ~1e-6 for the f32
+/// path). The per-layer f16 error (~5e-4 of a layer's rms, above) compounds over the ~20-40
+/// linear layers of the fixtures, partly damped by LayerNorm and the adaLN gates; 1e-2 leaves
+/// room for other adapters' f16 rounding (round-to-nearest is not required for f16 products).
+const FORWARD_TOL: f32 = 1e-2;
+
+fn load(case: &str, file: &str) -> (sparsedit::Config, sparsedit::model::TensorMap) {
+    let want = fixture_config(case);
+    let map = read_checkpoint(&fixture_dir(case).join(file)).unwrap();
+    let cfg = infer_config(&map, &ImportOptions { heads: Some(want.num_heads), semantic_size: Some(want.semantic_size) }).unwrap();
+    (cfg, map)
+}
+
+fn linear_kernels(plan: &Plan) -> Vec<&str> {
+    plan.dispatches.iter().map(|d| d.kernel.name.as_str()).filter(|n| n.starts_with("linear")).collect()
+}
+
+/// Mean wall time of `reps` forward passes (after one warm-up), in ms.
+fn time_forward(gpu: &Gpu, gm: &GpuModel, plan: &Plan, x: &[f32], t: &[f32], y: &[i64], reps: usize) -> f64 {
+    gm.forward(gpu, plan, x, t, y).unwrap();
+    let start = Instant::now();
+    for _ in 0..reps {
+        gm.forward(gpu, plan, x, t, y).unwrap();
+    }
+    start.elapsed().as_secs_f64() * 1e3 / reps as f64
+}
+
+#[test]
+fn f16_forward_matches_cpu_reference() {
+    let Some(gpu) = gpu_f16() else { return };
+    for (case, file) in [("sparse_8to3", "model.pt"), ("dit_dense", "model.pt")] {
+        let (cfg, map) = load(case, file);
+        let mut gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::F32 }).unwrap();
+        assert_eq!(gm.precision, Precision::F32, "load defaults to f32 arithmetic");
+        let cpu = Model::from_tensors(cfg.clone(), map.clone()).unwrap();
+        let inp = load_st(&fixture_dir(case).join("inputs.safetensors"));
+        let (x, t, y) = (f32s(&inp["x"]), f32s(&inp["t"]), i64s(&inp["y"]));
+        let batch = t.len();
+        let mut grids = vec![cfg.semantic_size];
+        if cfg.layout.is_sparse() {
+            grids.extend([3, 6].into_iter().filter(|g| *g != cfg.semantic_size));
+        }
+        for grid in grids {
+            gm.set_precision(&gpu, Precision::F32).unwrap();
+            let plan32 = gm.plan(&gpu, batch, grid).unwrap();
+            gm.set_precision(&gpu, Precision::F16).unwrap();
+            let plan16 = gm.plan(&gpu, batch, grid).unwrap();
+            // Every linear layer of the f16 plan runs the f16 kernel, and nothing else changed.
+            let (k32, k16) = (linear_kernels(&plan32), linear_kernels(&plan16));
+            assert!(!k32.is_empty() && k32.iter().all(|n| *n == "linear"), "{case}: f32 plan kernels {k32:?}");
+            assert!(k16.len() == k32.len() && k16.iter().all(|n| *n == "linear_f16"), "{case}: f16 plan kernels {k16:?}");
+            assert_eq!(plan32.dispatches.len(), plan16.dispatches.len());
+
+            let want = f32s(&cpu.forward(&inp["x"], &t, &y, grid).unwrap());
+            let got32 = gm.forward(&gpu, &plan32, &x, &t, &y).unwrap();
+            let got16 = gm.forward(&gpu, &plan16, &x, &t, &y).unwrap();
+            let (e32, e16) = (max_rel_err(&got32, &want), max_rel_err(&got16, &want));
+            let reps = 5;
+            let (ms32, ms16) = (time_forward(&gpu, &gm, &plan32, &x, &t, &y, reps), time_forward(&gpu, &gm, &plan16, &x, &t, &y, reps));
+            eprintln!(
+                "{case} grid {grid} batch {batch}: max relative error vs CPU: f16 {e16:.2e}, f32 {e32:.2e}; \
+                 forward on {}: f16 {ms16:.2} ms, f32 {ms32:.2} ms (mean of {reps})",
+                gpu.adapter.name
+            );
+            assert_close(&format!("{case} grid {grid}: GPU f16 vs CPU"), &got16, &want, FORWARD_TOL);
+            assert!(e16 > e32, "{case}: the f16 plan is no less exact than the f32 one: is it running f16?");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (3) F16 is refused without shader-f16.
+
+#[test]
+fn f16_is_an_error_without_shader_f16() {
+    let Some(mut gpu) = gpu() else { return };
+    let (cfg, map) = load("dit_dense", "model.pt");
+    let mut gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::Q8_0 }).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let lin = GpuLinear::from_encoded(&gpu, "w", TensorType::F32, bytemuck::cast_slice(&random(&mut rng, 8 * 32, 1.0)), 8, 32, &[0.0; 8]).unwrap();
+    let x = gpu.upload("x", &random(&mut rng, 3 * 32, 1.0)).unwrap();
+    let y = gpu.zeros("y", 3 * 8).unwrap();
+
+    if gpu.has_f16 {
+        // The real device can: F16 works, then the same checks on a device that says it cannot
+        // (has_f16 is exactly what they read; wgpu would reject the f16 module there).
+        linear_with(&gpu, "ok", &lin, &x, 3, &y, Epilogue::Store, Precision::F16).unwrap();
+        gm.set_precision(&gpu, Precision::F16).unwrap();
+        assert_eq!(gm.precision, Precision::F16);
+        gm.plan(&gpu, 1, cfg.semantic_size).unwrap();
+        gm.set_precision(&gpu, Precision::F32).unwrap();
+        gpu.has_f16 = false;
+    } else {
+        eprintln!("{} has no shader-f16: checking the refusal on the real device", gpu.describe());
+    }
+    let pipelines = gpu.pipeline_count();
+    let err = linear_with(&gpu, "blocks.0.mlp.fc1", &lin, &x, 3, &y, Epilogue::Gelu, Precision::F16).err().expect("F16 without shader-f16 must fail").to_string();
+    assert!(err.contains("blocks.0.mlp.fc1") && err.contains("shader-f16") && err.contains("F32"), "unclear error: {err}");
+    let err = gm.set_precision(&gpu, Precision::F16).unwrap_err().to_string();
+    assert!(err.contains("shader-f16"), "unclear error: {err}");
+    assert_eq!(gm.precision, Precision::F32, "a refused set_precision leaves the precision unchanged");
+    assert_eq!(gpu.pipeline_count(), pipelines, "nothing was compiled for the refused precision");
+    // F32 stays available everywhere, through both entry points.
+    linear_with(&gpu, "f32", &lin, &x, 3, &y, Epilogue::Store, Precision::F32).unwrap();
+    linear(&gpu, "f32", &lin, &x, 3, &y, Epilogue::Store).unwrap();
+    gm.set_precision(&gpu, Precision::F32).unwrap();
+    gm.plan(&gpu, 1, cfg.semantic_size).unwrap();
+    assert_eq!(Precision::default(), Precision::F32);
+}
