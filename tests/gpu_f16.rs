@@ -64,12 +64,16 @@ fn random(rng: &mut ChaCha8Rng, n: usize, amp: f32) -> Vec<f32> {
 // ---------------------------------------------------------------------------------------------
 // (1) The linear kernel: f16 vs f32 arithmetic on the same weights and inputs.
 
-/// |f16 - f32| <= LINEAR_TOL * max(|f32_i|, rms(f32)) per output. Each product carries up to three
-/// roundings to 11 significant bits (x, W, the product), each at most 2^-11 = 4.9e-4 relative
-/// and independent: the error of an output is about 2^-11 * sqrt(sum of squared terms), i.e.
-/// ~5e-4 of rms(y) at one sigma for random data; the worst of a few thousand outputs sits near
-/// 3.5 sigma. The sums are f32, so this does not grow with K.
-const LINEAR_TOL: f32 = 2e-3;
+/// |f16 - f32| <= LINEAR_TOL * max(|f32_i|, rms(f32)) per output. Each term of a dot product
+/// carries up to three roundings to 11 significant bits (x, W, the product; at most
+/// 2^-11 = 4.9e-4 relative each, independent), and the sums are f32: the error of an output is
+/// about 2^-11 * sqrt(sum of its squared terms), ~3e-4 of rms(v) at one sigma on random data,
+/// whatever K is. Measured on lavapipe (seed 16), worst per case of 185..2,590 outputs: 0.9e-3
+/// to 1.3e-3 for y = v (K = 1024 included: no growth with K); up to 2.1e-3 for the gated
+/// residual (a gate up to 1.5 scales v's error) and 2.4e-3 for GELU / SiLU (slope ~1 at the
+/// large |v| while rms(y) shrinks to ~0.6 rms(v)). Summing in f16 instead (tried) fails at once:
+/// 6.1e-3 on the first case (K = 96), growing like sqrt(K).
+const LINEAR_TOL: f32 = 3e-3;
 
 #[derive(Clone, Copy, Debug)]
 enum Epi {
@@ -84,8 +88,8 @@ enum Epi {
 const EPIS: [Epi; 6] = [Epi::Store, Epi::Gelu, Epi::Silu, Epi::Gated, Epi::AddRows, Epi::Accumulate];
 
 /// (M, K, N, tokens per batch element): odd M and N, partial 64-tiles, K not a multiple of the
-/// 16-wide k step where the format allows (quantized formats need K % 32 == 0).
-const SHAPES: [(usize, usize, usize, usize); 4] = [(37, 96, 70, 37), (74, 160, 33, 37), (5, 64, 130, 1), (37, 50, 70, 37)];
+/// 16-wide k step where the format allows (quantized formats need K % 32 == 0), a long K.
+const SHAPES: [(usize, usize, usize, usize); 5] = [(37, 96, 70, 37), (74, 160, 33, 37), (5, 64, 130, 1), (37, 50, 70, 37), (37, 1024, 70, 37)];
 
 const FORMATS: [TensorType; 4] = [TensorType::F32, TensorType::F16, TensorType::Q8_0, TensorType::Q4_0];
 
@@ -142,7 +146,7 @@ fn f16_linear_matches_f32_kernel_for_every_format_and_epilogue() {
     let mut rng = ChaCha8Rng::seed_from_u64(16);
     let mut worst_per_format = Vec::new();
     for ty in FORMATS {
-        let mut worst = 0f32;
+        let mut worst = (0f32, String::new());
         for shape in SHAPES {
             if matches!(ty, TensorType::Q8_0 | TensorType::Q4_0) && shape.1 % 32 != 0 {
                 continue; // quantized blocks span 32 inputs
@@ -157,11 +161,13 @@ fn f16_linear_matches_f32_kernel_for_every_format_and_epilogue() {
                 assert_close(&what, &got, &want, LINEAR_TOL);
                 let err = max_rel_err(&got, &want);
                 assert!(err > 0.0, "{what}: bit-identical to f32: is the f16 kernel running?");
-                worst = worst.max(err);
+                if err > worst.0 {
+                    worst = (err, what);
+                }
             }
         }
-        eprintln!("{ty:?}: worst relative error f16 vs f32 kernel over {} epilogues: {worst:.2e}", EPIS.len());
-        worst_per_format.push((ty, worst));
+        eprintln!("{ty:?} weights: worst relative error {:.2e} ({})", worst.0, worst.1);
+        worst_per_format.push(worst.0);
     }
     assert_eq!(worst_per_format.len(), FORMATS.len());
 }
@@ -170,10 +176,12 @@ fn f16_linear_matches_f32_kernel_for_every_format_and_epilogue() {
 // (2) The whole forward in f16 arithmetic against the CPU reference.
 
 /// |GPU f16 - CPU| <= FORWARD_TOL * max(|cpu_i|, rms(cpu)) per output. Measured on lavapipe:
-/// see the report printed by the test (worst ~2e-3 on these fixtures, against ~1e-6 for the f32
-/// path). The per-layer f16 error (~5e-4 of a layer's rms, above) compounds over the ~20-40
-/// linear layers of the fixtures, partly damped by LayerNorm and the adaLN gates; 1e-2 leaves
-/// room for other adapters' f16 rounding (round-to-nearest is not required for f16 products).
+/// worst 4.3e-3 (sparse_8to3, grid 6), 3.6e-3 (grid 3), 2.1e-3 (dit_dense), against ~1.2e-6 for
+/// the f32 path. That is the per-layer f16 error (~4e-4 of a layer's rms at one sigma, above)
+/// compounded over the fixtures' chains of 4-5 blocks (~20-40 linear layers, partly damped by
+/// LayerNorm and the adaLN gates); 1e-2 leaves 2.3x for other adapters' f16 rounding (WGSL does
+/// not require round-to-nearest for f16 products). It only just catches summing in f16 (tried:
+/// 1.1e-2 here); the kernel test above is the sharp check for that (6e-3 against its 3e-3).
 const FORWARD_TOL: f32 = 1e-2;
 
 fn load(case: &str, file: &str) -> (sparsedit::Config, sparsedit::model::TensorMap) {

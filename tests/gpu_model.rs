@@ -105,3 +105,34 @@ fn plans_reuse_pipelines_and_reject_bad_input() {
     assert!(gm.forward(&gpu, &p1, &x, &[1.0], &[0, 1]).is_err());
     assert!(gm.plan(&gpu, 2, 0).is_err());
 }
+
+#[test]
+fn traced_plan_captures_cross_attention_like_the_cpu_trace() {
+    let Some(gpu) = gpu() else { return };
+    let (cfg, map) = load("sparse_nondiv", "model.pt");
+    let gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::F32 }).unwrap();
+    let cpu = Model::from_tensors(cfg.clone(), map).unwrap();
+    let inp = load_st(&fixture_dir("sparse_nondiv").join("inputs.safetensors"));
+    let (x, t, y) = (inp["x"].clone(), f32s(&inp["t"]), i64s(&inp["y"]));
+    let plain = gm.plan(&gpu, 4, 3).unwrap();
+    assert!(plain.attention.is_empty(), "no capture unless asked");
+    let plan = gm.plan_with(&gpu, 4, 3, true).unwrap();
+    assert_eq!(plan.dispatches.len(), plain.dispatches.len() + plan.attention.len());
+    let out = gm.forward(&gpu, &plan, &f32s(&x), &t, &y).unwrap();
+    let mut trace = Vec::new();
+    let want = cpu.forward_traced(&x, &t, &y, 3, Some(&mut trace)).unwrap();
+    assert_close("traced forward", &out, &f32s(&want), 1e-3);
+    let cpu_maps: Vec<_> = trace.iter().filter(|b| b.attention.is_some()).collect();
+    assert_eq!(cpu_maps.len(), plan.attention.len());
+    assert_eq!(plan.attention.len(), 4, "2 SDTMs x (merge + recover)");
+    for (cap, tr) in plan.attention.iter().zip(cpu_maps) {
+        assert_eq!(cap.block, tr.name);
+        let got = gpu.read(&cap.buf).unwrap();
+        let want = f32s(tr.attention.as_ref().unwrap());
+        assert_close(&format!("{} attention map", cap.block), &got[..want.len()], &want, 1e-3);
+    }
+    // Trace metadata: merge blocks work on the 3x3 grid, recover blocks on the dense 6x6 one.
+    for (pb, tr) in plan.blocks.iter().zip(&trace) {
+        assert_eq!((pb.name.as_str(), pb.tokens, pb.grid), (tr.name.as_str(), tr.tokens, tr.grid));
+    }
+}

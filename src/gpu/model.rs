@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use crate::config::{Config, Layout, FREQ_DIM, SDTM_KINDS};
 use crate::error::{Error, Result};
 use crate::gguf::{self, Gguf, TensorType};
-use crate::gpu::ops::attention::{attention, AttnShape};
+use crate::gpu::ops::attention::{attention, attention_probs, AttnShape};
 use crate::gpu::ops::tokens;
 use crate::gpu::ops::{layernorm_modulate, linear_with, Epilogue, GpuLinear, Precision};
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
@@ -196,6 +196,13 @@ impl GpuModel {
 
     /// Record one forward pass for `batch` rows at sparse grid `grid` (ignored when dense).
     pub fn plan(&self, gpu: &Gpu, batch: usize, grid: usize) -> Result<Plan> {
+        self.plan_with(gpu, batch, grid, false)
+    }
+
+    /// As [`GpuModel::plan`]; with `capture_attention` the plan also records the head-averaged
+    /// cross-attention maps of every merge and recover block (the token view). Without it the
+    /// plan has no extra dispatch or buffer: tracing costs nothing when off.
+    pub fn plan_with(&self, gpu: &Gpu, batch: usize, grid: usize, capture_attention: bool) -> Result<Plan> {
         let cfg = &self.cfg;
         if batch == 0 {
             return Err(Error::arg("batch must be at least 1"));
@@ -236,6 +243,7 @@ impl GpuModel {
 
         let mut d: Vec<Dispatch> = Vec::new();
         let mut traces = Vec::new();
+        let mut captures: Vec<AttentionCapture> = Vec::new();
         // Embeddings.
         d.push(tokens::patchify(gpu, "x_embedder.patchify", &x_in, b, cin, i, p, &patches)?);
         d.push(linear_with(gpu, "x_embedder.proj", &self.x_embedder, &patches, b * nt, &dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt }, self.precision)?);
@@ -302,7 +310,11 @@ impl GpuModel {
                         d.push(linear_with(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * st, &q, Epilogue::Store, self.precision)?);
                         let kvl = blk.kv.as_ref().ok_or_else(|| Error::arch("merge block without kv"))?;
                         d.push(linear_with(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * nt, &kv, Epilogue::Store, self.precision)?);
-                        d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::cross(b, st, nt, c, cfg.num_heads), &q, &kv, &att)?);
+                        let shape = AttnShape::cross(b, st, nt, c, cfg.num_heads);
+                        d.push(attention(gpu, &format!("{}.attn", blk.name), &shape, &q, &kv, &att)?);
+                        if capture_attention {
+                            captures.push(capture(gpu, &mut d, &blk.name, &shape, &q, &kv)?);
+                        }
                         d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * st, &sparse, gated(st), self.precision)?);
                         mlp(&mut d, blk, &sparse, st)?;
                         traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
@@ -335,7 +347,11 @@ impl GpuModel {
                         d.push(linear_with(gpu, &format!("{}.merged_layer2", blk.name), m2, dn, b * nt, out_dense, Epilogue::Accumulate, self.precision)?);
                         d.push(layernorm_modulate(gpu, &format!("{}.norm1.q", blk.name), out_dense, b * nt, c, nt, &mods, 6 * c, 0, c, &normed)?);
                         d.push(linear_with(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * nt, &q, Epilogue::Store, self.precision)?);
-                        d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::cross(b, nt, src_t, c, cfg.num_heads), &q, &kv, &att)?);
+                        let shape = AttnShape::cross(b, nt, src_t, c, cfg.num_heads);
+                        d.push(attention(gpu, &format!("{}.attn", blk.name), &shape, &q, &kv, &att)?);
+                        if capture_attention {
+                            captures.push(capture(gpu, &mut d, &blk.name, &shape, &q, &kv)?);
+                        }
                         d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * nt, out_dense, gated(nt), self.precision)?);
                         mlp(&mut d, blk, out_dense, nt)?;
                         on_dense = true;
@@ -363,7 +379,7 @@ impl GpuModel {
         d.push(layernorm_modulate(gpu, "final_layer.norm_final", &dense[cur], b * nt, c, nt, &fmods, 2 * c, 0, c, &normed)?);
         d.push(linear_with(gpu, "final_layer.linear", &self.final_linear, &normed, b * nt, &out_tokens, Epilogue::Store, self.precision)?);
         d.push(tokens::unpatchify(gpu, "unpatchify", &out_tokens, b, n, p, co, &out)?);
-        Ok(Plan { batch: b, grid: s, dispatches: d, x_in, t_freq, labels, out, blocks: traces })
+        Ok(Plan { batch: b, grid: s, dispatches: d, x_in, t_freq, labels, out, blocks: traces, attention: captures })
     }
 
     /// Check labels against the label table.
@@ -406,6 +422,21 @@ impl GpuModel {
     }
 }
 
+/// Record the head-averaged attention map (B, Tq, Tk) of one cross-attention.
+fn capture(gpu: &Gpu, d: &mut Vec<Dispatch>, block: &str, shape: &AttnShape, q: &GpuBuf, kv: &GpuBuf) -> Result<AttentionCapture> {
+    let buf = gpu.zeros(&format!("{block}.attn.probs"), shape.batch * shape.tq * shape.tk)?;
+    d.push(attention_probs(gpu, &format!("{block}.attn.probs"), shape, q, kv, &buf)?);
+    Ok(AttentionCapture { block: block.to_string(), buf, tq: shape.tq, tk: shape.tk })
+}
+
+/// A captured cross-attention map: (B, tq, tk), each row a distribution over the keys.
+pub struct AttentionCapture {
+    pub block: String,
+    pub buf: GpuBuf,
+    pub tq: usize,
+    pub tk: usize,
+}
+
 /// What one block of a plan computes (the token view's static data).
 #[derive(Clone, Debug)]
 pub struct PlanBlock {
@@ -429,4 +460,6 @@ pub struct Plan {
     /// (B, c_out, I, I) output.
     pub out: GpuBuf,
     pub blocks: Vec<PlanBlock>,
+    /// Attention maps of merge / recover blocks, when the plan was built to capture them.
+    pub attention: Vec<AttentionCapture>,
 }
