@@ -126,7 +126,7 @@ impl Config {
         if ![2, 4, 8].contains(&patch) {
             return Err(Error::arg(format!("patch size {patch} (2, 4 or 8)")));
         }
-        if image_px % 8 != 0 {
+        if !image_px.is_multiple_of(8) {
             return Err(Error::arg(format!("image size {image_px} is not a multiple of 8")));
         }
         Ok(Config {
@@ -236,16 +236,16 @@ impl Config {
     /// Check internal consistency; every loader calls this.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::arch(m));
-        if self.patch_size == 0 || self.input_size == 0 || self.input_size % self.patch_size != 0 {
+        if self.patch_size == 0 || self.input_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
             return bad(format!("input size {} is not a multiple of patch size {}", self.input_size, self.patch_size));
         }
         if self.in_channels == 0 || self.hidden_size == 0 || self.mlp_hidden == 0 {
             return bad("zero channels, width or MLP width".into());
         }
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!("width {} is not divisible by {} heads", self.hidden_size, self.num_heads));
         }
-        if self.hidden_size % 2 != 0 {
+        if !self.hidden_size.is_multiple_of(2) {
             return bad(format!("width {} must be even (sin-cos position table)", self.hidden_size));
         }
         if self.num_classes == 0 {

@@ -181,6 +181,7 @@ impl Diffusion {
     /// [`VarianceType::LearnedRange`] or `C` for fixed variance, laid out (B, C_out, H, W);
     /// `batch` rows of `channels` channels; `noise`: standard normal of x's size (ignored at i = 0 and for deterministic DDIM).
     /// Returns (next x, predicted x0).
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
         kind: SamplerKind,
@@ -196,7 +197,7 @@ impl Diffusion {
             return Err(Error::arg(format!("step index {i} out of range 0..{}", self.num_steps())));
         }
         let out_ch = if var == VarianceType::LearnedRange { 2 * channels } else { channels };
-        if batch == 0 || channels == 0 || x.len() % (batch * channels) != 0 || model_out.len() != x.len() / channels * out_ch || noise.len() != x.len() {
+        if batch == 0 || channels == 0 || !x.len().is_multiple_of(batch * channels) || model_out.len() != x.len() / channels * out_ch || noise.len() != x.len() {
             return Err(Error::arg("diffusion step: x, model output and noise sizes disagree"));
         }
         let f = |v: &[f64]| v[i] as f32; // _extract_into_tensor(...).float()

@@ -271,7 +271,7 @@ fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Config, Tenso
 
 /// A model on the chosen backend.
 enum Engine {
-    Cpu(Model),
+    Cpu(Box<Model>),
     Gpu(Box<Gpu>, Box<GpuModel>),
 }
 
@@ -327,7 +327,7 @@ fn load_model(flags: &ModelFlags) -> Result<Engine> {
     match gpu {
         None => {
             let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
-            Ok(Engine::Cpu(Model::from_tensors(cfg, tensors)?))
+            Ok(Engine::Cpu(Box::new(Model::from_tensors(cfg, tensors)?)))
         }
         Some(g) => {
             let model = if is_pack(&flags.model) {

@@ -39,7 +39,7 @@ pub fn storage_type(name: &str, shape: &[usize], quant: TensorType) -> TensorTyp
         return TensorType::F32;
     }
     match quant {
-        TensorType::Q8_0 | TensorType::Q4_0 if shape[1] % quant.block_size() != 0 => TensorType::F16,
+        TensorType::Q8_0 | TensorType::Q4_0 if !shape[1].is_multiple_of(quant.block_size()) => TensorType::F16,
         q => q,
     }
 }

@@ -192,7 +192,7 @@ impl Gpu {
     /// A zero-filled storage buffer of `len` 4-byte elements (at least one).
     pub fn zeros(&self, label: &str, len: usize) -> Result<GpuBuf> {
         let bytes = (len.max(1) * 4) as u64;
-        if bytes > self.limits.max_storage_buffer_binding_size as u64 || bytes > self.limits.max_buffer_size {
+        if bytes > self.limits.max_storage_buffer_binding_size || bytes > self.limits.max_buffer_size {
             return Err(Error::Gpu(format!(
                 "buffer {label} needs {bytes} bytes, over the adapter's limit of {} per binding",
                 self.limits.max_storage_buffer_binding_size
@@ -211,7 +211,7 @@ impl Gpu {
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<GpuBuf> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let len = bytes.len() / 4;
-        if bytes.len() as u64 > self.limits.max_storage_buffer_binding_size as u64 {
+        if bytes.len() as u64 > self.limits.max_storage_buffer_binding_size {
             return Err(Error::Gpu(format!(
                 "tensor {label} has {} bytes, over the adapter's storage binding limit of {}",
                 bytes.len(),
@@ -244,7 +244,7 @@ impl Gpu {
             return Err(Error::Gpu(format!("{label}: {groups:?} workgroups exceed the adapter's {max} per dimension")));
         }
         let mut words = params.to_vec();
-        while words.len() % 4 != 0 || words.is_empty() {
+        while !words.len().is_multiple_of(4) || words.is_empty() {
             words.push(0);
         }
         let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {

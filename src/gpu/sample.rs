@@ -61,8 +61,8 @@ pub async fn sample_gpu(
     for (iter, i) in (0..total).rev().enumerate() {
         let t_orig = sampler.diffusion.timestep_map[i];
         let grid = schedule.grid_at(t_orig as f64, NUM_TRAIN_TIMESTEPS, cfg.num_tokens());
-        if !plans.contains_key(&grid) {
-            plans.insert(grid, model.plan(gpu, rows, grid)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(grid) {
+            e.insert(model.plan(gpu, rows, grid)?);
         }
         let plan = &plans[&grid];
         model.write_inputs(gpu, plan, None, &vec![t_orig as f32; rows], &labels)?;

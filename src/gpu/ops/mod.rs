@@ -58,7 +58,7 @@ impl GpuLinear {
             TensorType::F32 => (gpu.upload(name, bytemuck::cast_slice::<u8, u32>(&aligned(bytes)))?, gpu.zeros("no scales", 1)?),
             TensorType::F16 => {
                 let mut b = bytes.to_vec();
-                if b.len() % 4 != 0 {
+                if !b.len().is_multiple_of(4) {
                     b.extend_from_slice(&[0, 0]);
                 }
                 (gpu.upload(name, bytemuck::cast_slice::<u8, u32>(&aligned(&b)))?, gpu.zeros("no scales", 1)?)
@@ -154,7 +154,7 @@ pub fn linear_with(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: us
         Epilogue::Silu => (5, 1, 0, 0, None),
         Epilogue::Accumulate => (4, 1, 0, 0, None),
         Epilogue::GatedResidual { mods, tokens, stride, offset } => {
-            if tokens == 0 || rows % tokens != 0 || offset + n > stride {
+            if tokens == 0 || !rows.is_multiple_of(tokens) || offset + n > stride {
                 return Err(Error::Gpu(format!("{label}: gate slice {offset}+{n} of {stride} over {tokens}-token rows")));
             }
             need(&format!("{label} gate"), mods, rows / tokens * stride)?;
@@ -206,7 +206,7 @@ pub fn layernorm_modulate(
 ) -> Result<Dispatch> {
     need(&format!("{label} input"), x, rows * c)?;
     need(&format!("{label} output"), h, rows * c)?;
-    if tokens == 0 || rows % tokens != 0 || shift_off + c > stride || scale_off + c > stride {
+    if tokens == 0 || !rows.is_multiple_of(tokens) || shift_off + c > stride || scale_off + c > stride {
         return Err(Error::Gpu(format!("{label}: bad modulation slices")));
     }
     need(&format!("{label} modulation"), mods, rows / tokens * stride)?;
