@@ -2,36 +2,16 @@
 //! attention with Tq != Tk, head dims 8 .. 128, strided / offset inputs, the head-averaged
 //! probabilities, dispatches past 65535 workgroups, and shape errors.
 
+mod common;
+
+use common::gpu_or_skip as gpu;
+use common::random_nonzero as random;
+
 use candle_core::{Device, Tensor, D};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use sparsedit::gpu::ops::attention::{attention, attention_probs, AttnShape};
 use sparsedit::gpu::{Gpu, GpuBuf};
 
-/// The GPU, or None (test skipped) when no adapter exists outside CI.
-fn gpu() -> Option<Gpu> {
-    match Gpu::new_blocking() {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("no GPU adapter in CI: {e}");
-            }
-            eprintln!("skipping: no GPU adapter ({e})");
-            None
-        }
-    }
-}
 
-fn random(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let v: f32 = rng.random_range(-amp..amp);
-            // Non-zero everywhere.
-            if v.abs() < 1e-3 { 1e-3f32.copysign(v) } else { v }
-        })
-        .collect()
-}
 
 fn softmax_last(x: &Tensor) -> Tensor {
     let max = x.max_keepdim(D::Minus1).unwrap();

@@ -10,6 +10,7 @@ mod common;
 use std::time::Instant;
 
 use common::*;
+use common::gpu_or_skip as gpu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sparsedit::gguf::{self, TensorType};
@@ -23,19 +24,6 @@ fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
-fn gpu() -> Option<Gpu> {
-    match Gpu::new_blocking() {
-        Ok(g) => {
-            eprintln!("adapter: {} (shader-f16: {})", g.describe(), g.has_f16);
-            Some(g)
-        }
-        Err(e) if in_ci() => panic!("CI needs a WebGPU adapter (lavapipe): {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 /// The GPU when it can run f16 arithmetic. CI runs lavapipe, which has shader-f16, so there a
 /// device without it means the f16 path would go untested: a failure.

@@ -5,26 +5,13 @@
 mod common;
 
 use common::*;
+use common::gpu_or_skip as gpu;
 use sparsedit::gguf::TensorType;
 use sparsedit::gpu::model::{EncodedMap, GpuModel};
-use sparsedit::gpu::Gpu;
 use sparsedit::import::{infer_config, read_checkpoint, ImportOptions};
 use sparsedit::model::Model;
 use sparsedit::pack;
 
-fn gpu() -> Option<Gpu> {
-    match Gpu::new_blocking() {
-        Ok(g) => {
-            eprintln!("adapter: {}", g.describe());
-            Some(g)
-        }
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI needs a WebGPU adapter (lavapipe): {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 const CASES: [(&str, &str); 4] = [
     ("sparse_nondiv", "model.pt"),

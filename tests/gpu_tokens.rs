@@ -4,9 +4,12 @@
 //! (overlapping windows, s > n, s == n), DDPM (learned range, fixed variance) and DDIM (eta 0,
 //! 0.5) steps with and without guidance, a dispatch past 65535 workgroups, and shape errors.
 
+mod common;
+
+use common::gpu_or_skip as gpu;
+use common::random_nonzero as random;
+
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use sparsedit::diffusion::{Diffusion, Guidance, SamplerKind, VarianceType};
 use sparsedit::gpu::ops::tokens::{
     adaptive_avg_pool, coefficients, condition, mean_tokens, patchify, residual_broadcast, sampler_step, unpatchify, upsample_nearest,
@@ -15,34 +18,7 @@ use sparsedit::gpu::ops::tokens::{
 use sparsedit::gpu::{Dispatch, Gpu, GpuBuf};
 use sparsedit::model::{adaptive_avg_pool_matrix, apply_cfg, nearest_upsample_index};
 
-/// The GPU, or None (test skipped) when no adapter exists outside CI.
-fn gpu() -> Option<Gpu> {
-    match Gpu::new_blocking() {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("no GPU adapter in CI: {e}");
-            }
-            eprintln!("skipping: no GPU adapter ({e})");
-            None
-        }
-    }
-}
 
-fn random(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let v: f32 = rng.random_range(-amp..amp);
-            // Non-zero everywhere.
-            if v.abs() < 1e-3 {
-                1e-3f32.copysign(v)
-            } else {
-                v
-            }
-        })
-        .collect()
-}
 
 /// |got - want| <= tol * max(|want_i|, rms(want)) everywhere, naming the first failing index.
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {

@@ -75,3 +75,35 @@ pub fn assert_close_to_scale(what: &str, got: &[f32], want: &[f32], tol: f32) {
         want[i]
     );
 }
+
+/// The WebGPU adapter, or None (the test skips, saying so) when there is none outside CI. In CI
+/// (CI=true; lavapipe is installed by scripts/test.sh) a missing adapter is a failure.
+pub fn gpu_or_skip() -> Option<sparsedit::gpu::Gpu> {
+    match sparsedit::gpu::Gpu::new_blocking() {
+        Ok(g) => {
+            eprintln!("adapter: {} (shader-f16: {})", g.describe(), g.has_f16);
+            Some(g)
+        }
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI needs a WebGPU adapter (lavapipe): {e}"),
+        Err(e) => {
+            eprintln!("skipped: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// Seeded uniform values in (-amp, amp), never closer to zero than 1e-3 (no accidental zeros).
+pub fn random_nonzero(seed: u64, n: usize, amp: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let v: f32 = rng.random_range(-amp..amp);
+            if v.abs() < 1e-3 {
+                1e-3f32.copysign(v)
+            } else {
+                v
+            }
+        })
+        .collect()
+}
