@@ -175,6 +175,26 @@ impl Diffusion {
         self.betas.len()
     }
 
+    /// The coefficients of respaced step `i`, rounded to f32 when used as the reference's
+    /// `_extract_into_tensor(...).float()` rounds them (shared by the CPU and GPU samplers).
+    pub fn coefficients(&self, i: usize) -> Result<StepCoefficients> {
+        if i >= self.num_steps() {
+            return Err(Error::arg(format!("step index {i} out of range 0..{}", self.num_steps())));
+        }
+        let f = |v: &[f64]| v[i] as f32;
+        Ok(StepCoefficients {
+            sqrt_recip_ac: f(&self.sqrt_recip_alphas_cumprod),
+            sqrt_recipm1_ac: f(&self.sqrt_recipm1_alphas_cumprod),
+            coef1: f(&self.posterior_mean_coef1),
+            coef2: f(&self.posterior_mean_coef2),
+            min_log: f(&self.posterior_log_variance_clipped),
+            max_log: f(&self.log_betas),
+            fixed_log: f(&self.fixed_large_log_variance),
+            alpha_bar: f(&self.alphas_cumprod),
+            alpha_bar_prev: f(&self.alphas_cumprod_prev),
+        })
+    }
+
     /// One reverse step at respaced index `i` (the loop runs i = K-1 .. 0).
     ///
     /// `x`: current latent, `model_out`: the (guided) model output with `2C` channels for
@@ -200,12 +220,10 @@ impl Diffusion {
         if batch == 0 || channels == 0 || !x.len().is_multiple_of(batch * channels) || model_out.len() != x.len() / channels * out_ch || noise.len() != x.len() {
             return Err(Error::arg("diffusion step: x, model output and noise sizes disagree"));
         }
-        let f = |v: &[f64]| v[i] as f32; // _extract_into_tensor(...).float()
-        let (sr, srm1) = (f(&self.sqrt_recip_alphas_cumprod), f(&self.sqrt_recipm1_alphas_cumprod));
-        let (c1, c2) = (f(&self.posterior_mean_coef1), f(&self.posterior_mean_coef2));
-        let (min_log, max_log) = (f(&self.posterior_log_variance_clipped), f(&self.log_betas));
-        let fixed_log = f(&self.fixed_large_log_variance);
-        let (ab, abp) = (f(&self.alphas_cumprod), f(&self.alphas_cumprod_prev));
+        let k = self.coefficients(i)?;
+        let (sr, srm1, c1, c2) = (k.sqrt_recip_ac, k.sqrt_recipm1_ac, k.coef1, k.coef2);
+        let (min_log, max_log, fixed_log) = (k.min_log, k.max_log, k.fixed_log);
+        let (ab, abp) = (k.alpha_bar, k.alpha_bar_prev);
         let nonzero = if i != 0 { 1.0f32 } else { 0.0 };
 
         let spatial = x.len() / (batch * channels); // H * W
@@ -243,6 +261,24 @@ impl Diffusion {
         }
         Ok((next, x0))
     }
+}
+
+/// Per-step coefficients of the reverse process, as f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCoefficients {
+    pub sqrt_recip_ac: f32,
+    pub sqrt_recipm1_ac: f32,
+    /// Posterior mean coefficients of x0 and x_t.
+    pub coef1: f32,
+    pub coef2: f32,
+    /// Clipped posterior log variance (the learned range's minimum).
+    pub min_log: f32,
+    /// log beta (the learned range's maximum).
+    pub max_log: f32,
+    /// DiT's fixed large log variance (log beta; the posterior's at i = 0).
+    pub fixed_log: f32,
+    pub alpha_bar: f32,
+    pub alpha_bar_prev: f32,
 }
 
 /// The reverse-process update.

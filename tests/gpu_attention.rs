@@ -39,20 +39,7 @@ fn reference(s: &AttnShape, q: &[f32], kv: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (out.flatten_all().unwrap().to_vec1().unwrap(), mean.flatten_all().unwrap().to_vec1().unwrap())
 }
 
-/// |got - want| <= tol * max(|want_i|, rms(want)) everywhere, naming the first failing index.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let rms = (want.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / want.len().max(1) as f64).sqrt() as f32;
-    let mut worst = (0.0f32, 0usize);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs() / w.abs().max(rms).max(f32::MIN_POSITIVE);
-        assert!(err.is_finite() && err <= tol, "{what}: index {i}: got {g}, want {w} (relative error {err:.3e} > {tol:.0e}, rms {rms})");
-        if err > worst.0 {
-            worst = (err, i);
-        }
-    }
-    eprintln!("{what}: {} values, worst relative error {:.2e} at {}", got.len(), worst.0, worst.1);
-}
+use common::assert_close;
 
 /// Run attention (and probs) on GPU for `shape` with q and kv in separate or shared buffers.
 fn check(gpu: &Gpu, what: &str, s: &AttnShape, q: &[f32], kv: Option<&[f32]>, with_probs: bool) {

@@ -20,20 +20,10 @@ use sparsedit::model::{adaptive_avg_pool_matrix, apply_cfg, nearest_upsample_ind
 
 
 
-/// |got - want| <= tol * max(|want_i|, rms(want)) everywhere, naming the first failing index.
+/// common::assert_close on the first `want.len()` values (GPU buffers may be longer).
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert!(got.len() >= want.len(), "{what}: got {} values, want {}", got.len(), want.len());
-    let got = &got[..want.len()];
-    let rms = (want.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / want.len().max(1) as f64).sqrt() as f32;
-    let mut worst = (0.0f32, 0usize);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs() / w.abs().max(rms).max(f32::MIN_POSITIVE);
-        assert!(err.is_finite() && err <= tol, "{what}: index {i}: got {g}, want {w} (relative error {err:.3e} > {tol:.0e}, rms {rms})");
-        if err > worst.0 {
-            worst = (err, i);
-        }
-    }
-    eprintln!("{what}: {} values, worst relative error {:.2e} at {}", got.len(), worst.0, worst.1);
+    common::assert_close(what, &got[..want.len()], want, tol);
 }
 
 fn vec_of(t: &Tensor) -> Vec<f32> {

@@ -210,46 +210,11 @@ pub fn upsample_nearest(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, s: usi
     gpu.dispatch(&kernel, label, &params, &[x, out], groups(label, total, WG)?)
 }
 
-/// The coefficients of respaced step `i`, rounded to f32 as `Diffusion::step` rounds them
-/// (`_extract_into_tensor(...).float()`), recomputed from the public tables in f64 with the same
-/// expressions as `Diffusion::from_betas`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepCoefficients {
-    pub sqrt_recip_ac: f32,
-    pub sqrt_recipm1_ac: f32,
-    pub coef1: f32,
-    pub coef2: f32,
-    /// Clipped posterior log variance (the learned range's minimum).
-    pub min_log: f32,
-    /// log beta (the learned range's maximum).
-    pub max_log: f32,
-    /// DiT's fixed large log variance (log beta; the posterior's at i = 0).
-    pub fixed_log: f32,
-    pub alpha_bar: f32,
-    pub alpha_bar_prev: f32,
-}
+pub use crate::diffusion::StepCoefficients;
 
-/// [`StepCoefficients`] of step `i` of `d`.
+/// [`StepCoefficients`] of step `i` of `d` (the CPU sampler's own, see `Diffusion::coefficients`).
 pub fn coefficients(d: &Diffusion, i: usize) -> Result<StepCoefficients> {
-    let n = d.num_steps();
-    if i >= n || d.alphas_cumprod.len() != n || d.alphas_cumprod_prev.len() != n || d.posterior_log_variance_clipped.len() != n {
-        return Err(Error::arg(format!("step index {i} out of range 0..{n}")));
-    }
-    let (b, ac, acp) = (d.betas[i], d.alphas_cumprod[i], d.alphas_cumprod_prev[i]);
-    let log_beta = b.ln();
-    // fixed_large_log_variance[0] = ln(posterior_variance[1]) = posterior_log_variance_clipped[0].
-    let fixed = if i == 0 && n > 1 { d.posterior_log_variance_clipped[0] } else { log_beta };
-    Ok(StepCoefficients {
-        sqrt_recip_ac: (1.0 / ac).sqrt() as f32,
-        sqrt_recipm1_ac: (1.0 / ac - 1.0).sqrt() as f32,
-        coef1: (b * acp.sqrt() / (1.0 - ac)) as f32,
-        coef2: ((1.0 - acp) * (1.0 - b).sqrt() / (1.0 - ac)) as f32,
-        min_log: d.posterior_log_variance_clipped[i] as f32,
-        max_log: log_beta as f32,
-        fixed_log: fixed as f32,
-        alpha_bar: ac as f32,
-        alpha_bar_prev: acp as f32,
-    })
+    d.coefficients(i)
 }
 
 /// Everything [`sampler_step`] needs for one step.
