@@ -161,6 +161,27 @@ pub fn bench_model(gpu: Option<&Gpu>, cfg: &Config, tensors: &TensorMap, opts: &
     Ok(BenchRow { model: label.to_string(), macs, forward_ms, sample_s })
 }
 
+/// Per-block GPU time (ms) of one forward pass of `cfg` at batch `rows`, from timestamp
+/// queries, with each group's token count ("-" for the embedders and heads).
+pub fn block_times(gpu: &Gpu, cfg: &Config, tensors: &TensorMap, rows: usize, quant: TensorType) -> Result<Vec<(String, String, f64)>> {
+    let gm = GpuModel::load(gpu, cfg.clone(), &EncodedMap { tensors, quant })?;
+    let plan = gm.plan(gpu, rows, cfg.semantic_size)?;
+    let t = vec![500.0f32; rows];
+    let y = vec![0i64; rows];
+    let x = SeededNoise::new(5).normal(rows * cfg.in_channels * cfg.input_size * cfg.input_size);
+    gm.write_inputs(gpu, &plan, Some(&x), &t, &y)?;
+    let groups = plan.groups();
+    gpu.profile(&groups)?; // warm-up
+    let times = gpu.profile(&groups)?;
+    Ok(times
+        .into_iter()
+        .map(|(name, ms)| {
+            let tokens = plan.blocks.iter().find(|b| b.name == name).map_or("-".to_string(), |b| b.tokens.to_string());
+            (name, tokens, ms)
+        })
+        .collect())
+}
+
 /// Achieved GFLOP/s of the linear kernel on an (M, K) x (K, N) product.
 pub fn matmul_gflops(gpu: &Gpu, m: usize, k: usize, n: usize, quant: TensorType, repeats: usize) -> Result<f64> {
     let mut rng = SeededNoise::new(4);

@@ -746,6 +746,22 @@ fn bench(a: BenchArgs) -> Result<()> {
     ];
     println!("{}", table(&device, &rows, &opts)?);
     if let Some(g) = &gpu {
+        if g.has_timestamps {
+            let rows = 2 * a.batch.max(1);
+            let (d, s) = (
+                sparsedit::bench::block_times(g, &dense.0, &dense.1, rows, quant)?,
+                sparsedit::bench::block_times(g, &sparse.0, &sparse.1, rows, quant)?,
+            );
+            println!("| GPU time per block (timestamp queries) | tokens | ms |\n|---|---:|---:|");
+            for (label, rows) in [("dense", &d), ("sparse", &s)] {
+                let total: f64 = rows.iter().map(|r| r.2).sum();
+                for (name, tokens, ms) in rows {
+                    println!("| {label}: {name} | {tokens} | {ms:.3} |");
+                }
+                println!("| **{label}: total** | | **{total:.3}** |");
+            }
+            println!();
+        }
         let c = dense.0.hidden_size;
         let m = 2 * a.batch.max(1) * dense.0.num_tokens();
         println!("| matmul (linear.wgsl) | M x K x N | GFLOP/s |\n|---|---|---:|");

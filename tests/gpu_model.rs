@@ -123,3 +123,26 @@ fn traced_plan_captures_cross_attention_like_the_cpu_trace() {
         assert_eq!((pb.name.as_str(), pb.tokens, pb.grid), (tr.name.as_str(), tr.tokens, tr.grid));
     }
 }
+
+#[test]
+fn plan_groups_cover_every_dispatch_and_profile_per_block() {
+    let Some(gpu) = gpu() else { return };
+    let (cfg, map) = load("sparse_8to3", "model.pt");
+    let gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::F32 }).unwrap();
+    let plan = gm.plan(&gpu, 2, 3).unwrap();
+    let groups = plan.groups();
+    assert_eq!(groups.iter().map(|g| g.1.len()).sum::<usize>(), plan.dispatches.len());
+    let names: Vec<&str> = groups.iter().map(|g| g.0.as_str()).collect();
+    for b in &plan.blocks {
+        assert_eq!(names.iter().filter(|n| **n == b.name).count(), 1, "{} is one group: {names:?}", b.name);
+    }
+    assert_eq!(names.first(), Some(&"x_embedder.patchify"));
+    assert_eq!(names.last(), Some(&"unpatchify"));
+    if gpu.has_timestamps {
+        let times = gpu.profile(&groups).unwrap();
+        assert_eq!(times.len(), groups.len());
+        assert!(times.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0), "{times:?}");
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("lavapipe has timestamp queries; CI expects them");
+    }
+}

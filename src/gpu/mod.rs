@@ -301,6 +301,67 @@ impl Gpu {
         self.check()
     }
 
+    /// GPU time of each named group of dispatches (ms), from timestamp queries: each group runs
+    /// in its own compute pass with begin / end timestamps. Errors without TIMESTAMP_QUERY.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self, groups: &[(String, &[Dispatch])]) -> Result<Vec<(String, f64)>> {
+        if !self.has_timestamps {
+            return Err(Error::Gpu(format!("{} has no timestamp queries", self.adapter.name)));
+        }
+        let count = (2 * groups.len()).clamp(2, wgpu::QUERY_SET_MAX_QUERIES as usize) as u32;
+        if groups.len() * 2 > count as usize {
+            return Err(Error::Gpu(format!("{} groups exceed the query set limit", groups.len())));
+        }
+        let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count });
+        let bytes = count as u64 * 8;
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile.resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile.read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+        for (g, (name, dispatches)) in groups.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(name),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &qs,
+                    beginning_of_pass_write_index: Some(2 * g as u32),
+                    end_of_pass_write_index: Some(2 * g as u32 + 1),
+                }),
+            });
+            for d in dispatches.iter() {
+                pass.set_pipeline(&d.kernel.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
+        enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+        self.queue.submit(Some(enc.finish()));
+        let (tx, rx) = futures_oneshot();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        self.wait()?;
+        pollster::block_on(rx).map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
+        let ticks: Vec<u64> = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping timestamps: {e}")))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        staging.unmap();
+        let period_ns = self.queue.get_timestamp_period() as f64;
+        Ok(groups
+            .iter()
+            .enumerate()
+            .map(|(g, (name, _))| (name.clone(), ticks[2 * g + 1].saturating_sub(ticks[2 * g]) as f64 * period_ns / 1e6))
+            .collect())
+    }
+
     /// Read `buf` back as f32 (native: blocks until the GPU is done).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, buf: &GpuBuf) -> Result<Vec<f32>> {

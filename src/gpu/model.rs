@@ -437,6 +437,29 @@ pub struct AttentionCapture {
     pub tk: usize,
 }
 
+impl Plan {
+    /// The plan's dispatches split into consecutive named groups: each block (by its checkpoint
+    /// name), and the embedders, pooling and final layer by their own labels (for profiles).
+    pub fn groups(&self) -> Vec<(String, &[Dispatch])> {
+        let key = |label: &str| -> String {
+            self.blocks
+                .iter()
+                .find(|b| label.starts_with(&format!("{}.", b.name)))
+                .map(|b| b.name.clone())
+                .unwrap_or_else(|| label.split('.').take(2).collect::<Vec<_>>().join("."))
+        };
+        let mut out: Vec<(String, &[Dispatch])> = Vec::new();
+        let mut start = 0;
+        for i in 1..=self.dispatches.len() {
+            if i == self.dispatches.len() || key(&self.dispatches[i].label) != key(&self.dispatches[start].label) {
+                out.push((key(&self.dispatches[start].label), &self.dispatches[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+}
+
 /// What one block of a plan computes (the token view's static data).
 #[derive(Clone, Debug)]
 pub struct PlanBlock {
