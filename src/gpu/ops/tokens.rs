@@ -239,15 +239,8 @@ pub struct SamplerStepParams {
     /// DDIM instead of DDPM.
     pub ddim: bool,
     pub eta: f32,
-    pub sqrt_recip_ac: f32,
-    pub sqrt_recipm1_ac: f32,
-    pub coef1: f32,
-    pub coef2: f32,
-    pub min_log: f32,
-    pub max_log: f32,
-    pub fixed_log: f32,
-    pub alpha_bar: f32,
-    pub alpha_bar_prev: f32,
+    /// The step's coefficients, exactly as the CPU sampler uses them.
+    pub k: StepCoefficients,
     /// False at the last step (i = 0): no noise is added.
     pub nonzero: bool,
 }
@@ -284,15 +277,7 @@ impl SamplerStepParams {
             learned_range: learned,
             ddim,
             eta,
-            sqrt_recip_ac: k.sqrt_recip_ac,
-            sqrt_recipm1_ac: k.sqrt_recipm1_ac,
-            coef1: k.coef1,
-            coef2: k.coef2,
-            min_log: k.min_log,
-            max_log: k.max_log,
-            fixed_log: k.fixed_log,
-            alpha_bar: k.alpha_bar,
-            alpha_bar_prev: k.alpha_bar_prev,
+            k,
             nonzero: i != 0,
         })
     }
@@ -318,10 +303,10 @@ pub fn sampler_step(gpu: &Gpu, label: &str, x: &GpuBuf, model_out: &GpuBuf, nois
     not_aliased(label, ("predicted x0", x0_out), &[("model output", model_out), ("noise", noise)])?;
 
     // Per-step scalars in f32, exactly as Diffusion::step computes them.
-    let (ab, abp) = (s.alpha_bar, s.alpha_bar_prev);
+    let (ab, abp) = (s.k.alpha_bar, s.k.alpha_bar_prev);
     let sigma = s.eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
     let (sigma, sqrt_abp, dir) = if s.ddim { (sigma, abp.sqrt(), (1.0 - abp - sigma * sigma).sqrt()) } else { (0.0, 0.0, 0.0) };
-    let fixed_std = (0.5 * s.fixed_log).exp();
+    let fixed_std = (0.5 * s.k.fixed_log).exp();
     let f = |v: f32| v.to_bits();
     let params = [
         s.n as u32,
@@ -333,12 +318,12 @@ pub fn sampler_step(gpu: &Gpu, label: &str, x: &GpuBuf, model_out: &GpuBuf, nois
         u32::from(s.learned_range),
         u32::from(s.ddim),
         f(s.cfg_scale),
-        f(s.sqrt_recip_ac),
-        f(s.sqrt_recipm1_ac),
-        f(s.coef1),
-        f(s.coef2),
-        f(s.min_log),
-        f(s.max_log),
+        f(s.k.sqrt_recip_ac),
+        f(s.k.sqrt_recipm1_ac),
+        f(s.k.coef1),
+        f(s.k.coef2),
+        f(s.k.min_log),
+        f(s.k.max_log),
         f(fixed_std),
         f(sigma),
         f(sqrt_abp),
