@@ -91,7 +91,7 @@ fn read_pickle(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String
     let attempt = |key: Option<&str>| {
         let p = path.to_path_buf();
         let key = key.map(str::to_string);
-        std::panic::catch_unwind(move || candle_core::pickle::read_all_with_key(&p, key.as_deref()))
+        std::panic::catch_unwind(move || read_pickle_key(&p, key.as_deref()))
             .map_err(|_| "the pickle reader failed on this file (corrupt or unsupported checkpoint)".to_string())
     };
     let mut last_err = String::new();
@@ -119,6 +119,58 @@ fn read_pickle(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String
         last_err = "no tensors found (expected a state dict, or one under 'ema' / 'model')".into();
     }
     Err(last_err)
+}
+
+/// All tensors of a zip pickle's state dict (under `key`). Contiguous tensors come through
+/// candle; strided views (slices saved without `.contiguous()`) are gathered element by element.
+fn read_pickle_key(path: &Path, key: Option<&str>) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let pth = candle_core::pickle::PthTensors::new(path, key)?;
+    let mut out = Vec::with_capacity(pth.tensor_infos().len());
+    for (name, info) in pth.tensor_infos() {
+        let layout = &info.layout;
+        let t = if layout.is_contiguous() || layout.is_fortran_contiguous() {
+            pth.get(name)?.ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} vanished")))?
+        } else {
+            read_strided(path, info)?
+        };
+        out.push((name.clone(), t));
+    }
+    Ok(out)
+}
+
+/// Gather a strided tensor from its storage record in the zip archive.
+fn read_strided(path: &Path, info: &candle_core::pickle::TensorInfo) -> candle_core::Result<Tensor> {
+    use std::io::Read;
+    let err = |m: String| candle_core::Error::Msg(format!("tensor {}: {m}", info.name));
+    let file = std::fs::File::open(path)?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
+    let mut entry = zip.by_name(&info.path).map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes)?;
+    let elem = info.dtype.size_in_bytes();
+    let storage = Tensor::from_raw_buffer(&bytes[..bytes.len() / elem * elem], info.dtype, &[bytes.len() / elem], &Device::Cpu)?;
+    let dims = info.layout.dims().to_vec();
+    let stride = info.layout.stride().to_vec();
+    // candle records the view's start offset in bytes.
+    let start = info.layout.start_offset() / elem;
+    let n: usize = dims.iter().product();
+    let mut index = Vec::with_capacity(n);
+    let mut pos = vec![0usize; dims.len()];
+    for _ in 0..n {
+        let off = start + pos.iter().zip(&stride).map(|(p, s)| p * s).sum::<usize>();
+        if off >= storage.elem_count() {
+            return Err(err(format!("view reaches element {off} of a {}-element storage", storage.elem_count())));
+        }
+        index.push(off as u32);
+        for d in (0..dims.len()).rev() {
+            pos[d] += 1;
+            if pos[d] < dims[d] {
+                break;
+            }
+            pos[d] = 0;
+        }
+    }
+    storage.index_select(&Tensor::from_vec(index, n, &Device::Cpu)?, 0)?.reshape(dims)
 }
 
 fn dims_of<'a>(map: &'a TensorMap, name: &str) -> Result<&'a [usize]> {

@@ -221,11 +221,18 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            eprintln!("error: {}", one_line(&e.to_string()));
             ExitCode::from(2)
         }
         Err(_) => ExitCode::from(2),
     }
+}
+
+/// The reason on one line: a captured backtrace (candle adds one when RUST_BACKTRACE is set) is
+/// dropped, other line breaks become spaces.
+fn one_line(msg: &str) -> String {
+    let kept: Vec<&str> = msg.lines().take_while(|l| !l.trim_start().starts_with("0: ")).map(str::trim).collect();
+    kept.join(" ").trim().to_string()
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -196,3 +196,14 @@ fn wrong_checkpoint_keys_are_listed() {
     let err = Model::from_tensors(cfg, map).err().unwrap().to_string();
     assert!(err.contains("final_layer.linear.bias"), "{err}");
 }
+
+#[test]
+fn strided_views_in_a_checkpoint_are_read_as_views() {
+    let dir = fixture_dir("dit_dense");
+    let plain = read_checkpoint(&dir.join("model.pt")).unwrap();
+    let strided = read_checkpoint(&dir.join("model_strided.pt")).unwrap();
+    assert_eq!(plain.len(), strided.len());
+    for (name, t) in &plain {
+        assert_eq!(f32s(t), f32s(&strided[name]), "{name}");
+    }
+}
