@@ -224,6 +224,21 @@ impl Config {
         self.class_null.then_some(self.num_classes)
     }
 
+    /// Check labels against the label table: 0..num_classes, plus the null label when present.
+    /// Shared by the CPU and GPU models (the GPU shader only clamps).
+    pub fn check_labels(&self, y: &[i64]) -> Result<()> {
+        let max = self.num_classes as i64 - 1 + self.class_null as i64;
+        match y.iter().position(|&l| l < 0 || l > max) {
+            Some(i) => Err(Error::arg(format!(
+                "label {} (batch row {i}) is out of range 0..={max} ({} classes{})",
+                y[i],
+                self.num_classes,
+                if self.class_null { format!(", {} = null label", self.num_classes) } else { String::new() }
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// "sparsedit" or "dit".
     pub fn arch_name(&self) -> &'static str {
         if self.layout.is_sparse() {

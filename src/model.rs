@@ -455,19 +455,9 @@ impl Model {
         Ok(Model { cfg, x_embedder, pos_embed, t_mlp0, t_mlp2, y_table, blocks, final_ada, final_linear })
     }
 
-    /// Check labels against the label table: 0..num_classes, plus the null label when present.
+    /// Check labels against the label table (see [`Config::check_labels`]).
     pub fn check_labels(&self, y: &[i64]) -> Result<()> {
-        let max = self.cfg.num_classes as i64 - 1 + self.cfg.class_null as i64;
-        for (i, &label) in y.iter().enumerate() {
-            if label < 0 || label > max {
-                return Err(Error::arg(format!(
-                    "label {label} (batch row {i}) is out of range 0..={max} ({} classes{})",
-                    self.cfg.num_classes,
-                    if self.cfg.class_null { format!(", {} = null label", self.cfg.num_classes) } else { String::new() }
-                )));
-            }
-        }
-        Ok(())
+        self.cfg.check_labels(y)
     }
 
     fn check_inputs(&self, x: &Tensor, t: &[f32], y: &[i64]) -> Result<usize> {

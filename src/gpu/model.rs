@@ -331,12 +331,8 @@ impl GpuModel {
                         let blk = next_block()?;
                         let (m1, m2) = blk.merged.as_ref().ok_or_else(|| Error::arch("recover block without merged layers"))?;
                         let (src, src_t, src_grid) = if on_dense { (out_dense, nt, n) } else { (&sparse, st, s) };
-                        if on_dense {
-                            // Nearest upsampling is the identity: copy through normed_kv.
-                            d.push(tokens::upsample_nearest(gpu, &format!("{}.upsample", blk.name), src, b, n, n, c, &att)?);
-                        } else {
-                            d.push(tokens::upsample_nearest(gpu, &format!("{}.upsample", blk.name), src, b, src_grid, n, c, &att)?);
-                        }
+                        // On the dense grid (src_grid = n) nearest upsampling is a copy.
+                        d.push(tokens::upsample_nearest(gpu, &format!("{}.upsample", blk.name), src, b, src_grid, n, c, &att)?);
                         // The sparse side must survive until its keys/values are computed, and the
                         // output goes to out_dense: normalise the source first.
                         d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
@@ -382,13 +378,9 @@ impl GpuModel {
         Ok(Plan { batch: b, grid: s, dispatches: d, x_in, t_freq, labels, out, blocks: traces, attention: captures })
     }
 
-    /// Check labels against the label table.
+    /// Check labels against the label table (see [`Config::check_labels`]).
     pub fn check_labels(&self, y: &[i64]) -> Result<()> {
-        let max = self.cfg.num_classes as i64 - 1 + self.cfg.class_null as i64;
-        match y.iter().position(|&l| l < 0 || l > max) {
-            Some(i) => Err(Error::arg(format!("label {} (batch row {i}) is out of range 0..={max}", y[i]))),
-            None => Ok(()),
-        }
+        self.cfg.check_labels(y)
     }
 
     /// Write the inputs of a forward pass into the plan's buffers.

@@ -105,7 +105,7 @@ pub fn unpatchify(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, n: usize, pa
 }
 
 /// out (B, C) = silu(t_emb (B, C) + table[labels[b]]), table (rows, C), labels (B) as u32.
-/// Labels must be validated on the host (`Model::check_labels`); the shader clamps the index to
+/// Labels must be validated on the host (`Config::check_labels`); the shader clamps the index to
 /// rows - 1 so a bad label cannot read out of bounds.
 #[allow(clippy::too_many_arguments)]
 pub fn condition(
