@@ -1,0 +1,264 @@
+// Browser tests of the demo page: Debian's chromium (WebGPU through SwiftShader) driven by
+// playwright-core, against the Trunk-built page in dist/ served from 127.0.0.1 by this test.
+//
+//   bash scripts/web-build.sh && node --test tests/browser/
+//
+// Environment: CHROMIUM (default /usr/bin/chromium), SPARSEDIT_CLI (default target/debug/sparsedit).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from '../../scripts/static-server.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const DIST = path.join(ROOT, 'dist');
+const ARTIFACTS = path.join(ROOT, 'target', 'browser-artifacts');
+const MODEL = 'sparsedit-tiny-q8_0.gguf';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const CLI = process.env.SPARSEDIT_CLI || path.join(ROOT, 'target', 'debug', 'sparsedit');
+
+// One generation, the same on both sides.
+const CLASS = 7, SEED = 1234, STEPS = 10, CFG = 4, GRID = 4;
+const TOLERANCE = 1e-2;
+// The tiny SparseDiT (dense grid 8×8 = 64 tokens) at sparse grid s = 4, hard-coded so the test
+// can fail even when engine.layout() and the page agree with each other.
+const TINY_KINDS = ['poolingformer', 'merge', 'semantic', 'recover', 'normal', 'merge', 'semantic', 'recover', 'normal', 'normal'];
+const TINY_TOKENS_S4 = [64, 16, 16, 64, 64, 16, 16, 64, 64, 64];
+
+const GENERATE_TIMEOUT = 10 * 60_000;
+const LOAD_TIMEOUT = 3 * 60_000;
+
+let server, baseUrl, browser;
+
+function readSafetensors(file, name) {
+  const buf = fs.readFileSync(file);
+  const headerLen = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString('utf8'));
+  const t = header[name];
+  assert.ok(t, `${file}: no tensor "${name}" (has ${Object.keys(header).join(', ')})`);
+  assert.equal(t.dtype, 'F32', `${name}: dtype ${t.dtype}`);
+  const [b, e] = t.data_offsets;
+  const start = 8 + headerLen + b;
+  const bytes = buf.subarray(start, 8 + headerLen + e);
+  const out = new Float32Array(bytes.length / 4);
+  for (let i = 0; i < out.length; i++) out[i] = bytes.readFloatLE(4 * i);
+  return { shape: t.shape, data: out };
+}
+
+function cliSample() {
+  if (!fs.existsSync(CLI) || !process.env.SPARSEDIT_CLI) {
+    // a no-op when cargo test already built it
+    execFileSync('cargo', ['build', '--locked', '--bin', 'sparsedit'], { cwd: ROOT, stdio: 'inherit' });
+  }
+  const out = path.join(ARTIFACTS, `cli-class${CLASS}-seed${SEED}.safetensors`);
+  execFileSync(CLI, [
+    'sample', '--model', path.join(ROOT, 'web', 'models', MODEL), '--class', String(CLASS), '--seed', String(SEED),
+    '--steps', String(STEPS), '--cfg', String(CFG), '--semantic-size', String(GRID), '--backend', 'cpu',
+    '--latent-out', out,
+  ], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
+  return readSafetensors(out, 'sample');
+}
+
+/** A page that records every request, console message, page error and CSP violation. */
+async function openPage(query = '') {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1100 } });
+  const page = await context.newPage();
+  const log = { requests: [], console: [], errors: [] };
+  page.on('request', (r) => log.requests.push(r.url()));
+  page.on('console', (m) => log.console.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => log.errors.push(String(e)));
+  await page.addInitScript(() => {
+    window.__csp = [];
+    document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+  });
+  await page.goto(baseUrl + query);
+  return { context, page, log };
+}
+
+const statusText = (page) => page.getByTestId('status').textContent();
+
+async function waitStatus(page, re, timeout) {
+  await page.waitForFunction(
+    (src) => new RegExp(src).test(document.querySelector('[data-testid="status"]')?.textContent || ''),
+    re.source, { timeout, polling: 250 });
+  return statusText(page);
+}
+
+async function cacheEntries(page) {
+  return page.evaluate(async () => {
+    const out = [];
+    for (const name of await caches.keys()) {
+      const cache = await caches.open(name);
+      for (const req of await cache.keys()) out.push(`${name} ${req.url}`);
+    }
+    return out;
+  });
+}
+
+function assertLocalOnly(log) {
+  const foreign = log.requests.filter((u) => !/^(data:|blob:)/.test(u) && new URL(u).hostname !== '127.0.0.1');
+  assert.deepEqual(foreign, [], `requests left 127.0.0.1: ${foreign.join(', ')}`);
+}
+
+before(async () => {
+  assert.ok(fs.existsSync(path.join(DIST, 'index.html')), 'dist/index.html missing: run bash scripts/web-build.sh first');
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  // Broken copies of the bundled pack, served beside the page.
+  const good = fs.readFileSync(path.join(DIST, 'models', MODEL));
+  const manifest = JSON.parse(fs.readFileSync(path.join(DIST, 'models', 'manifest.json'), 'utf8'));
+  const entry = manifest.models.find((m) => m.file === MODEL);
+  assert.ok(entry, `manifest has no ${MODEL}`);
+  const corrupt = Buffer.from(good);
+  for (let i = corrupt.length - 4096; i < corrupt.length - 4000; i++) corrupt[i] ^= 0x5a; // tensor data only
+  const badManifest = { models: [{ ...entry, id: 'corrupt', file: 'corrupt.gguf', default: true }] };
+  const extra = {
+    '/bad/corrupt.gguf': { body: corrupt },
+    '/bad/manifest.json': { body: JSON.stringify(badManifest), type: 'application/json' },
+    '/bad/truncated.gguf': { body: good.subarray(0, Math.floor(good.length * 0.6)) },
+  };
+  ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra }));
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--enable-unsafe-webgpu', '--headless', '--no-sandbox', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, compare', { timeout: 30 * 60_000 }, async (t) => {
+  const { context, page, log } = await openPage();
+  try {
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready/, `status after load: ${status}`);
+
+    await t.test('WebGPU is present: the engine runs on it', async () => {
+      const backend = await page.evaluate(() => window.sparsedit.engine.backend());
+      const adapter = await page.evaluate(() => window.sparsedit.engine.adapter());
+      console.log(`# backend ${backend}, adapter: ${adapter}`);
+      assert.equal(backend, 'webgpu');
+      assert.match(await page.getByTestId('backend').textContent(), /WebGPU/);
+    });
+
+    await t.test('the verified pack is in the Cache API', async () => {
+      const entries = await cacheEntries(page);
+      assert.ok(entries.some((e) => e.startsWith('sparsedit-models-v1 ') && e.includes(MODEL)), `cache: ${entries.join(', ')}`);
+      assert.ok(!entries.some((e) => e.includes('pending')), `pending left: ${entries.join(', ')}`);
+    });
+
+    let image;
+    await t.test(`class ${CLASS}, seed ${SEED}, ${STEPS} DDIM steps, CFG ${CFG}, s = ${GRID} matches the native CLI`, async () => {
+      for (let k = 0; k < 10; k++) assert.equal(await page.getByTestId(`class-${k}`).count(), 1, `class-${k} button`);
+      await page.getByTestId(`class-${CLASS}`).click();
+      await page.getByTestId('seed').fill(String(SEED));
+      await page.getByTestId('steps').fill(String(STEPS));
+      await page.getByTestId('sampler').selectOption('ddim');
+      await page.getByTestId('cfg').fill(String(CFG));
+      await page.check('input[name="sparsity"][value="fixed"]');
+      await page.getByTestId('grid').fill(String(GRID));
+      await page.getByTestId('num').fill('1');
+      const t0 = Date.now();
+      await page.getByTestId('generate').click();
+      const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+      const wall = Date.now() - t0;
+      await page.screenshot({ path: path.join(ARTIFACTS, 'sparse-generated.png'), fullPage: true });
+      assert.match(done, /^done/, `status: ${done}`);
+      const res = await page.evaluate(() => {
+        const r = window.sparsedit.lastResult;
+        return { image: Array.from(r.image), channels: r.channels, size: r.size, ms_total: r.ms_total, grids: Array.from(r.grids), cancelled: r.cancelled };
+      });
+      console.log(`# in-browser generation: ${res.ms_total.toFixed(0)} ms engine total, ${wall} ms wall (status: ${done})`);
+      assert.equal(res.cancelled, false);
+      assert.deepEqual(res.grids, Array(STEPS).fill(GRID));
+      image = res.image;
+
+      const cli = cliSample();
+      assert.equal(image.length, cli.data.length, `length: page ${image.length}, CLI ${cli.data.length} (shape ${cli.shape})`);
+      let worst = 0, at = -1;
+      for (let i = 0; i < image.length; i++) {
+        const d = Math.abs(image[i] - cli.data[i]);
+        if (!(d <= worst)) { worst = d; at = i; }
+      }
+      console.log(`# max |page - CLI| = ${worst.toExponential(3)} at ${at}`);
+      assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}: page ${image[at]}, CLI ${cli.data[at]}`);
+      // the canvas shows the image
+      const drawn = await page.evaluate(() => {
+        const c = document.querySelector('[data-testid="preview"]');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i];
+        return { w: c.width, h: c.height, sum: s };
+      });
+      assert.equal(drawn.h, res.size);
+      assert.ok(drawn.sum > 0, 'preview canvas is blank');
+    });
+
+    await t.test('token view: every block with the tokens it computes at s = 4', async () => {
+      const info = await page.evaluate(() => window.sparsedit.engine.model_info());
+      assert.equal(info.arch, 'sparsedit');
+      assert.equal(info.depth, TINY_KINDS.length);
+      assert.equal(info.dense_grid, 8);
+      const layout = await page.evaluate((g) => window.sparsedit.engine.layout(g).map((b) => ({ kind: b.kind, tokens: b.tokens })), GRID);
+      assert.deepEqual(layout.map((b) => b.kind), TINY_KINDS);
+      assert.deepEqual(layout.map((b) => b.tokens), TINY_TOKENS_S4);
+      const shown = [];
+      for (let n = 0; n < info.depth; n++) {
+        const el = page.getByTestId(`layer-${n}`);
+        assert.equal(await el.count(), 1, `layer-${n}`);
+        shown.push(Number(await el.getAttribute('data-tokens')));
+      }
+      assert.deepEqual(shown, TINY_TOKENS_S4);
+      assert.equal(await page.getByTestId(`layer-${info.depth}`).count(), 0);
+      // a merge block shows its attention map after a click
+      await page.getByTestId('layer-1').click();
+      assert.ok(await page.locator('#attn canvas').count() >= 2, 'attention heatmaps of the merge block');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'token-view.png'), fullPage: true });
+    });
+
+    await t.test('compare: dense DiT and SparseDiT side by side', async () => {
+      await page.getByTestId('compare').click();
+      const s = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+      await page.screenshot({ path: path.join(ARTIFACTS, 'compare.png'), fullPage: true });
+      assert.match(s, /^done — compare/, s);
+    });
+
+    await t.test('no request left 127.0.0.1, no CSP violation, no page error', async () => {
+      assertLocalOnly(log);
+      const csp = await page.evaluate(() => window.__csp);
+      const cspConsole = log.console.filter((m) => /Content Security Policy/i.test(m));
+      assert.deepEqual([...csp, ...cspConsole], [], 'CSP violations');
+      assert.deepEqual(log.errors, [], 'page errors');
+      assert.equal(await page.getByTestId('errors').isVisible(), false, 'error area shown');
+    });
+  } finally {
+    await context.close();
+  }
+});
+
+test('a corrupt or truncated pack shows an error and is never cached', { timeout: 10 * 60_000 }, async () => {
+  const { context, page, log } = await openPage('?manifest=/bad/manifest.json');
+  try {
+    let status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'corrupt.png'), fullPage: true });
+    assert.match(status, /^error/, `corrupt pack (wrong sha256): ${status}`);
+    assert.ok(await page.getByTestId('errors').isVisible(), 'error area visible');
+
+    await page.goto(`${baseUrl}?model=/bad/truncated.gguf`);
+    status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'truncated.png'), fullPage: true });
+    assert.match(status, /^error/, `truncated pack: ${status}`);
+
+    const entries = await cacheEntries(page);
+    const bad = entries.filter((e) => /corrupt|truncated/.test(e));
+    assert.deepEqual(bad, [], `cache holds a broken pack: ${bad.join(', ')}`);
+    assertLocalOnly(log);
+  } finally {
+    await context.close();
+  }
+});

@@ -1,0 +1,322 @@
+// The token view: one small card per block showing which tokens it computes, the detail of a
+// block (numbers + merge/recover attention maps) and the MACs chart. Pure drawing: the data come
+// from engine.layout(grid) (BlockInfo[]) and the per-step trace kept by app.js.
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+export function segmentColours() {
+  const css = getComputedStyle(document.documentElement);
+  const get = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+  return {
+    bottom: get('--seg-bottom', '#0e9f8e'),
+    middle: get('--seg-middle', '#e0891b'),
+    top: get('--seg-top', '#7a5af0'),
+    dense: get('--seg-dense', '#3b82c4'),
+    muted: get('--muted', '#888'),
+    ink: get('--ink', '#222'),
+  };
+}
+
+const KIND_LABEL = {
+  dit: 'dense', poolingformer: 'pool', merge: 'merge', semantic: 'semantic', recover: 'recover', normal: 'dense',
+};
+
+export function formatMacs(m) {
+  if (!Number.isFinite(m)) return '?';
+  if (m >= 1e9) return `${(m / 1e9).toFixed(2)} G`;
+  if (m >= 1e6) return `${(m / 1e6).toFixed(2)} M`;
+  if (m >= 1e3) return `${(m / 1e3).toFixed(1)} K`;
+  return String(m);
+}
+
+function withAlpha(colour, alpha) {
+  // colour is #rrggbb from our CSS; anything else is used as is
+  const m = /^#([0-9a-f]{6})$/i.exec(colour);
+  if (!m) return colour;
+  const v = parseInt(m[1], 16);
+  return `rgba(${v >> 16}, ${(v >> 8) & 255}, ${v & 255}, ${alpha})`;
+}
+
+/** Draws the faded image (if any) as the background of a token drawing. */
+function background(ctx, w, h, image, alpha = 0.55) {
+  ctx.clearRect(0, 0, w, h);
+  ctx.fillStyle = '#000';
+  ctx.fillRect(0, 0, w, h);
+  if (image) {
+    ctx.save();
+    ctx.imageSmoothingEnabled = false;
+    ctx.globalAlpha = alpha;
+    ctx.drawImage(image, 0, 0, w, h);
+    ctx.restore();
+  }
+}
+
+function gridLines(ctx, w, h, side, colour, width = 1) {
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = width;
+  ctx.beginPath();
+  for (let i = 0; i <= side; i++) {
+    const x = Math.round((i * w) / side) + 0.5;
+    const y = Math.round((i * h) / side) + 0.5;
+    ctx.moveTo(x, 0); ctx.lineTo(x, h);
+    ctx.moveTo(0, y); ctx.lineTo(w, y);
+  }
+  ctx.stroke();
+}
+
+/**
+ * One block's tokens over the image: dense n×n grid, the pooling window of every sparse token
+ * (rectangles on the dense grid, overlapping where s does not divide n), or the Poolingformer's
+ * single global token.
+ */
+export function drawBlockTokens(canvas, block, n, image, colours) {
+  const ctx = canvas.getContext('2d');
+  const { width: w, height: h } = canvas;
+  const colour = colours[block.segment] || colours.dense;
+  background(ctx, w, h, image);
+  const cw = w / n, ch = h / n;
+  if (block.grid === 'sparse' && block.windows?.length) {
+    gridLines(ctx, w, h, n, 'rgba(255,255,255,0.12)');
+    ctx.fillStyle = withAlpha(colour, 0.16);
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = Math.max(1, w / 90);
+    const inset = ctx.lineWidth;
+    for (const [r0, r1, c0, c1] of block.windows) {
+      const x = c0 * cw, y = r0 * ch, ww = (c1 - c0) * cw, hh = (r1 - r0) * ch;
+      ctx.fillRect(x, y, ww, hh);
+      ctx.strokeRect(x + inset, y + inset, ww - 2 * inset, hh - 2 * inset);
+      ctx.beginPath();
+      ctx.arc(x + ww / 2, y + hh / 2, Math.max(1.5, w / 60), 0, 2 * Math.PI);
+      ctx.fillStyle = colour;
+      ctx.fill();
+      ctx.fillStyle = withAlpha(colour, 0.16);
+    }
+  } else if (block.grid === 'global') {
+    gridLines(ctx, w, h, n, withAlpha(colour, 0.55));
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = Math.max(2, w / 45);
+    ctx.strokeRect(ctx.lineWidth / 2, ctx.lineWidth / 2, w - ctx.lineWidth, h - ctx.lineWidth);
+    ctx.beginPath();
+    ctx.arc(w / 2, h / 2, w / 7, 0, 2 * Math.PI);
+    ctx.fillStyle = withAlpha(colour, 0.85);
+    ctx.fill();
+    ctx.fillStyle = '#fff';
+    ctx.font = `bold ${Math.round(w / 9)}px system-ui, sans-serif`;
+    ctx.textAlign = 'center';
+    ctx.textBaseline = 'middle';
+    ctx.fillText('1', w / 2, h / 2 + 1);
+  } else {
+    const side = block.side || n;
+    ctx.fillStyle = withAlpha(colour, 0.12);
+    ctx.fillRect(0, 0, w, h);
+    gridLines(ctx, w, h, side, withAlpha(colour, 0.9), Math.max(1, w / 120));
+  }
+}
+
+/**
+ * Creates or updates the block cards. Each card is a real <button> with data-testid="layer-N"
+ * and data-tokens = tokens that block computes at the shown step.
+ */
+export function renderBlocks(container, layout, { n, image, selected, onSelect }) {
+  const colours = segmentColours();
+  if (container.childElementCount !== layout.length) {
+    container.replaceChildren();
+    for (const b of layout) {
+      const btn = document.createElement('button');
+      btn.type = 'button';
+      btn.className = 'block-card';
+      btn.dataset.testid = `layer-${b.index}`;
+      btn.setAttribute('data-testid', `layer-${b.index}`);
+      const canvas = document.createElement('canvas');
+      canvas.width = 176; canvas.height = 176;
+      const k = document.createElement('span'); k.className = 'bk';
+      const t = document.createElement('span'); t.className = 'bt';
+      btn.append(canvas, k, t);
+      btn.addEventListener('click', () => onSelect(b.index));
+      container.append(btn);
+    }
+  }
+  layout.forEach((b, i) => {
+    const btn = container.children[i];
+    btn.className = `block-card seg-${b.segment}`;
+    btn.dataset.tokens = String(b.tokens);
+    btn.dataset.kind = b.kind;
+    btn.setAttribute('aria-pressed', String(selected === b.index));
+    btn.setAttribute('aria-label', `block ${b.index}, ${b.kind}, ${b.tokens} tokens`);
+    btn.title = b.name;
+    btn.querySelector('.bk').textContent = `${b.index} · ${KIND_LABEL[b.kind] || b.kind}`;
+    btn.querySelector('.bt').textContent =
+      b.grid === 'sparse' ? `${b.tokens} tok (${b.side}×${b.side})` : b.grid === 'global' ? `${b.tokens} tok · 1 global` : `${b.tokens} tok`;
+    drawBlockTokens(btn.querySelector('canvas'), b, n, image, colours);
+  });
+}
+
+/** The numbers of one block, as a definition list. */
+export function renderBlockDetail(el, block, { gpuMs, denseBlock }) {
+  el.replaceChildren();
+  const h = document.createElement('h3');
+  h.textContent = `Block ${block.index}: ${block.kind}`;
+  const dl = document.createElement('dl');
+  dl.className = 'stats';
+  const rows = [
+    ['name', block.name],
+    ['segment', block.segment],
+    ['tokens computed', block.grid === 'sparse' ? `${block.tokens} (${block.side}×${block.side} sparse)` : `${block.tokens}${block.grid === 'global' ? ' (attention through 1 global token)' : ''}`],
+    ['MACs', `${formatMacs(block.macs)}${denseBlock && denseBlock.macs !== block.macs ? ` (s = n: ${formatMacs(denseBlock.macs)})` : ''}`],
+    ['GPU time', gpuMs == null ? 'not measured' : `${gpuMs.toFixed(3)} ms`],
+  ];
+  for (const [k, v] of rows) {
+    const dt = document.createElement('dt'); dt.textContent = k;
+    const dd = document.createElement('dd'); dd.textContent = v;
+    if (k === 'name') dd.className = 'mono';
+    dl.append(dt, dd);
+  }
+  el.append(h, dl);
+}
+
+/**
+ * Attention of a merge block (sparse queries over dense keys) or a recover block (dense queries
+ * over sparse keys), head-averaged, first image. Left: pick a query token (click or arrow keys);
+ * right: where it gathers from.
+ */
+export function renderAttention(container, att, { block, n, image, query, onPick }) {
+  container.replaceChildren();
+  if (!att) {
+    const p = document.createElement('p');
+    p.className = 'hint';
+    p.textContent = block && (block.kind === 'merge' || block.kind === 'recover')
+      ? 'No attention map at this step (turn on "capture attention" and generate).'
+      : 'Attention maps are shown for merge and recover blocks.';
+    container.append(p);
+    return;
+  }
+  const colours = segmentColours();
+  const qs = Math.round(Math.sqrt(att.q));
+  const ks = Math.round(Math.sqrt(att.k));
+  const qi = Math.min(Math.max(query ?? 0, 0), att.q - 1);
+  const isMerge = att.kind === 'merge';
+
+  const mk = (caption) => {
+    const fig = document.createElement('figure');
+    const c = document.createElement('canvas');
+    c.width = 440; c.height = 440;
+    const cap = document.createElement('figcaption');
+    cap.textContent = caption;
+    fig.append(c, cap);
+    container.append(fig);
+    return c;
+  };
+  const qCanvas = mk(`query: ${isMerge ? 'sparse' : 'dense'} token ${qi} (row ${Math.floor(qi / qs)}, col ${qi % qs}) — click or use the arrow keys to pick`);
+  const kCanvas = mk(`attention over the ${att.k} ${isMerge ? 'dense' : 'sparse'} tokens (head average, brighter = more)`);
+
+  // query picker
+  {
+    const ctx = qCanvas.getContext('2d');
+    const w = qCanvas.width;
+    background(ctx, w, w, image, 0.7);
+    gridLines(ctx, w, w, qs, 'rgba(255,255,255,0.35)');
+    const cell = w / qs;
+    const r = Math.floor(qi / qs), c = qi % qs;
+    if (isMerge && block?.windows?.[qi]) {
+      // the query's own pooling window on the dense grid
+      const [r0, r1, c0, c1] = block.windows[qi];
+      ctx.fillStyle = withAlpha(colours.middle, 0.25);
+      ctx.fillRect((c0 * w) / n, (r0 * w) / n, ((c1 - c0) * w) / n, ((r1 - r0) * w) / n);
+    }
+    ctx.strokeStyle = colours.middle;
+    ctx.lineWidth = 4;
+    ctx.strokeRect(c * cell + 2, r * cell + 2, cell - 4, cell - 4);
+    qCanvas.tabIndex = 0;
+    qCanvas.setAttribute('role', 'slider');
+    qCanvas.setAttribute('aria-label', 'query token');
+    qCanvas.setAttribute('aria-valuemin', '0');
+    qCanvas.setAttribute('aria-valuemax', String(att.q - 1));
+    qCanvas.setAttribute('aria-valuenow', String(qi));
+    qCanvas.addEventListener('click', (ev) => {
+      const rect = qCanvas.getBoundingClientRect();
+      const col = Math.floor(((ev.clientX - rect.left) / rect.width) * qs);
+      const row = Math.floor(((ev.clientY - rect.top) / rect.height) * qs);
+      onPick(Math.min(qs - 1, Math.max(0, row)) * qs + Math.min(qs - 1, Math.max(0, col)), true);
+    });
+    qCanvas.addEventListener('keydown', (ev) => {
+      const moves = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] };
+      const m = moves[ev.key];
+      if (!m) return;
+      ev.preventDefault();
+      const nr = Math.min(qs - 1, Math.max(0, r + m[0]));
+      const nc = Math.min(qs - 1, Math.max(0, c + m[1]));
+      onPick(nr * qs + nc, true);
+    });
+  }
+
+  // heatmap of row qi
+  {
+    const ctx = kCanvas.getContext('2d');
+    const w = kCanvas.width;
+    background(ctx, w, w, image, 0.35);
+    const row = att.probs.subarray(qi * att.k, (qi + 1) * att.k);
+    let max = 0;
+    for (const v of row) max = Math.max(max, v);
+    const cell = w / ks;
+    for (let j = 0; j < att.k; j++) {
+      const a = max > 0 ? row[j] / max : 0;
+      ctx.fillStyle = `rgba(255, ${Math.round(120 + 135 * a)}, ${Math.round(40 * a)}, ${0.08 + 0.8 * a})`;
+      ctx.fillRect((j % ks) * cell, Math.floor(j / ks) * cell, cell, cell);
+    }
+    gridLines(ctx, w, w, ks, 'rgba(255,255,255,0.15)');
+    if (!isMerge) {
+      // the sparse token this dense query was upsampled from (nearest: floor(dst * s / n))
+      const r = Math.floor(qi / qs), c = qi % qs;
+      const sr = Math.floor((r * ks) / qs), sc = Math.floor((c * ks) / qs);
+      ctx.strokeStyle = colours.middle;
+      ctx.lineWidth = 3;
+      ctx.setLineDash([6, 4]);
+      ctx.strokeRect(sc * cell + 2, sr * cell + 2, cell - 4, cell - 4);
+      ctx.setLineDash([]);
+    }
+  }
+}
+
+/** Bar chart (SVG) of MACs per block: s = n (no pruning) vs the shown sparse grid. */
+export function renderMacsChart(svg, denseLayout, sparseLayout, { denseLabel, sparseLabel }) {
+  const colours = segmentColours();
+  svg.replaceChildren();
+  const W = 640, H = 220, left = 48, bottom = 34, top = 22, right = 8;
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+  const count = sparseLayout.length;
+  const max = Math.max(1, ...denseLayout.map((b) => b.macs), ...sparseLayout.map((b) => b.macs));
+  const plotW = W - left - right, plotH = H - top - bottom;
+  const slot = plotW / Math.max(count, 1);
+  const bw = Math.min(22, slot * 0.38);
+  const el = (name, attrs, text) => {
+    const e = document.createElementNS(SVG_NS, name);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text != null) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+  // axis + ticks
+  el('line', { x1: left, y1: top + plotH, x2: W - right, y2: top + plotH, stroke: colours.muted });
+  for (let i = 0; i <= 4; i++) {
+    const v = (max * i) / 4, y = top + plotH - (plotH * i) / 4;
+    el('line', { x1: left - 3, y1: y, x2: W - right, y2: y, stroke: colours.muted, 'stroke-opacity': 0.2 });
+    el('text', { x: left - 5, y: y + 3, 'text-anchor': 'end' }, formatMacs(v));
+  }
+  sparseLayout.forEach((b, i) => {
+    const d = denseLayout[i] || b;
+    const x0 = left + i * slot + slot / 2;
+    const hd = (plotH * d.macs) / max, hs = (plotH * b.macs) / max;
+    const r1 = el('rect', { x: x0 - bw - 1, y: top + plotH - hd, width: bw, height: hd, fill: colours.muted, 'fill-opacity': 0.45 });
+    r1.append(Object.assign(document.createElementNS(SVG_NS, 'title'), { textContent: `block ${i} ${denseLabel}: ${formatMacs(d.macs)} MACs` }));
+    const r2 = el('rect', { x: x0 + 1, y: top + plotH - hs, width: bw, height: hs, fill: colours[b.segment] || colours.dense });
+    r2.append(Object.assign(document.createElementNS(SVG_NS, 'title'), { textContent: `block ${i} ${sparseLabel}: ${formatMacs(b.macs)} MACs` }));
+    el('text', { x: x0, y: top + plotH + 12, 'text-anchor': 'middle' }, String(i));
+    el('text', { x: x0, y: top + plotH + 24, 'text-anchor': 'middle' }, KIND_LABEL[b.kind] || b.kind);
+  });
+  const sum = (l) => l.reduce((a, b) => a + b.macs, 0);
+  const ds = sum(denseLayout), ss = sum(sparseLayout);
+  el('rect', { x: left + 4, y: 4, width: 10, height: 10, fill: colours.muted, 'fill-opacity': 0.45 });
+  el('text', { x: left + 18, y: 13 }, `${denseLabel}: ${formatMacs(ds)} in all blocks`);
+  el('rect', { x: left + 250, y: 4, width: 10, height: 10, fill: colours.middle });
+  el('text', { x: left + 264, y: 13 }, `${sparseLabel}: ${formatMacs(ss)} (${ds > 0 ? ((100 * ss) / ds).toFixed(0) : '?'} %)`);
+}
