@@ -19,6 +19,10 @@ pub mod gpu;
 pub mod import;
 pub mod model;
 pub mod pack;
+pub mod stream;
+pub mod layout;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use config::{Config, GridSchedule, Layout, SparseLayout};
 pub use error::{Error, Result};

@@ -146,3 +146,48 @@ fn plan_groups_cover_every_dispatch_and_profile_per_block() {
         panic!("lavapipe has timestamp queries; CI expects them");
     }
 }
+
+/// A pack streamed in odd-sized chunks into GPU buffers (the browser's load path) gives the same
+/// model as the pack loaded whole; the sha256 is checked; a flipped byte is refused.
+#[test]
+fn streamed_pack_loads_the_same_model() {
+    use sparsedit::gpu::model::GpuStreamSink;
+    use sparsedit::stream::{sha256_hex, PackStream};
+    let Some(gpu) = gpu() else { return };
+    let gpu = std::rc::Rc::new(gpu);
+    let (cfg, map) = load("sparse_nondiv", "model.pt");
+    let mut bytes = Vec::new();
+    pack::write_pack(&mut bytes, &cfg, &map, TensorType::Q8_0, "stream", |_, _| {}).unwrap();
+    let sha = sha256_hex(&bytes);
+    let whole = GpuModel::from_pack_bytes(&gpu, &bytes).unwrap();
+
+    let mut stream = PackStream::new(Some(bytes.len() as u64), Some(&sha)).unwrap();
+    let mut sink = GpuStreamSink::new(gpu.clone());
+    for chunk in bytes.chunks(777) {
+        stream.push(chunk, &mut sink).unwrap();
+    }
+    let summary = stream.finish().unwrap();
+    assert_eq!(summary.sha256, sha);
+    assert!(sink.gpu_bytes > 4 * sink.host_bytes, "linear weights go to the GPU as they arrive: {} GPU / {} host bytes", sink.gpu_bytes, sink.host_bytes);
+    let streamed = GpuModel::load(&gpu, summary.cfg, &sink).unwrap();
+
+    let inp = load_st(&fixture_dir("sparse_nondiv").join("inputs.safetensors"));
+    let (x, t, y) = (f32s(&inp["x"]), f32s(&inp["t"]), i64s(&inp["y"]));
+    let b = inp["x"].dim(0).unwrap();
+    let p1 = whole.plan(&gpu, b, cfg.semantic_size).unwrap();
+    let p2 = streamed.plan(&gpu, b, cfg.semantic_size).unwrap();
+    let a = whole.forward(&gpu, &p1, &x, &t, &y).unwrap();
+    let s = streamed.forward(&gpu, &p2, &x, &t, &y).unwrap();
+    assert_close("streamed vs whole pack", &s, &a, 1e-6);
+
+    let mut bad = bytes.clone();
+    let k = bad.len() / 2;
+    bad[k] ^= 1;
+    let mut stream = PackStream::new(Some(bad.len() as u64), Some(&sha)).unwrap();
+    let mut sink = GpuStreamSink::new(gpu.clone());
+    for chunk in bad.chunks(4096) {
+        stream.push(chunk, &mut sink).unwrap();
+    }
+    let e = stream.finish().err().expect("a flipped byte must be refused").to_string();
+    assert!(e.contains("sha256 mismatch"), "{e}");
+}

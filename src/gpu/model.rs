@@ -6,16 +6,19 @@
 //! the reference the GPU output is tested against.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::config::{Config, Layout, FREQ_DIM, SDTM_KINDS};
 use crate::error::{Error, Result};
-use crate::gguf::{self, Gguf, TensorType};
+use crate::gguf::{self, Gguf, GgufHeader, TensorInfo, TensorType};
 use crate::gpu::ops::attention::{attention, attention_probs, AttnShape};
 use crate::gpu::ops::tokens;
-use crate::gpu::ops::{layernorm_modulate, linear_with, Epilogue, GpuLinear, Precision};
+use crate::gpu::ops::{layernorm_modulate, linear_with, Epilogue, GpuLinear, GpuWeight, Precision};
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
 use crate::model::{timestep_embedding, TensorMap};
 use crate::pack;
+use crate::stream::TensorSink;
 
 /// Where weights come from: encoded bytes per tensor, as in a pack.
 pub trait WeightSource {
@@ -26,6 +29,13 @@ pub trait WeightSource {
         let (ty, bytes, shape) = self.encoded(name)?;
         let n = shape.iter().product();
         Ok((gguf::decode(&bytes, ty, n)?, shape))
+    }
+    /// The (N, K) weight `name` of a linear layer on the GPU, in its stored format, with its
+    /// shape. Default: upload [`Self::encoded`]; a streamed pack has it uploaded already.
+    fn gpu_weight(&self, gpu: &Gpu, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
+        let (ty, bytes, shape) = self.encoded(name)?;
+        let elems = shape.iter().product();
+        Ok((GpuWeight::upload(gpu, name, ty, &bytes, elems)?, shape))
     }
 }
 
@@ -57,7 +67,7 @@ impl WeightSource for EncodedMap<'_> {
 }
 
 fn lin(gpu: &Gpu, src: &dyn WeightSource, name: &str, k_in: usize, n_out: usize) -> Result<GpuLinear> {
-    let (ty, bytes, shape) = src.encoded(&format!("{name}.weight"))?;
+    let (weight, shape) = src.gpu_weight(gpu, &format!("{name}.weight"))?;
     if shape != [n_out, k_in] {
         return Err(Error::Shape { name: format!("{name}.weight"), expected: vec![n_out, k_in], found: shape });
     }
@@ -65,7 +75,73 @@ fn lin(gpu: &Gpu, src: &dyn WeightSource, name: &str, k_in: usize, n_out: usize)
     if bshape != [n_out] {
         return Err(Error::Shape { name: format!("{name}.bias"), expected: vec![n_out], found: bshape });
     }
-    GpuLinear::from_encoded(gpu, name, ty, &bytes, n_out, k_in, &bias)
+    GpuLinear::from_weight(gpu, name, weight, n_out, k_in, &bias)
+}
+
+/// A pack arriving in chunks ([`crate::stream::PackStream`]): every linear weight goes into its
+/// GPU buffer the moment its bytes are complete (then its host copy is dropped); biases,
+/// tables, the patch-embedding kernel and the position table — a small part of the bytes —
+/// wait on the host until [`GpuModel::load`] builds the model from this sink.
+pub struct GpuStreamSink {
+    gpu: Rc<Gpu>,
+    uploaded: HashMap<String, (GpuWeight, Vec<usize>)>,
+    host: HashMap<String, (TensorType, Vec<u8>, Vec<usize>)>,
+    /// Bytes of tensor data on the GPU / kept on the host so far.
+    pub gpu_bytes: usize,
+    pub host_bytes: usize,
+}
+
+impl GpuStreamSink {
+    pub fn new(gpu: Rc<Gpu>) -> Self {
+        GpuStreamSink { gpu, uploaded: HashMap::new(), host: HashMap::new(), gpu_bytes: 0, host_bytes: 0 }
+    }
+
+    /// Linear weights are the 2-D `*.weight` tensors other than the label table.
+    fn is_linear_weight(info: &TensorInfo) -> bool {
+        info.shape.len() == 2 && info.name.ends_with(".weight") && info.name != "y_embedder.embedding_table.weight"
+    }
+}
+
+impl TensorSink for GpuStreamSink {
+    fn header(&mut self, header: &GgufHeader, _cfg: &Config) -> Result<()> {
+        // Refuse early what could never fit one binding (the pack has not been downloaded yet).
+        let max = self.gpu.limits.max_storage_buffer_binding_size as usize;
+        if let Some(t) = header.tensors.iter().find(|t| t.nbytes > max) {
+            return Err(Error::Gpu(format!("tensor '{}' ({} bytes) exceeds this GPU's storage binding limit of {max} bytes", t.name, t.nbytes)));
+        }
+        Ok(())
+    }
+
+    fn tensor(&mut self, info: &TensorInfo, bytes: Vec<u8>) -> Result<()> {
+        if Self::is_linear_weight(info) {
+            let elems = info.elem_count().ok_or_else(|| Error::gguf(format!("tensor '{}': shape overflows", info.name)))?;
+            let w = GpuWeight::upload(&self.gpu, &info.name, info.ty, &bytes, elems)?;
+            self.gpu_bytes += bytes.len();
+            self.uploaded.insert(info.name.clone(), (w, info.shape.clone()));
+        } else {
+            self.host_bytes += bytes.len();
+            self.host.insert(info.name.clone(), (info.ty, bytes, info.shape.clone()));
+        }
+        self.gpu.check()
+    }
+}
+
+impl WeightSource for GpuStreamSink {
+    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)> {
+        let (ty, bytes, shape) = self.host.get(name).ok_or_else(|| missing(name))?;
+        Ok((*ty, Cow::Borrowed(bytes.as_slice()), shape.clone()))
+    }
+
+    fn gpu_weight(&self, gpu: &Gpu, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
+        match self.uploaded.get(name) {
+            Some((w, shape)) => Ok((w.clone(), shape.clone())),
+            None => {
+                let (ty, bytes, shape) = self.encoded(name)?;
+                let elems = shape.iter().product();
+                Ok((GpuWeight::upload(gpu, name, ty, &bytes, elems)?, shape))
+            }
+        }
+    }
 }
 
 fn table(gpu: &Gpu, src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<GpuBuf> {

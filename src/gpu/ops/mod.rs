@@ -45,14 +45,22 @@ pub struct GpuLinear {
     pub k_in: usize,
 }
 
-impl GpuLinear {
-    /// From weights encoded as in a GGUF pack (`bytes` in `ty`'s layout, PyTorch (N, K) order).
+/// A linear layer's (N, K) weight on the GPU in its stored format.
+#[derive(Clone)]
+pub struct GpuWeight {
+    pub w: GpuBuf,
+    /// Block scales (N * K / 32) for Q8_0 / Q4_0; a 1-element dummy otherwise.
+    pub scales: GpuBuf,
+    pub format: TensorType,
+}
+
+impl GpuWeight {
+    /// Upload `elems` weights encoded as in a GGUF pack (`bytes` in `ty`'s layout).
     /// GGUF blocks are 34 (Q8_0) or 18 (Q4_0) bytes, not 4-byte aligned: they are repacked into
     /// an f32 scale array and u32-aligned quant words that WGSL reads directly.
-    pub fn from_encoded(gpu: &Gpu, name: &str, ty: TensorType, bytes: &[u8], n_out: usize, k_in: usize, bias: &[f32]) -> Result<Self> {
-        let elems = n_out * k_in;
-        if bytes.len() != ty.bytes_for(elems)? || bias.len() != n_out {
-            return Err(Error::Gpu(format!("{name}: {} weight bytes / {} biases for ({n_out}, {k_in}) {}", bytes.len(), bias.len(), ty.name())));
+    pub fn upload(gpu: &Gpu, name: &str, ty: TensorType, bytes: &[u8], elems: usize) -> Result<Self> {
+        if bytes.len() != ty.bytes_for(elems)? {
+            return Err(Error::Gpu(format!("{name}: {} bytes for {elems} {} weights", bytes.len(), ty.name())));
         }
         let (w, scales) = match ty {
             TensorType::F32 => (gpu.upload(name, bytemuck::cast_slice::<u8, u32>(&aligned(bytes)))?, gpu.zeros("no scales", 1)?),
@@ -78,7 +86,24 @@ impl GpuLinear {
                 (gpu.upload(name, &words)?, gpu.upload(&format!("{name}.scales"), &sc)?)
             }
         };
-        Ok(GpuLinear { name: name.to_string(), w, scales, bias: gpu.upload(&format!("{name}.bias"), bias)?, format: ty, n_out, k_in })
+        Ok(GpuWeight { w, scales, format: ty })
+    }
+}
+
+impl GpuLinear {
+    /// From weights encoded as in a GGUF pack (`bytes` in `ty`'s layout, PyTorch (N, K) order).
+    pub fn from_encoded(gpu: &Gpu, name: &str, ty: TensorType, bytes: &[u8], n_out: usize, k_in: usize, bias: &[f32]) -> Result<Self> {
+        let weight = GpuWeight::upload(gpu, name, ty, bytes, n_out * k_in)?;
+        Self::from_weight(gpu, name, weight, n_out, k_in, bias)
+    }
+
+    /// From a weight already on the GPU (a streamed pack) and its bias.
+    pub fn from_weight(gpu: &Gpu, name: &str, weight: GpuWeight, n_out: usize, k_in: usize, bias: &[f32]) -> Result<Self> {
+        if bias.len() != n_out {
+            return Err(Error::Gpu(format!("{name}: {} biases for ({n_out}, {k_in})", bias.len())));
+        }
+        let GpuWeight { w, scales, format } = weight;
+        Ok(GpuLinear { name: name.to_string(), w, scales, bias: gpu.upload(&format!("{name}.bias"), bias)?, format, n_out, k_in })
     }
 }
 

@@ -1,0 +1,140 @@
+//! Which tokens each block computes, for a given sparse grid: what the page's token view draws
+//! (and what the trace of a run reports per step).
+//!
+//! - Poolingformer blocks (bottom segment) update all N dense tokens, but their attention is one
+//!   global token: the mean of V over the whole grid.
+//! - In each SDTM (middle segment) the token-merge block pools the n×n grid to s×s sparse tokens
+//!   (PyTorch `AdaptiveAvgPool2d` windows, which may overlap) that attend to the dense ones;
+//!   semantic blocks run on the s² sparse tokens; the token-recover block brings back N dense
+//!   tokens; the SDTM's normal blocks run dense again.
+//! - Top blocks (and every block of a dense DiT) run on all N tokens.
+
+use serde::Serialize;
+
+use crate::config::{Config, Layout, SDTM_KINDS};
+use crate::flops::count_macs;
+use crate::model::adaptive_pool_window;
+
+/// One block of the token view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockLayout {
+    pub index: usize,
+    /// Checkpoint prefix (`dumbbell_blocks.0.token_merge_blocks.0`).
+    pub name: String,
+    /// `dit`, `poolingformer`, `merge`, `semantic`, `recover` or `normal`.
+    pub kind: &'static str,
+    /// `dense` (a plain DiT), `bottom`, `middle` or `top`.
+    pub segment: &'static str,
+    /// Tokens this block computes (its query / output tokens).
+    pub tokens: usize,
+    /// `dense` (n×n), `sparse` (s×s pooled) or `global` (one pooled token for attention).
+    pub grid: &'static str,
+    /// n, s, or 1.
+    pub side: usize,
+    /// Sparse blocks: each sparse token's pooling window on the dense grid, `[r0, r1, c0, c1]`
+    /// half-open, row-major over the s×s tokens. Empty otherwise.
+    pub windows: Vec<[usize; 4]>,
+    /// MACs of this block at batch 1 (linear + attention, [`count_macs`]'s convention).
+    pub macs: u64,
+}
+
+/// Pooling windows of an s×s grid over an n×n one (row-major over the sparse tokens).
+pub fn pooling_windows(n: usize, s: usize) -> Vec<[usize; 4]> {
+    let mut w = Vec::with_capacity(s * s);
+    for i in 0..s {
+        let (r0, r1) = adaptive_pool_window(i, n, s);
+        for j in 0..s {
+            let (c0, c1) = adaptive_pool_window(j, n, s);
+            w.push([r0, r1, c0, c1]);
+        }
+    }
+    w
+}
+
+/// Every block of `cfg` in forward order at sparse grid side `grid` (ignored for dense models).
+pub fn block_layouts(cfg: &Config, grid: usize) -> Vec<BlockLayout> {
+    let n = cfg.grid();
+    let dense_tokens = n * n;
+    let macs = count_macs(cfg, Some(grid));
+    let macs_of = |name: &str| macs.detail.iter().chain(macs.modules.iter()).find(|m| m.name == name).map_or(0, |m| m.total());
+    let mut out = Vec::new();
+    let mut push = |name: String, kind: &'static str, segment: &'static str, tokens: usize, grid_kind: &'static str, side: usize, windows: Vec<[usize; 4]>| {
+        let m = macs_of(&name);
+        out.push(BlockLayout { index: out.len(), name, kind, segment, tokens, grid: grid_kind, side, windows, macs: m });
+    };
+    match &cfg.layout {
+        Layout::Dense { depth } => {
+            for i in 0..*depth {
+                push(format!("blocks.{i}"), "dit", "dense", dense_tokens, "dense", n, vec![]);
+            }
+        }
+        Layout::Sparse(sl) => {
+            let s = grid;
+            for i in 0..sl.num_poolingformer {
+                push(format!("poolingformer_blocks.{i}"), "poolingformer", "bottom", dense_tokens, "global", 1, vec![]);
+            }
+            for b in 0..sl.num_sdtm {
+                // Tokens of the hidden state as the SDTM's sub-blocks go (as in `flops`).
+                let mut sparse = true;
+                for (kind_idx, &count) in sl.group.iter().enumerate() {
+                    for j in 0..count {
+                        let name = format!("dumbbell_blocks.{b}.{}.{j}", SDTM_KINDS[kind_idx]);
+                        let kind = ["merge", "semantic", "recover", "normal"][kind_idx];
+                        if kind_idx == 2 {
+                            sparse = false; // recover outputs the dense grid again
+                        }
+                        if sparse {
+                            push(name, kind, "middle", s * s, "sparse", s, pooling_windows(n, s));
+                        } else {
+                            push(name, kind, "middle", dense_tokens, "dense", n, vec![]);
+                        }
+                    }
+                }
+            }
+            for i in 0..sl.num_top {
+                push(format!("normal_blocks.{i}"), "normal", "top", dense_tokens, "dense", n, vec![]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_sparse_layout() {
+        let cfg = Config::tiny(true);
+        let l = block_layouts(&cfg, 4);
+        let tokens: Vec<usize> = l.iter().map(|b| b.tokens).collect();
+        assert_eq!(tokens, [64, 16, 16, 64, 64, 16, 16, 64, 64, 64]);
+        let kinds: Vec<&str> = l.iter().map(|b| b.kind).collect();
+        assert_eq!(kinds, ["poolingformer", "merge", "semantic", "recover", "normal", "merge", "semantic", "recover", "normal", "normal"]);
+        assert_eq!(l[1].windows.len(), 16);
+        assert_eq!(l[1].windows[0], [0, 2, 0, 2]);
+        assert_eq!(l[1].windows[15], [6, 8, 6, 8]);
+        assert!(l.iter().all(|b| b.macs > 0), "{l:?}");
+        // per-block MACs add up to the blocks' rows of the MAC report
+        let macs = count_macs(&cfg, Some(4));
+        let blocks: u64 = macs.modules.iter().filter(|m| m.name.contains("blocks")).map(|m| m.total()).sum();
+        assert_eq!(l.iter().map(|b| b.macs).sum::<u64>(), blocks);
+    }
+
+    #[test]
+    fn overlapping_windows_follow_pytorch() {
+        // 8 -> 3: PyTorch AdaptiveAvgPool2d windows [0,3), [2,6), [5,8)
+        let w = pooling_windows(8, 3);
+        assert_eq!(w[0], [0, 3, 0, 3]);
+        assert_eq!(w[4], [2, 6, 2, 6]);
+        assert_eq!(w[8], [5, 8, 5, 8]);
+    }
+
+    #[test]
+    fn dense_layout_is_all_tokens() {
+        let cfg = Config::tiny(false);
+        let l = block_layouts(&cfg, 4);
+        assert_eq!(l.len(), 10);
+        assert!(l.iter().all(|b| b.tokens == 64 && b.kind == "dit" && b.macs > 0));
+    }
+}
