@@ -469,7 +469,7 @@ function renderTokenView() {
   const image = shownImageCanvas();
   renderBlocks($('blocks'), layout, { n, image, selected: state.selected, onSelect: selectBlock });
   const macs = layout.reduce((a, b) => a + b.macs, 0);
-  $('st-macs').textContent = `${formatMacs(macs)} (blocks, one forward)`;
+  $('st-macs').textContent = `${formatMacs(macs)} per forward, batch 1`;
   const denseLayout = layoutFor(n);
   renderMacsChart($('macs-chart'), denseLayout, layout, {
     denseLabel: isSparseModel() ? `s = n = ${n} (no pruning)` : 'dense',
