@@ -31,8 +31,8 @@ if command -v rustup >/dev/null 2>&1; then
   fi
 fi
 
-have_version() { # tool expected-version
-  [ -x "$ROOT/.tools/bin/$1" ] && "$ROOT/.tools/bin/$1" --version 2>/dev/null | grep -q " $2\$"
+have_version() { # tool expected-version: .tools/bin first (on PATH above), then anywhere on PATH
+  command -v "$1" >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -q " $2\$"
 }
 
 if ! have_version trunk "$TRUNK_VERSION"; then

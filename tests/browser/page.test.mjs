@@ -200,11 +200,11 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
     });
 
     await t.test('token view: every block with the tokens it computes at s = 4', async () => {
-      const info = await page.evaluate(() => window.sparsedit.engine.model_info());
+      const info = await page.evaluate(() => window.sparsedit.info);
       assert.equal(info.arch, 'sparsedit');
       assert.equal(info.depth, TINY_KINDS.length);
       assert.equal(info.dense_grid, 8);
-      const layout = await page.evaluate((g) => window.sparsedit.engine.layout(g).map((b) => ({ kind: b.kind, tokens: b.tokens })), GRID);
+      const layout = await page.evaluate((g) => Array.from(window.sparsedit.engine.layout(g), (b) => ({ kind: b.kind, tokens: Number(b.tokens) })), GRID);
       assert.deepEqual(layout.map((b) => b.kind), TINY_KINDS);
       assert.deepEqual(layout.map((b) => b.tokens), TINY_TOKENS_S4);
       const shown = [];

@@ -95,7 +95,14 @@ async function createEngine() {
 
 function layoutFor(grid) {
   if (!state.info) return [];
-  if (!state.layouts.has(grid)) state.layouts.set(grid, state.engine.layout(grid));
+  if (!state.layouts.has(grid)) {
+    // numbers may arrive as BigInt (u64 on the Rust side): the page works with Numbers
+    const layout = Array.from(state.engine.layout(grid), (b) => ({
+      ...b, index: Number(b.index), tokens: Number(b.tokens), side: Number(b.side), macs: Number(b.macs),
+      windows: Array.from(b.windows || [], (w) => Array.from(w, Number)),
+    }));
+    state.layouts.set(grid, layout);
+  }
   return state.layouts.get(grid);
 }
 
@@ -140,7 +147,7 @@ async function load(source) {
   $('load-progress').value = 0;
   try {
     const { info, fromCache } = await loadModel(state.engine, source, { onProgress });
-    state.info = info;
+    state.info = normaliseInfo(info);
     state.source = source;
     modelLoaded();
     setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${fromCache ? ', from cache' : ''}`);
@@ -156,7 +163,17 @@ async function load(source) {
 }
 
 function safeModelInfo() {
-  try { return state.engine?.model_info() ?? null; } catch { return null; }
+  try { return normaliseInfo(state.engine?.model_info() ?? null); } catch { return null; }
+}
+
+/** ModelInfo with plain Numbers (u64 fields may arrive as BigInt). */
+function normaliseInfo(info) {
+  if (!info) return null;
+  const out = { ...info };
+  for (const k of ['input_size', 'in_channels', 'num_classes', 'depth', 'dense_grid', 'default_grid', 'params', 'bytes']) {
+    if (out[k] != null) out[k] = Number(out[k]);
+  }
+  return out;
 }
 
 function modelLoaded() {
@@ -380,13 +397,13 @@ function onStep(run, step) {
   if (state.run !== run) return;
   // Copy what we keep: the arrays may be views the engine reuses.
   const rec = {
-    iter: step.iter,
-    total: step.total,
-    timestep: step.timestep,
-    grid: step.grid,
-    ms: step.ms,
+    iter: Number(step.iter),
+    total: Number(step.total),
+    timestep: Number(step.timestep),
+    grid: Number(step.grid),
+    ms: Number(step.ms ?? 0),
     pred: step.pred_x0 ? new Float32Array(step.pred_x0) : null,
-    attention: (step.attention || []).map((a) => ({ block: a.block, name: a.name, kind: a.kind, q: a.q, k: a.k, probs: new Float32Array(a.probs) })),
+    attention: Array.from(step.attention || [], (a) => ({ block: Number(a.block), name: a.name, kind: a.kind, q: Number(a.q), k: Number(a.k), probs: new Float32Array(a.probs) })),
   };
   run.steps.push(rec);
   setStatus(`generating: step ${step.iter + 1}/${step.total}`);
@@ -553,7 +570,7 @@ function totalMacs(engine, grids, cfg, cache) {
   // MACs of all blocks over the whole run (both CFG halves when guidance is on)
   let sum = 0;
   for (const g of grids) {
-    if (!cache.has(g)) cache.set(g, engine.layout(g).reduce((a, b) => a + b.macs, 0));
+    if (!cache.has(g)) cache.set(g, Array.from(engine.layout(g)).reduce((a, b) => a + Number(b.macs), 0));
     sum += cache.get(g);
   }
   return sum * (cfg > 1 ? 2 : 1);
@@ -576,7 +593,7 @@ async function compare() {
       const { info } = await loadModel(state.compareEngine, src, {
         onProgress: (p) => { text.textContent = `loading ${other.id}: ${formatBytes(p.received)} / ${formatBytes(p.total)}`; },
       });
-      state.compareInfo = info;
+      state.compareInfo = normaliseInfo(info);
     }
     const mainIsSparse = isSparseModel();
     const sparse = { engine: mainIsSparse ? state.engine : state.compareEngine };
