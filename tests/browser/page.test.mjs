@@ -172,9 +172,9 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       assert.match(done, /^done/, `status: ${done}`);
       const res = await page.evaluate(() => {
         const r = window.sparsedit.lastResult;
-        return { image: Array.from(r.image), channels: r.channels, size: r.size, ms_total: r.ms_total, grids: Array.from(r.grids), cancelled: r.cancelled };
+        return { image: Array.from(r.image), channels: r.channels, size: r.size, ms_total: r.ms_total, ms_steps: Array.from(r.ms_steps), grids: Array.from(r.grids), cancelled: r.cancelled };
       });
-      console.log(`# in-browser generation: ${res.ms_total.toFixed(0)} ms engine total, ${wall} ms wall (status: ${done})`);
+      console.log(`# in-browser generation: ${res.ms_total.toFixed(0)} ms engine total, ${wall} ms wall; per step: ${res.ms_steps.map((m) => m.toFixed(0)).join(' ')} ms`);
       assert.equal(res.cancelled, false);
       assert.deepEqual(res.grids, Array(STEPS).fill(GRID));
       image = res.image;
@@ -222,8 +222,9 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
     });
 
     await t.test('compare: dense DiT and SparseDiT side by side', async () => {
+      await page.getByTestId('steps').fill('2'); // SwiftShader is slow: two steps per model
       await page.getByTestId('compare').click();
-      const s = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+      const s = await waitStatus(page, /^(done — compare|error)/, GENERATE_TIMEOUT);
       await page.screenshot({ path: path.join(ARTIFACTS, 'compare.png'), fullPage: true });
       assert.match(s, /^done — compare/, s);
     });

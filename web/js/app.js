@@ -453,7 +453,7 @@ function drawShown() {
   const i = shownIndex();
   if (!run || i < 0) { renderTokenView(); return; }
   const st = run.steps[i];
-  const isFinal = run.result && i === run.steps.length - 1 && state.shown < 0;
+  const isFinal = run.result?.image?.length > 0 && i === run.steps.length - 1 && state.shown < 0;
   const img = isFinal ? run.result.image : st.pred;
   if (img) drawBatch($('preview'), img, run.channels, run.size, run.num);
   $('st-step').textContent = `${st.iter + 1} / ${st.total}${isFinal ? ' (final sample)' : ''}`;
@@ -472,7 +472,7 @@ function shownImageCanvas() {
   const run = state.run;
   const i = shownIndex();
   if (!run || i < 0) return null;
-  const isFinal = run.result && i === run.steps.length - 1 && state.shown < 0;
+  const isFinal = run.result?.image?.length > 0 && i === run.steps.length - 1 && state.shown < 0;
   const img = isFinal ? run.result.image : run.steps[i].pred;
   return img ? imageCanvas(img, run.channels, run.size, 0) : null;
 }
