@@ -138,7 +138,7 @@ pub fn bench_model(gpu: Option<&Gpu>, cfg: &Config, tensors: &TensorMap, opts: &
             }
             let t0 = Instant::now();
             let mut noise = SeededNoise::new(3);
-            pollster::block_on(crate::gpu::sample::sample_gpu(g, &gm, &sampler, &z, &labels, guidance, &sched, &mut noise, false, |_| Ok(())))?;
+            pollster::block_on(crate::gpu::sample::sample_gpu(g, &gm, &sampler, &z, &labels, guidance, &sched, &mut noise, Default::default(), |_| Ok(true)))?;
             (median(times), t0.elapsed().as_secs_f64())
         }
         None => {

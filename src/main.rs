@@ -633,10 +633,10 @@ fn sample(a: SampleArgs) -> Result<()> {
                 guidance,
                 &schedule,
                 noise,
-                false,
+                Default::default(),
                 |s| {
                     pb.set_position(s.iter as u64 + 1);
-                    Ok(())
+                    Ok(true)
                 },
             ))?;
             Tensor::from_vec(v, z.dims(), &Device::Cpu)?

@@ -301,10 +301,15 @@ impl Gpu {
         self.check()
     }
 
-    /// GPU time of each named group of dispatches (ms), from timestamp queries: each group runs
-    /// in its own compute pass with begin / end timestamps. Errors without TIMESTAMP_QUERY.
+    /// [`Self::profile_async`], blocking (native).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&self, groups: &[(String, &[Dispatch])]) -> Result<Vec<(String, f64)>> {
+        pollster::block_on(self.profile_async(groups))
+    }
+
+    /// GPU time of each named group of dispatches (ms), from timestamp queries: each group runs
+    /// in its own compute pass with begin / end timestamps. Errors without TIMESTAMP_QUERY.
+    pub async fn profile_async(&self, groups: &[(String, &[Dispatch])]) -> Result<Vec<(String, f64)>> {
         if !self.has_timestamps {
             return Err(Error::Gpu(format!("{} has no timestamp queries", self.adapter.name)));
         }
@@ -347,8 +352,9 @@ impl Gpu {
         self.queue.submit(Some(enc.finish()));
         let (tx, rx) = futures_oneshot();
         staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
-        pollster::block_on(rx).map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
+        rx.await.map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
         let ticks: Vec<u64> = {
             let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping timestamps: {e}")))?;
             bytemuck::cast_slice::<u8, u64>(&view).to_vec()

@@ -14,6 +14,28 @@ use crate::gpu::ops::tokens::{sampler_step, SamplerStepParams};
 use crate::gpu::Gpu;
 use crate::config::GridSchedule;
 
+/// What a sampling run reads back after each step (nothing by default: one readback at the end).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleOptions {
+    /// Read the predicted x0 back after every step (live preview).
+    pub preview: bool,
+    /// Capture and read back the head-averaged attention maps of merge / recover blocks.
+    pub trace: bool,
+}
+
+/// One merge / recover block's head-averaged cross-attention at one step, first image only.
+#[derive(Clone, Debug)]
+pub struct StepAttention {
+    /// Index of the block in forward order.
+    pub block: usize,
+    pub name: String,
+    /// Query and key token counts (merge: s² x N; recover: N x s²).
+    pub tq: usize,
+    pub tk: usize,
+    /// (tq, tk) row-major; each row sums to 1.
+    pub probs: Vec<f32>,
+}
+
 /// Per-step report of a GPU sampling run.
 pub struct GpuStep<'a> {
     pub iter: usize,
@@ -23,9 +45,12 @@ pub struct GpuStep<'a> {
     pub grid: usize,
     /// Predicted x0 (n, C, H, W), present when previews were asked for.
     pub pred_x0: Option<&'a [f32]>,
+    /// Attention maps, when tracing.
+    pub attention: &'a [StepAttention],
 }
 
-/// Sample `n = z.len() / (C H W)` latents for labels `y` on the GPU.
+/// Sample `n = z.len() / (C H W)` latents for labels `y` on the GPU. `on_step` returns whether
+/// to go on: `false` stops after that step and returns the partly denoised latent.
 #[allow(clippy::too_many_arguments)]
 pub async fn sample_gpu(
     gpu: &Gpu,
@@ -36,8 +61,8 @@ pub async fn sample_gpu(
     guidance: Option<Guidance>,
     schedule: &GridSchedule,
     noise: &mut dyn NoiseSource,
-    preview: bool,
-    mut on_step: impl FnMut(&GpuStep) -> Result<()>,
+    opts: SampleOptions,
+    mut on_step: impl FnMut(&GpuStep) -> Result<bool>,
 ) -> Result<Vec<f32>> {
     let cfg = &model.cfg;
     let chw = cfg.in_channels * cfg.input_size * cfg.input_size;
@@ -62,7 +87,7 @@ pub async fn sample_gpu(
         let t_orig = sampler.diffusion.timestep_map[i];
         let grid = schedule.grid_at(t_orig as f64, NUM_TRAIN_TIMESTEPS, cfg.num_tokens());
         if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(grid) {
-            e.insert(model.plan(gpu, rows, grid)?);
+            e.insert(model.plan_with(gpu, rows, grid, opts.trace)?);
         }
         let plan = &plans[&grid];
         model.write_inputs(gpu, plan, None, &vec![t_orig as f32; rows], &labels)?;
@@ -78,8 +103,20 @@ pub async fn sample_gpu(
             copies.push((&x, &plan.x_in, n * chw));
         }
         gpu.run_step(&copies, &[&plan.dispatches, std::slice::from_ref(&step)])?;
-        let pred = if preview { Some(gpu.read_async(&x0).await?) } else { None };
-        on_step(&GpuStep { iter, total, timestep: t_orig, grid, pred_x0: pred.as_deref() })?;
+        let pred = if opts.preview { Some(gpu.read_async(&x0).await?) } else { None };
+        let mut attention = Vec::new();
+        if opts.trace {
+            for cap in &plan.attention {
+                let mut probs = gpu.read_async(&cap.buf).await?;
+                probs.truncate(cap.tq * cap.tk); // first image of the batch
+                let block = plan.blocks.iter().position(|b| b.name == cap.block).unwrap_or(usize::MAX);
+                attention.push(StepAttention { block, name: cap.block.clone(), tq: cap.tq, tk: cap.tk, probs });
+            }
+        }
+        let go_on = on_step(&GpuStep { iter, total, timestep: t_orig, grid, pred_x0: pred.as_deref(), attention: &attention })?;
+        if !go_on {
+            break;
+        }
     }
     let mut out = gpu.read_async(&x).await?;
     out.truncate(n * chw);
