@@ -191,3 +191,60 @@ fn streamed_pack_loads_the_same_model() {
     let e = stream.finish().err().expect("a flipped byte must be refused").to_string();
     assert!(e.contains("sha256 mismatch"), "{e}");
 }
+
+/// The token view's layout (`layout::block_layouts`) says what the CPU model's trace does, block
+/// for block, at several grids; a traced GPU sampling run reports every merge / recover map per
+/// step (rows are distributions) and stops when `on_step` says so.
+#[test]
+fn layout_matches_trace_and_sampler_reports_attention() {
+    use sparsedit::diffusion::{Sampler, SamplerKind, SeededNoise};
+    use sparsedit::gpu::sample::{sample_gpu, SampleOptions};
+    use sparsedit::layout::block_layouts;
+    let (cfg, map) = load("sparse_nondiv", "model.pt");
+    let cpu = Model::from_tensors(cfg.clone(), map.clone()).unwrap();
+    let inp = load_st(&fixture_dir("sparse_nondiv").join("inputs.safetensors"));
+    let (x, t, y) = (inp["x"].clone(), f32s(&inp["t"]), i64s(&inp["y"]));
+    for grid in [2, 3, 4, 6] {
+        let mut trace = Vec::new();
+        cpu.forward_traced(&x, &t, &y, grid, Some(&mut trace)).unwrap();
+        let layout = block_layouts(&cfg, grid);
+        assert_eq!(layout.len(), trace.len(), "grid {grid}");
+        for (l, tr) in layout.iter().zip(&trace) {
+            assert_eq!((l.name.as_str(), l.tokens), (tr.name.as_str(), tr.tokens), "grid {grid}");
+            if l.grid == "sparse" {
+                assert_eq!((l.side, l.windows.len()), (grid, grid * grid), "{} grid {grid}", l.name);
+            }
+        }
+    }
+
+    let Some(gpu) = gpu() else { return };
+    let gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::F32 }).unwrap();
+    let sampler = Sampler::new("ddim5", SamplerKind::Ddim { eta: 0.0 }, cfg.learn_sigma).unwrap();
+    let chw = cfg.in_channels * cfg.input_size * cfg.input_size;
+    let mut noise = SeededNoise::new(3);
+    let z = noise.normal(2 * chw);
+    let layout = block_layouts(&cfg, 3);
+    let mut seen = 0;
+    let opts = SampleOptions { preview: true, trace: true };
+    let sched = sparsedit::GridSchedule::Fixed(3);
+    let fut = sample_gpu(&gpu, &gm, &sampler, &z, &[1, 2], None, &sched, &mut noise, opts, |s| {
+        seen += 1;
+        assert_eq!(s.pred_x0.map(|p| p.len()), Some(2 * chw));
+        assert_eq!(s.attention.len(), 4, "2 SDTMs x (merge + recover)");
+        for a in s.attention {
+            let kind = layout[a.block].kind;
+            assert!(kind == "merge" || kind == "recover", "{} is a {kind}", a.name);
+            assert_eq!(layout[a.block].name, a.name);
+            let (tq, tk) = if kind == "merge" { (9, 36) } else { (36, 9) };
+            assert_eq!((a.tq, a.tk, a.probs.len()), (tq, tk, tq * tk), "{}", a.name);
+            for (r, row) in a.probs.chunks(tk).enumerate() {
+                let sum: f32 = row.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-3, "{} row {r} sums to {sum}", a.name);
+            }
+        }
+        Ok(s.iter < 1)
+    });
+    let out = pollster::block_on(fut).unwrap();
+    assert_eq!(seen, 2, "stopped after the second step");
+    assert_eq!(out.len(), 2 * chw);
+}
