@@ -229,6 +229,13 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       assert.match(s, /^done — compare/, s);
     });
 
+    await t.test('switching to the CPU engine reloads the model from the cache', async () => {
+      await page.getByTestId('prefer-gpu').uncheck();
+      const s = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+      assert.match(s, /^ready.*from cache/, s);
+      assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'cpu');
+    });
+
     await t.test('no request left 127.0.0.1, no CSP violation, no page error', async () => {
       assertLocalOnly(log);
       const csp = await page.evaluate(() => window.__csp);
@@ -261,5 +268,46 @@ test('a corrupt or truncated pack shows an error and is never cached', { timeout
     assertLocalOnly(log);
   } finally {
     await context.close();
+  }
+});
+
+test('without WebGPU the engine falls back to the CPU path (and still matches the CLI)', { timeout: 10 * 60_000 }, async () => {
+  // Chromium without --enable-unsafe-webgpu (and with --disable-gpu) offers no WebGPU adapter here.
+  const cpuBrowser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+  try {
+    const page = await cpuBrowser.newPage();
+    const requests = [];
+    page.on('request', (r) => requests.push(r.url()));
+    await page.goto(baseUrl);
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready/, status);
+    assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'cpu');
+    assert.match(await page.getByTestId('backend').textContent(), /CPU/);
+    await page.getByTestId(`class-${CLASS}`).click();
+    await page.getByTestId('seed').fill(String(SEED));
+    await page.getByTestId('steps').fill(String(STEPS));
+    await page.getByTestId('cfg').fill(String(CFG));
+    await page.getByTestId('grid').fill(String(GRID));
+    await page.getByTestId('generate').click();
+    const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+    assert.match(done, /^done/, done);
+    const image = await page.evaluate(() => Array.from(window.sparsedit.lastResult.image));
+    const cli = cliSample();
+    let worst = 0, at = -1;
+    for (let i = 0; i < image.length; i++) {
+      const d = Math.abs(image[i] - cli.data[i]);
+      if (!(d <= worst)) { worst = d; at = i; }
+    }
+    console.log(`# CPU path in the browser: ${done}; max |page - CLI| = ${worst.toExponential(3)}`);
+    assert.equal(image.length, cli.data.length);
+    assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
+    assertLocalOnly({ requests });
+  } finally {
+    await cpuBrowser.close();
   }
 });

@@ -83,7 +83,7 @@ async function createEngine() {
   state.info = null;
   state.layouts.clear();
   state.gpuTimes.clear();
-  state.engine = await state.bindings.Engine.create(true);
+  state.engine = await state.bindings.Engine.create($('prefer-gpu').checked);
   const backend = state.engine.backend();
   const badge = $('backend');
   badge.textContent = backend === 'webgpu' ? 'engine: WebGPU' : 'engine: CPU (no WebGPU)';
@@ -345,7 +345,7 @@ function updateButtons() {
   const ready = !!(state.engine && state.info);
   $('generate').disabled = !ready || busy;
   $('cancel').disabled = !(state.generating || state.comparing);
-  for (const id of ['load-bundled', 'load-url', 'model-file', 'model-select', 'clear-cache']) $(id).disabled = busy || !state.engine;
+  for (const id of ['load-bundled', 'load-url', 'model-file', 'model-select', 'clear-cache', 'prefer-gpu']) $(id).disabled = busy || !state.engine;
   $('compare-run').disabled = !ready || busy || !compareCounterpart();
   $('measure-gpu').disabled = !ready || busy;
 }
@@ -588,7 +588,7 @@ async function compare() {
     if (!state.compareEngine || state.compareInfo?.sha256 !== other.sha256) {
       text.textContent = `loading ${other.id}…`;
       try { state.compareEngine?.free(); } catch { /* ignore */ }
-      state.compareEngine = await state.bindings.Engine.create(true);
+      state.compareEngine = await state.bindings.Engine.create($('prefer-gpu').checked);
       const src = { kind: 'url', url: other.url, size: other.size, sha256: other.sha256, label: other.id };
       const { info } = await loadModel(state.compareEngine, src, {
         onProgress: (p) => { text.textContent = `loading ${other.id}: ${formatBytes(p.received)} / ${formatBytes(p.total)}`; },
@@ -666,6 +666,25 @@ $('clear-cache').addEventListener('click', async () => {
   refreshCachedMark();
 });
 $('measure-gpu').addEventListener('click', measureGpu);
+$('prefer-gpu').addEventListener('change', async (ev) => {
+  if (state.loading || state.generating || state.comparing) {
+    ev.target.checked = !ev.target.checked;
+    return;
+  }
+  // A new engine on the chosen backend; the model comes back from the cache.
+  const source = state.source;
+  try {
+    try { state.compareEngine?.free(); } catch { /* ignore */ }
+    state.compareEngine = null;
+    state.compareInfo = null;
+    setStatus('starting the engine…');
+    await createEngine();
+    updateButtons();
+    if (source) await load(source);
+  } catch (err) {
+    showError(err, 'engine start');
+  }
+});
 $('compare-run').addEventListener('click', compare);
 
 async function start() {
