@@ -240,6 +240,27 @@ impl Config {
     }
 
     /// "sparsedit" or "dit".
+    /// Check model inputs x (B, c_in, I, I) by its dims, t (B, finite) and y (B, valid labels);
+    /// returns B. Shared by the CPU and GPU models.
+    pub fn check_inputs(&self, x_dims: &[usize], t: &[f32], y: &[i64]) -> Result<usize> {
+        let want = [self.in_channels, self.input_size, self.input_size];
+        if x_dims.len() != 4 || x_dims[1..] != want {
+            return Err(Error::arg(format!(
+                "input x has shape {x_dims:?}, the model takes (B, {}, {}, {})",
+                want[0], want[1], want[2]
+            )));
+        }
+        let b = x_dims[0];
+        if b == 0 || t.len() != b || y.len() != b {
+            return Err(Error::arg(format!("batch mismatch: x has {b} rows, t {} and y {}", t.len(), y.len())));
+        }
+        if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
+            return Err(Error::arg(format!("timestep {bad} is not finite")));
+        }
+        self.check_labels(y)?;
+        Ok(b)
+    }
+
     pub fn arch_name(&self) -> &'static str {
         if self.layout.is_sparse() {
             "sparsedit"

@@ -302,17 +302,11 @@ impl Engine {
         match self {
             Engine::Cpu(m) => m.forward(x, t, y, grid),
             Engine::Gpu(g, m) => {
-                let dims = x.dims().to_vec();
                 let c = &m.cfg;
-                if dims.len() != 4 || dims[1..] != [c.in_channels, c.input_size, c.input_size] {
-                    return Err(Error::InvalidArgument(format!(
-                        "input x has shape {dims:?}, the model takes (B, {}, {}, {})",
-                        c.in_channels, c.input_size, c.input_size
-                    )));
-                }
-                let plan = m.plan(g, dims[0], grid)?;
+                let b = c.check_inputs(x.dims(), t, y)?;
+                let plan = m.plan(g, b, grid)?;
                 let out = m.forward(g, &plan, &to_vec_f32(x)?, t, y)?;
-                Ok(Tensor::from_vec(out, (dims[0], c.out_channels(), c.input_size, c.input_size), &Device::Cpu)?)
+                Ok(Tensor::from_vec(out, (b, c.out_channels(), c.input_size, c.input_size), &Device::Cpu)?)
             }
         }
     }

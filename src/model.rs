@@ -461,24 +461,7 @@ impl Model {
     }
 
     fn check_inputs(&self, x: &Tensor, t: &[f32], y: &[i64]) -> Result<usize> {
-        let cfg = &self.cfg;
-        let want = [cfg.in_channels, cfg.input_size, cfg.input_size];
-        let dims = x.dims();
-        if dims.len() != 4 || dims[1..] != want {
-            return Err(Error::arg(format!(
-                "input x has shape {dims:?}, the model takes (B, {}, {}, {})",
-                want[0], want[1], want[2]
-            )));
-        }
-        let b = dims[0];
-        if b == 0 || t.len() != b || y.len() != b {
-            return Err(Error::arg(format!("batch mismatch: x has {b} rows, t {} and y {}", t.len(), y.len())));
-        }
-        if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
-            return Err(Error::arg(format!("timestep {bad} is not finite")));
-        }
-        self.check_labels(y)?;
-        Ok(b)
+        self.cfg.check_inputs(x.dims(), t, y)
     }
 
     /// model(x, t, y) with sparse grid side `grid` (ignored by dense models).

@@ -33,10 +33,15 @@ pub trait WeightSource {
     /// The (N, K) weight `name` of a linear layer on the GPU, in its stored format, with its
     /// shape. Default: upload [`Self::encoded`]; a streamed pack has it uploaded already.
     fn gpu_weight(&self, gpu: &Gpu, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
-        let (ty, bytes, shape) = self.encoded(name)?;
-        let elems = shape.iter().product();
-        Ok((GpuWeight::upload(gpu, name, ty, &bytes, elems)?, shape))
+        upload_encoded(gpu, self, name)
     }
+}
+
+/// Upload tensor `name` of `src` as a linear weight (the default of [`WeightSource::gpu_weight`]).
+fn upload_encoded<S: WeightSource + ?Sized>(gpu: &Gpu, src: &S, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
+    let (ty, bytes, shape) = src.encoded(name)?;
+    let elems = shape.iter().product();
+    Ok((GpuWeight::upload(gpu, name, ty, &bytes, elems)?, shape))
 }
 
 fn missing(name: &str) -> Error {
@@ -135,11 +140,7 @@ impl WeightSource for GpuStreamSink {
     fn gpu_weight(&self, gpu: &Gpu, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
         match self.uploaded.get(name) {
             Some((w, shape)) => Ok((w.clone(), shape.clone())),
-            None => {
-                let (ty, bytes, shape) = self.encoded(name)?;
-                let elems = shape.iter().product();
-                Ok((GpuWeight::upload(gpu, name, ty, &bytes, elems)?, shape))
-            }
+            None => upload_encoded(gpu, self, name),
         }
     }
 }
