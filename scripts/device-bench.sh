@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The prepared real-GPU benchmark for a session that is lent a device machine (see the device
+# tool's README): wgpu on Vulkan on an NVIDIA H100 / H200, dense vs sparse XL/2 at 256 and 512 px
+# and the matmul kernel's GFLOP/s, in f32 and q8_0. Results go to docs/BENCHMARKS.md by hand.
+#
+# Here, once per machine (the loaders travel as .debs; the binary is built here, x86-64):
+#   echo /.gl/ >> .git/info/exclude; echo /.devbin/ >> .git/info/exclude
+#   mkdir -p .gl /tmp/amd64/partial; o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+#   apt-get $o update; (cd .gl && apt-get $o download libvulkan1)
+#   cargo build --release --bin sparsedit && mkdir -p .devbin && cp target/release/sparsedit .devbin/
+# Then one device call: run(command="bash scripts/device-bench.sh", carry=[".gl", ".devbin"], timeout_s=540)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+export WGPU_BACKEND=vulkan
+B=.devbin/sparsedit
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv 2>&1 | tee "$OUT/gpu.txt"
+run() {
+  echo "### $*" | tee -a "$OUT/bench.md"
+  timeout 150 "$B" "$@" 2>&1 | tee -a "$OUT/bench.md"
+  echo | tee -a "$OUT/bench.md"
+}
+run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quant f32
+run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quant q8_0
+run bench --preset sparsedit-xl2-512 --backend gpu --steps 5 --repeats 3 --quant q8_0
+run bench --preset sparsedit-tiny --backend gpu --steps 10 --repeats 5
