@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: architectures and presets (XL/2 ... tiny), sparse grid schedules.
 //! - [`model`]: the exact CPU reference forward pass on candle-core (f32).
+//! - [`decoder`]: latent decoders (TAESD, SD-VAE) on the CPU.
 //! - [`diffusion`]: DiT's Gaussian diffusion: respacing, DDPM (learned range), DDIM, CFG.
 //! - [`gguf`]: GGUF v3 packs with F32/F16/Q8_0/Q4_0 tensors, strictly validated.
 //! - [`import`]: PyTorch / safetensors checkpoints with the official key names.
@@ -11,6 +12,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod config;
+pub mod decoder;
 pub mod diffusion;
 pub mod error;
 pub mod flops;

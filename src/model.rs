@@ -80,7 +80,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn load(w: &mut WeightLoader, prefix: &str, in_f: usize, out_f: usize) -> Result<Self> {
+    pub(crate) fn load(w: &mut WeightLoader, prefix: &str, in_f: usize, out_f: usize) -> Result<Self> {
         let weight = w.take(&format!("{prefix}.weight"), &[out_f, in_f]);
         let bias = w.take(&format!("{prefix}.bias"), &[out_f]);
         let w_t = if weight.rank() == 2 { weight.t()?.contiguous()? } else { weight };
