@@ -71,6 +71,15 @@ async function openPage(query = '') {
   page.on('console', (m) => log.console.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log.errors.push(String(e)));
   await page.addInitScript(() => {
+    // keep the WebGPU devices the engine creates, so a test can destroy one (a "lost" device)
+    if (window.GPUAdapter) {
+      const requestDevice = GPUAdapter.prototype.requestDevice;
+      GPUAdapter.prototype.requestDevice = async function (...args) {
+        const device = await requestDevice.apply(this, args);
+        (window.__gpuDevices ||= []).push(device);
+        return device;
+      };
+    }
     window.__csp = [];
     document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
   });
@@ -229,13 +238,6 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       assert.match(s, /^done — compare/, s);
     });
 
-    await t.test('switching to the CPU engine reloads the model from the cache', async () => {
-      await page.getByTestId('prefer-gpu').uncheck();
-      const s = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
-      assert.match(s, /^ready.*from cache/, s);
-      assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'cpu');
-    });
-
     await t.test('no request left 127.0.0.1, no CSP violation, no page error', async () => {
       assertLocalOnly(log);
       const csp = await page.evaluate(() => window.__csp);
@@ -243,6 +245,28 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       assert.deepEqual([...csp, ...cspConsole], [], 'CSP violations');
       assert.deepEqual(log.errors, [], 'page errors');
       assert.equal(await page.getByTestId('errors').isVisible(), false, 'error area shown');
+    });
+
+    await t.test('a lost GPU device: the error is shown, the engine restarts and reloads from the cache', async () => {
+      const devices = await page.evaluate(() => (window.__gpuDevices || []).length);
+      assert.ok(devices >= 1, 'no WebGPU device seen');
+      await page.evaluate(() => window.__gpuDevices.forEach((d) => d.destroy()));
+      await page.getByTestId('steps').fill('1');
+      await page.getByTestId('generate').click();
+      await page.waitForFunction(() => /GPU device lost/.test(document.querySelector('[data-testid="errors"]')?.textContent || ''), null, { timeout: GENERATE_TIMEOUT, polling: 250 });
+      const s = await waitStatus(page, /^ready.*from cache/, LOAD_TIMEOUT);
+      assert.match(s, /^ready/);
+      assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'webgpu');
+      await page.getByTestId('generate').click();
+      const d = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+      assert.match(d, /^done/, d);
+    });
+
+    await t.test('switching to the CPU engine reloads the model from the cache', async () => {
+      await page.getByTestId('prefer-gpu').uncheck();
+      const s = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+      assert.match(s, /^ready.*from cache/, s);
+      assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'cpu');
     });
   } finally {
     await context.close();
