@@ -3,7 +3,8 @@
 # the wasm32 target, and trunk + wasm-bindgen-cli into the git-ignored .tools/ (skipped when the
 # right versions are there). No wasm-opt (Debian's binaryen breaks the wasm; see Trunk.toml /
 # web/index.html data-wasm-opt="0").
-# Usage: bash scripts/web-build.sh        (serve.sh and test.sh call it)
+# Usage: bash scripts/web-build.sh [trunk build args]   (serve.sh and test.sh call it)
+#        bash scripts/web-build.sh --tools-only             (install the tools, build nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,18 +36,42 @@ have_version() { # tool expected-version: .tools/bin first (on PATH above), then
   command -v "$1" >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -q " $2\$"
 }
 
-if ! have_version trunk "$TRUNK_VERSION"; then
+# Built tools are also kept in a per-user cache outside the work tree, so a fresh clone on the
+# same machine (CI) copies them instead of compiling them again (~30 min on 2 cores).
+TOOL_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/sparsedit-tools/bin"
+
+from_cache() { # tool expected-version
+  [ -x "$TOOL_CACHE/$1" ] && "$TOOL_CACHE/$1" --version 2>/dev/null | grep -q " $2\$" || return 1
+  mkdir -p "$ROOT/.tools/bin"
+  cp "$TOOL_CACHE/$1" "$ROOT/.tools/bin/$1"
+  echo "web-build: $1 $2 copied from $TOOL_CACHE"
+}
+
+to_cache() { # tool
+  mkdir -p "$TOOL_CACHE" && cp "$ROOT/.tools/bin/$1" "$TOOL_CACHE/$1.tmp" && mv "$TOOL_CACHE/$1.tmp" "$TOOL_CACHE/$1" || true
+}
+
+# (0.22.x is what the nightly fallback below installs)
+if ! have_version trunk "$TRUNK_VERSION" && ! have_version trunk '0\.22\.[0-9]*' && ! from_cache trunk "$TRUNK_VERSION"; then
   echo "web-build: installing trunk $TRUNK_VERSION into .tools/ (several minutes, once)"
-  if ! cargo install --locked trunk --version "$TRUNK_VERSION" --root "$ROOT/.tools"; then
+  if cargo install --locked trunk --version "$TRUNK_VERSION" --root "$ROOT/.tools"; then
+    to_cache trunk
+  else
     # trunk 0.22 needs a newer rustc than stable 1.95: nightly builds it.
     echo "web-build: trunk $TRUNK_VERSION failed; trying the newest trunk with nightly" >&2
     cargo +nightly install --locked trunk --root "$ROOT/.tools"
   fi
 fi
-if ! have_version wasm-bindgen "$WBG_VERSION"; then
+if ! have_version wasm-bindgen "$WBG_VERSION" && ! from_cache wasm-bindgen "$WBG_VERSION"; then
   echo "web-build: installing wasm-bindgen-cli $WBG_VERSION into .tools/ (a few minutes, once)"
   # not --locked: its lockfile fails to resolve (webpki-roots)
   cargo install wasm-bindgen-cli --version "$WBG_VERSION" --root "$ROOT/.tools"
+  to_cache wasm-bindgen
+fi
+
+if [ "${1:-}" = "--tools-only" ]; then
+  echo "web-build: tools ready ($(trunk --version), $(wasm-bindgen --version))"
+  exit 0
 fi
 
 # The manifest follows the bundled packs (they change while the model trains).
