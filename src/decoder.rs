@@ -188,7 +188,7 @@ impl DecoderConfig {
                 m.push((format!("{a}.block_out_channels"), MetaValue::Array(c.block_out_channels.iter().map(|&v| u(v)).collect())));
                 m.push((format!("{a}.layers_per_block"), u(c.layers_per_block)));
                 m.push((format!("{a}.norm_num_groups"), u(c.norm_num_groups)));
-                m.push((format!("{a}.scaling_factor"), MetaValue::F32(c.scaling_factor as f32)));
+                m.push((format!("{a}.scaling_factor"), MetaValue::F64(c.scaling_factor)));
             }
         }
         m

@@ -16,7 +16,8 @@ use sparsedit::flops::{count_macs, sample_macs};
 use sparsedit::gguf::{MetaValue, TensorType};
 use sparsedit::import::{dit_to_sparsedit, infer_config, parse_layout, read_checkpoint, ImportOptions};
 use sparsedit::model::{to_vec_f32, Model, TensorMap};
-use sparsedit::pack::{load_pack_file, read_header_file, write_pack};
+use sparsedit::decoder::{canonical_decoder_tensors, is_decoder_checkpoint, Decoder, DecoderConfig, DecoderOptions};
+use sparsedit::pack::{load_decoder_pack_bytes, load_pack_file, read_header_file, write_decoder_pack, write_pack};
 use sparsedit::gpu::model::{EncodedMap, GpuModel};
 use sparsedit::gpu::Gpu;
 use sparsedit::{Error, Result};
@@ -47,6 +48,40 @@ enum Cmd {
     Flops(FlopsArgs),
     /// Dense vs sparse timing on one backend (forward, full sample, matmul GFLOP/s).
     Bench(BenchArgs),
+    /// Decode latents to images with a latent decoder (TAESD or the SD-VAE).
+    Decode(DecodeArgs),
+}
+
+#[derive(Args)]
+struct DecoderFlags {
+    /// SD-VAE GroupNorm groups (default: `norm_num_groups` of a diffusers config.json next to
+    /// the checkpoint, else 32).
+    #[arg(long)]
+    norm_groups: Option<usize>,
+    /// SD-VAE latent scaling factor (default: config.json's `scaling_factor`, else 0.18215).
+    #[arg(long)]
+    scaling_factor: Option<f64>,
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    /// Decoder: a .gguf pack (taesd / sdvae), or a checkpoint (taesd_decoder.pth / .safetensors,
+    /// the SD-VAE's diffusion_pytorch_model.safetensors) imported on the fly.
+    #[arg(long)]
+    decoder: PathBuf,
+    /// safetensors with z (B,4,h,w), the latent as sampled (or `sample`, as `sample --latent-out`
+    /// writes it).
+    #[arg(long)]
+    latents: PathBuf,
+    /// Output safetensors: `image` (B,3,8h,8w), the decoder's raw output before clamping
+    /// (TAESD: [0, 1], SD-VAE: [-1, 1]).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the images side by side as a PNG (clamped).
+    #[arg(long)]
+    png: Option<PathBuf>,
+    #[command(flatten)]
+    flags: DecoderFlags,
 }
 
 #[derive(Args)]
@@ -95,6 +130,9 @@ struct ConvertArgs {
     quant: String,
     #[command(flatten)]
     import: ImportFlags,
+    /// Latent decoders (TAESD, SD-VAE) only.
+    #[command(flatten)]
+    decoder: DecoderFlags,
     /// Print every tensor's quantization error (default: the 12 worst).
     #[arg(long)]
     all_tensors: bool,
@@ -244,6 +282,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Sample(a) => sample(a),
         Cmd::Flops(a) => flops(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Decode(a) => decode(a),
     }
 }
 
@@ -362,11 +401,26 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// What a pack holds: a DiT / SparseDiT model or a latent decoder.
+#[derive(Clone, Copy)]
+enum PackCfg<'a> {
+    Model(&'a Config),
+    Decoder(&'a DecoderConfig),
+}
+
 fn write_pack_file(out: &Path, cfg: &Config, tensors: &TensorMap, quant: TensorType, name: &str, all: bool) -> Result<()> {
+    write_any_pack_file(out, PackCfg::Model(cfg), tensors, quant, name, all)
+}
+
+fn write_any_pack_file(out: &Path, cfg: PackCfg, tensors: &TensorMap, quant: TensorType, name: &str, all: bool) -> Result<()> {
     // Build the pack in memory first so a failure never leaves a half-written file behind.
     let pb = bar(tensors.len() as u64, "encoding");
     let mut bytes = Vec::new();
-    let stats = write_pack(&mut bytes, cfg, tensors, quant, name, |done, _| pb.set_position(done as u64))?;
+    let progress = |done: usize, _: usize| pb.set_position(done as u64);
+    let (stats, arch) = match cfg {
+        PackCfg::Model(c) => (write_pack(&mut bytes, c, tensors, quant, name, progress)?, c.arch_name()),
+        PackCfg::Decoder(c) => (write_decoder_pack(&mut bytes, c, tensors, quant, name, progress)?, c.arch_name()),
+    };
     pb.finish_and_clear();
     let tmp = out.with_extension("gguf.partial");
     std::fs::write(&tmp, &bytes).map_err(|e| Error::Io { path: tmp.display().to_string(), source: e })?;
@@ -394,7 +448,7 @@ fn write_pack_file(out: &Path, cfg: &Config, tensors: &TensorMap, quant: TensorT
     println!(
         "wrote {} ({}, {} tensors, {:.2} MB of tensor data, worst relative error {:.3e})",
         out.display(),
-        cfg.arch_name(),
+        arch,
         stats.len(),
         total as f64 / 1e6,
         max_rel
@@ -404,12 +458,124 @@ fn write_pack_file(out: &Path, cfg: &Config, tensors: &TensorMap, quant: TensorT
 
 fn convert(a: ConvertArgs) -> Result<()> {
     let quant = TensorType::parse(&a.quant)?;
-    let (cfg, tensors) = load_model_tensors(&a.ckpt, &a.import)?;
+    let name = a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let (cfg, tensors) = match load_any(&a.ckpt, &a.decoder)? {
+        Loaded::Decoder(cfg, tensors) => {
+            // Validate the whole decoder before writing anything.
+            drop(Decoder::from_tensors(cfg.clone(), tensors.clone())?);
+            return write_any_pack_file(&a.out, PackCfg::Decoder(&cfg), &tensors, quant, &name, a.all_tensors);
+        }
+        Loaded::Checkpoint(map) => {
+            let cfg = infer_config(&map, &import_opts(&a.import))?;
+            (cfg, map)
+        }
+        Loaded::ModelPack => load_model_tensors(&a.ckpt, &a.import)?,
+    };
     // Validate the whole model before writing anything.
     let check = Model::from_tensors(cfg.clone(), tensors.clone())?;
     drop(check);
-    let name = a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
     write_pack_file(&a.out, &cfg, &tensors, quant, &name, a.all_tensors)
+}
+
+/// A file given to `convert` / `decode`, read once.
+enum Loaded {
+    /// A latent decoder (pack or checkpoint), tensors under their canonical names.
+    Decoder(DecoderConfig, TensorMap),
+    /// A checkpoint that is not a decoder (a DiT / SparseDiT state dict, or anything else).
+    Checkpoint(TensorMap),
+    /// A pack that is not a decoder pack (read again by the DiT path).
+    ModelPack,
+}
+
+fn load_any(path: &Path, flags: &DecoderFlags) -> Result<Loaded> {
+    if is_pack(path) {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        let in_file = |e: Error| match e {
+            Error::Gguf(m) => Error::Gguf(format!("{}: {m}", path.display())),
+            other => other,
+        };
+        let g = sparsedit::gguf::Gguf::parse(&bytes).map_err(in_file)?;
+        let arch = g.header.meta("general.architecture").and_then(MetaValue::as_str).unwrap_or("");
+        if arch != "taesd" && arch != "sdvae" {
+            return Ok(Loaded::ModelPack);
+        }
+        if flags.norm_groups.is_some() || flags.scaling_factor.is_some() {
+            return Err(Error::InvalidArgument("--norm-groups / --scaling-factor apply to checkpoints; a pack stores them".into()));
+        }
+        let p = load_decoder_pack_bytes(&bytes).map_err(in_file)?;
+        return Ok(Loaded::Decoder(p.cfg, p.tensors));
+    }
+    let map = read_checkpoint(path)?;
+    if !is_decoder_checkpoint(&map) {
+        return Ok(Loaded::Checkpoint(map));
+    }
+    let map = canonical_decoder_tensors(map)?;
+    let opts = decoder_options(path, flags)?;
+    let cfg = DecoderConfig::infer(&map, &opts)?.ok_or_else(|| Error::InvalidArgument(format!("{}: not a decoder checkpoint", path.display())))?;
+    Ok(Loaded::Decoder(cfg, map))
+}
+
+/// The SD-VAE settings shapes cannot tell: flags, else diffusers' config.json next to the
+/// checkpoint (`norm_num_groups`, `scaling_factor`), else SD's defaults.
+fn decoder_options(ckpt: &Path, flags: &DecoderFlags) -> Result<DecoderOptions> {
+    let mut opts = DecoderOptions { norm_groups: flags.norm_groups, scaling_factor: flags.scaling_factor };
+    let json = ckpt.with_file_name("config.json");
+    if json.is_file() {
+        let text = std::fs::read_to_string(&json).map_err(|e| Error::Io { path: json.display().to_string(), source: e })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Checkpoint { path: json.display().to_string(), reason: format!("not valid JSON: {e}") })?;
+        if opts.norm_groups.is_none() {
+            opts.norm_groups = v.get("norm_num_groups").and_then(|x| x.as_u64()).map(|x| x as usize);
+        }
+        if opts.scaling_factor.is_none() {
+            opts.scaling_factor = v.get("scaling_factor").and_then(|x| x.as_f64());
+        }
+    }
+    Ok(opts)
+}
+
+fn decode(a: DecodeArgs) -> Result<()> {
+    let (cfg, tensors) = match load_any(&a.decoder, &a.flags)? {
+        Loaded::Decoder(cfg, tensors) => (cfg, tensors),
+        Loaded::ModelPack => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: a DiT / SparseDiT pack, not a latent decoder (taesd / sdvae)",
+                a.decoder.display()
+            )))
+        }
+        Loaded::Checkpoint(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a latent decoder checkpoint (expected TAESD keys 1.weight, 3.conv.0.weight, ... or SD-VAE decoder.* keys)",
+                a.decoder.display()
+            )))
+        }
+    };
+    let decoder = Decoder::from_tensors(cfg, tensors)?;
+    let inputs = read_inputs(&a.latents)?;
+    let z = match inputs.get("z") {
+        Some(z) => z,
+        None => need(&inputs, "sample", &a.latents).map_err(|_| Error::InvalidArgument(format!("{}: no tensor 'z'", a.latents.display())))?,
+    };
+    let z = z.to_dtype(DType::F32)?;
+    let z = if z.rank() == 3 { z.unsqueeze(0)? } else { z };
+    decoder.cfg.output_shape(z.dims()).map_err(|e| Error::InvalidArgument(format!("{}: {e}", a.latents.display())))?;
+    let started = std::time::Instant::now();
+    let image = decoder.decode(&z)?;
+    eprintln!("decoded {:?} -> {:?} with {} in {:.2} s (cpu)", z.dims(), image.dims(), decoder.cfg.arch_name(), started.elapsed().as_secs_f64());
+    let map: HashMap<String, Tensor> = [("image".to_string(), image.clone())].into_iter().collect();
+    candle_core::safetensors::save(&map, &a.out)
+        .map_err(|e| Error::Io { path: a.out.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+    println!("wrote {}", a.out.display());
+    if let Some(p) = &a.png {
+        // write_png takes [-1, 1]; TAESD's range is [0, 1].
+        let img = match decoder.cfg {
+            DecoderConfig::Taesd(_) => image.affine(2.0, -1.0)?,
+            DecoderConfig::SdVae(_) => image,
+        };
+        write_png(&img, p)?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
 }
 
 fn dit_to_sparse(a: DitToSparseArgs) -> Result<()> {
@@ -425,6 +591,9 @@ fn dit_to_sparse(a: DitToSparseArgs) -> Result<()> {
 
 fn info(path: &Path) -> Result<()> {
     let (h, file_len) = read_header_file(path)?;
+    if matches!(h.meta("general.architecture").and_then(MetaValue::as_str), Some("taesd" | "sdvae")) {
+        return decoder_info(&h, file_len);
+    }
     let cfg = sparsedit::pack::config_from_header(&h)?;
     let mut types: HashMap<&str, (usize, usize)> = HashMap::new();
     for t in &h.tensors {
@@ -482,6 +651,26 @@ fn info(path: &Path) -> Result<()> {
     for name in cfg.layout.block_names() {
         println!("  {name}");
     }
+    Ok(())
+}
+
+fn decoder_info(h: &sparsedit::gguf::GgufHeader, file_len: u64) -> Result<()> {
+    let cfg = DecoderConfig::from_header(h)?;
+    println!("architecture: {} (latent decoder)", cfg.arch_name());
+    if let Some(MetaValue::String(n)) = h.meta("general.name") {
+        println!("name: {n}");
+    }
+    match &cfg {
+        DecoderConfig::Taesd(c) => println!("latent channels: {}, width: {}, output channels: {}", c.latent_channels, c.width, c.out_channels),
+        DecoderConfig::SdVae(c) => println!(
+            "latent channels: {}, block_out_channels: {:?}, layers per block: {}, norm groups: {}, output channels: {}, input = latent / {}",
+            c.latent_channels, c.block_out_channels, c.layers_per_block, c.norm_num_groups, c.out_channels, c.scaling_factor
+        ),
+    }
+    println!("upscaling: {}x", cfg.upscale());
+    let params: usize = h.tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
+    println!("parameters: {params} ({:.2} M)", params as f64 / 1e6);
+    println!("bytes: {file_len} ({:.2} MB)", file_len as f64 / 1e6);
     Ok(())
 }
 

@@ -7,6 +7,11 @@
 //! `A.mlp_hidden`, `A.num_classes`, `A.class_null`, `A.learn_sigma`, `A.semantic_size`,
 //! `A.depth`; sparse only: `A.num_poolingformer`, `A.num_sdtm`, `A.dumbbell_group` (4 x u32),
 //! `A.num_top`.
+//!
+//! Latent decoders (`A` = "taesd" or "sdvae", see [`crate::decoder`]) keep the published tensor
+//! names; metadata `A.latent_channels`, `A.out_channels`, and `taesd.width` or
+//! `sdvae.block_out_channels` (array), `sdvae.layers_per_block`, `sdvae.norm_num_groups`,
+//! `sdvae.scaling_factor` (f64). Their conv weights are F32, or F16 when a reduced type is asked for.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -14,6 +19,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::config::{Config, Layout, SparseLayout};
+use crate::decoder::DecoderConfig;
 use crate::error::{Error, Result};
 use crate::gguf::{self, Gguf, GgufHeader, MetaValue, TensorToWrite, TensorType};
 use crate::model::{to_vec_f32, TensorMap};
@@ -79,6 +85,9 @@ pub fn config_from_header(h: &GgufHeader) -> Result<Config> {
         .and_then(MetaValue::as_str)
         .ok_or_else(|| Error::gguf("no general.architecture: not a sparsedit pack"))?
         .to_string();
+    if arch == "taesd" || arch == "sdvae" {
+        return Err(Error::gguf(format!("architecture {arch:?} is a latent decoder, not a DiT / SparseDiT model (use it with `decode`)")));
+    }
     if arch != "dit" && arch != "sparsedit" {
         return Err(Error::gguf(format!("architecture {arch:?} is not 'dit' or 'sparsedit'")));
     }
@@ -135,17 +144,27 @@ pub fn config_from_header(h: &GgufHeader) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Encode every tensor (sorted by name) with its storage type and write the pack.
-/// `progress(done, total)` is called after each tensor.
-pub fn write_pack<W: std::io::Write>(
-    out: &mut W,
-    cfg: &Config,
+/// Storage type of a latent decoder's tensor: conv weights (4-D) become F16 when any reduced type
+/// is asked for (they are never block-quantized), 2-D linear weights (the SD-VAE's attention)
+/// follow [`storage_type`], everything else (biases, norms) stays F32.
+pub fn decoder_storage_type(name: &str, shape: &[usize], quant: TensorType) -> TensorType {
+    match shape.len() {
+        4 if quant != TensorType::F32 => TensorType::F16,
+        2 => storage_type(name, shape, quant),
+        _ => TensorType::F32,
+    }
+}
+
+/// One tensor encoded for the pack: (name, shape, type, bytes).
+type Encoded = (String, Vec<usize>, TensorType, Vec<u8>);
+
+/// Encode every tensor (sorted by name) with the type `ty_of(name, shape)` gives, measuring the
+/// quantization error. `progress(done, total)` is called after each tensor.
+fn encode_all(
     tensors: &TensorMap,
-    quant: TensorType,
-    name: &str,
+    ty_of: impl Fn(&str, &[usize]) -> TensorType,
     mut progress: impl FnMut(usize, usize),
-) -> Result<Vec<TensorStats>> {
-    cfg.validate()?;
+) -> Result<(Vec<Encoded>, Vec<TensorStats>)> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut encoded = Vec::with_capacity(names.len());
@@ -154,7 +173,7 @@ pub fn write_pack<W: std::io::Write>(
         let t = &tensors[*n];
         let shape = t.dims().to_vec();
         let values = to_vec_f32(t)?;
-        let ty = storage_type(n, &shape, quant);
+        let ty = ty_of(n, &shape);
         let bytes = gguf::encode(&values, ty)?;
         let back = gguf::decode(&bytes, ty, values.len())?;
         let (mut max_abs, mut err2, mut ref2) = (0f32, 0f64, 0f64);
@@ -166,17 +185,78 @@ pub fn write_pack<W: std::io::Write>(
         }
         let rel = if ref2 > 0.0 { (err2 / ref2).sqrt() as f32 } else { 0.0 };
         stats.push(TensorStats { name: n.to_string(), shape: shape.clone(), ty, bytes: bytes.len(), max_abs_err: max_abs, rel_err: rel });
-        encoded.push((n.as_str(), shape, ty, bytes));
+        encoded.push((n.to_string(), shape, ty, bytes));
         progress(i + 1, names.len());
     }
+    Ok((encoded, stats))
+}
+
+fn write_encoded<W: std::io::Write>(out: &mut W, mut meta: Vec<(String, MetaValue)>, quant: TensorType, encoded: &[Encoded]) -> Result<()> {
     let to_write: Vec<TensorToWrite> = encoded
         .iter()
         .map(|(n, shape, ty, bytes)| TensorToWrite { name: n, shape, ty: *ty, data: Cow::Borrowed(bytes.as_slice()) })
         .collect();
-    let mut meta = config_metadata(cfg, name);
     meta.push(("sparsedit.quantization".to_string(), MetaValue::String(quant.name().to_string())));
-    gguf::write(out, &meta, &to_write)?;
+    gguf::write(out, &meta, &to_write)
+}
+
+/// Encode every tensor (sorted by name) with its storage type and write the pack.
+/// `progress(done, total)` is called after each tensor.
+pub fn write_pack<W: std::io::Write>(
+    out: &mut W,
+    cfg: &Config,
+    tensors: &TensorMap,
+    quant: TensorType,
+    name: &str,
+    progress: impl FnMut(usize, usize),
+) -> Result<Vec<TensorStats>> {
+    cfg.validate()?;
+    let (encoded, stats) = encode_all(tensors, |n, s| storage_type(n, s, quant), progress)?;
+    write_encoded(out, config_metadata(cfg, name), quant, &encoded)?;
     Ok(stats)
+}
+
+/// Write a latent decoder's pack (`general.architecture` "taesd" / "sdvae"; tensor types by
+/// [`decoder_storage_type`]).
+pub fn write_decoder_pack<W: std::io::Write>(
+    out: &mut W,
+    cfg: &DecoderConfig,
+    tensors: &TensorMap,
+    quant: TensorType,
+    name: &str,
+    progress: impl FnMut(usize, usize),
+) -> Result<Vec<TensorStats>> {
+    cfg.validate()?;
+    let (encoded, stats) = encode_all(tensors, |n, s| decoder_storage_type(n, s, quant), progress)?;
+    write_encoded(out, cfg.metadata(name), quant, &encoded)?;
+    Ok(stats)
+}
+
+/// A parsed decoder pack: its architecture and its tensors decoded to f32 on the CPU.
+pub struct LoadedDecoderPack {
+    pub cfg: DecoderConfig,
+    pub tensors: TensorMap,
+    /// (name, type) of every tensor, in file order.
+    pub types: Vec<(String, TensorType)>,
+}
+
+/// Parse and validate a decoder pack held in memory (a DiT pack is refused).
+pub fn load_decoder_pack_bytes(bytes: &[u8]) -> Result<LoadedDecoderPack> {
+    let g = Gguf::parse(bytes)?;
+    let cfg = DecoderConfig::from_header(&g.header)?;
+    let (tensors, types) = decode_tensors(&g)?;
+    Ok(LoadedDecoderPack { cfg, tensors, types })
+}
+
+fn decode_tensors(g: &Gguf) -> Result<(TensorMap, Vec<(String, TensorType)>)> {
+    let mut tensors = TensorMap::new();
+    let mut types = Vec::new();
+    for info in &g.header.tensors {
+        let values = g.dequantize_f32(info)?;
+        tensors.insert(info.name.clone(), Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu)?);
+        types.push((info.name.clone(), info.ty));
+    }
+    Ok((tensors, types))
 }
 
 /// A parsed pack: its architecture and its tensors decoded to f32 on the CPU.
@@ -192,13 +272,7 @@ pub struct LoadedPack {
 pub fn load_pack_bytes(bytes: &[u8]) -> Result<LoadedPack> {
     let g = Gguf::parse(bytes)?;
     let cfg = config_from_header(&g.header)?;
-    let mut tensors = TensorMap::new();
-    let mut types = Vec::new();
-    for info in &g.header.tensors {
-        let values = g.dequantize_f32(info)?;
-        tensors.insert(info.name.clone(), Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu)?);
-        types.push((info.name.clone(), info.ty));
-    }
+    let (tensors, types) = decode_tensors(&g)?;
     Ok(LoadedPack { cfg, tensors, types, file_bytes: bytes.len() })
 }
 

@@ -145,3 +145,171 @@ fn bad_inputs_are_typed_errors() {
     let dit = read_checkpoint(&fixture_dir("dit_dense").join("model.pt")).unwrap();
     assert!(DecoderConfig::infer(&dit, &DecoderOptions::default()).unwrap().is_none());
 }
+
+// ------------------------------------------------------------------------------------------------
+// CLI: convert -> decode round trips, bad input
+// ------------------------------------------------------------------------------------------------
+
+mod cli {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use super::*;
+
+    fn sparsedit(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sparsedit")).args(args).output().expect("run sparsedit")
+    }
+
+    fn ok(args: &[&str]) -> String {
+        let out = sparsedit(args);
+        assert!(out.status.success(), "sparsedit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Must fail with status 2 and one line on stderr, returned.
+    fn fails(args: &[&str]) -> String {
+        let out = sparsedit(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "sparsedit {args:?} should exit 2; stderr: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one-line reason expected, got: {err}");
+        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+        err
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    fn convert(ckpt: &Path, out: PathBuf, extra: &[&str]) -> PathBuf {
+        let mut args = vec!["convert", s(ckpt), "-o", s(&out)];
+        args.extend_from_slice(extra);
+        let stdout = ok(&args);
+        assert!(stdout.contains("wrote") && stdout.contains("max abs err"), "{stdout}");
+        out
+    }
+
+    fn decode(pack: &Path, case: &str, dir: &Path) -> Tensor {
+        let out = dir.join(format!("{}-image.safetensors", pack.file_stem().unwrap().to_str().unwrap()));
+        let latents = fixture_dir(case).join("expected.safetensors");
+        ok(&["decode", "--decoder", s(pack), "--latents", s(&latents), "--out", s(&out)]);
+        load_st(&out).remove("image").expect("image")
+    }
+
+    #[test]
+    fn taesd_convert_decode_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = load_st(&fixture_dir("taesd").join("expected.safetensors"));
+        let pth = fixture_dir("taesd").join("taesd_decoder.pth");
+        let pack = convert(&pth, dir.path().join("taesd.gguf"), &[]);
+        let img = decode(&pack, "taesd", dir.path());
+        assert_eq!(img.dims(), [2, 3, 40, 24]);
+        check("taesd via pack", &img, &exp["image"], TOL);
+        let info = ok(&["info", s(&pack)]);
+        assert!(info.contains("taesd") && info.contains("width: 16"), "{info}");
+
+        // The .safetensors form of the same state dict, and an F16 pack (the published weights
+        // are float16, so F16 conv weights lose nothing).
+        let st = dir.path().join("taesd_decoder.safetensors");
+        candle_core::safetensors::save(&taesd_map(), &st).unwrap();
+        let pack16 = convert(&st, dir.path().join("taesd-f16.gguf"), &["--quant", "f16"]);
+        let img = decode(&pack16, "taesd", dir.path());
+        check("taesd via f16 pack", &img, &exp["image"], TOL);
+        assert!(std::fs::metadata(&pack16).unwrap().len() < std::fs::metadata(&pack).unwrap().len() * 6 / 10);
+
+        // A png alongside.
+        let png = dir.path().join("t.png");
+        let out = dir.path().join("t.safetensors");
+        let latents = fixture_dir("taesd").join("expected.safetensors");
+        ok(&["decode", "--decoder", s(&pth), "--latents", s(&latents), "--out", s(&out), "--png", s(&png)]);
+        assert!(std::fs::metadata(&png).unwrap().len() > 100);
+    }
+
+    #[test]
+    fn sdvae_convert_decode_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = load_st(&fixture_dir("sdvae").join("expected.safetensors"));
+        let ckpt = fixture_dir("sdvae").join("diffusion_pytorch_model.safetensors");
+        // norm_num_groups comes from the diffusers config.json next to the checkpoint.
+        let pack = convert(&ckpt, dir.path().join("sdvae.gguf"), &[]);
+        let img = decode(&pack, "sdvae", dir.path());
+        check("sdvae via pack", &img, &exp["image"], TOL);
+        let info = ok(&["info", s(&pack)]);
+        assert!(info.contains("sdvae") && info.contains("norm groups: 4"), "{info}");
+        // The pack holds the decoder only, under the current attention names.
+        let g = std::fs::read(&pack).unwrap();
+        let h = sparsedit::gguf::Gguf::parse(&g).unwrap().header;
+        assert!(h.tensors.iter().all(|t| t.name.starts_with("decoder.") || t.name.starts_with("post_quant_conv.")));
+        assert!(h.tensor("decoder.mid_block.attentions.0.to_q.weight").is_some());
+
+        // q8_0: conv weights F16, the (24-wide) attention weights F16 too: close, not exact.
+        let pack8 = convert(&ckpt, dir.path().join("sdvae-q8.gguf"), &["--quant", "q8_0"]);
+        let img = decode(&pack8, "sdvae", dir.path());
+        common::assert_close_to_scale("sdvae via q8_0 pack", &f32s(&img), &f32s(&exp["image"]), 1e-2);
+
+        // Without config.json the group count must be given.
+        let lone = dir.path().join("diffusion_pytorch_model.safetensors");
+        std::fs::copy(&ckpt, &lone).unwrap();
+        let err = fails(&["convert", s(&lone), "-o", s(&dir.path().join("x.gguf"))]);
+        assert!(err.contains("--norm-groups"), "{err}");
+        let pack = convert(&lone, dir.path().join("sdvae-flag.gguf"), &["--norm-groups", "4"]);
+        check("sdvae via --norm-groups", &decode(&pack, "sdvae", dir.path()), &exp["image"], TOL);
+    }
+
+    #[test]
+    fn decode_refuses_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pack = convert(&fixture_dir("taesd").join("taesd_decoder.pth"), d.join("taesd.gguf"), &[]);
+        let out = d.join("o.safetensors");
+
+        // Wrong latent channels.
+        let z3 = d.join("z3.safetensors");
+        let t = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&[("z".to_string(), t)].into_iter().collect(), &z3).unwrap();
+        let err = fails(&["decode", "--decoder", s(&pack), "--latents", s(&z3), "--out", s(&out)]);
+        assert!(err.contains("3 channels"), "{err}");
+        // No z.
+        let none = d.join("none.safetensors");
+        let t = Tensor::zeros((1, 4, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&[("x".to_string(), t)].into_iter().collect(), &none).unwrap();
+        let err = fails(&["decode", "--decoder", s(&pack), "--latents", s(&none), "--out", s(&out)]);
+        assert!(err.contains("'z'"), "{err}");
+
+        let latents = fixture_dir("taesd").join("expected.safetensors");
+        let dec = |p: &Path| fails(&["decode", "--decoder", s(p), "--latents", s(&latents), "--out", s(&out)]);
+        // Corrupt packs: truncated, and a flipped metadata value.
+        let bytes = std::fs::read(&pack).unwrap();
+        let cut = d.join("cut.gguf");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = dec(&cut);
+        assert!(err.contains("invalid GGUF"), "{err}");
+        let garbage = d.join("garbage.gguf");
+        std::fs::write(&garbage, b"not a pack at all").unwrap();
+        dec(&garbage);
+        // A pack whose metadata width disagrees with its tensors.
+        let mut bad = bytes.clone();
+        let key = b"taesd.width";
+        let pos = bad.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+        // value type (u32 = 4) then the value.
+        assert_eq!(u32::from_le_bytes(bad[pos..pos + 4].try_into().unwrap()), 4);
+        bad[pos + 4..pos + 8].copy_from_slice(&32u32.to_le_bytes());
+        let wrong = d.join("wrong.gguf");
+        std::fs::write(&wrong, &bad).unwrap();
+        let err = dec(&wrong);
+        assert!(err.contains("expected shape"), "{err}");
+
+        // A DiT pack (and a DiT checkpoint) as decoder; a decoder pack as DiT model.
+        let cfg = common::fixture_config("dit_dense");
+        let dit = d.join("dit.gguf");
+        ok(&["convert", s(&fixture_dir("dit_dense").join("model.pt")), "-o", s(&dit), "--heads", &cfg.num_heads.to_string()]);
+        let err = dec(&dit);
+        assert!(err.contains("not a latent decoder"), "{err}");
+        let err = dec(&fixture_dir("dit_dense").join("model.pt"));
+        assert!(err.contains("not a latent decoder"), "{err}");
+        let inputs = fixture_dir("dit_dense").join("inputs.safetensors");
+        let err = fails(&["forward", "--model", s(&pack), "--inputs", s(&inputs), "--out", s(&out), "--backend", "cpu"]);
+        assert!(err.contains("latent decoder"), "{err}");
+        // Missing file.
+        dec(&d.join("nope.gguf"));
+    }
+}
