@@ -91,6 +91,8 @@ async function createEngine() {
   badge.title = state.engine.adapter();
   badge.dataset.backend = backend;
   badge.setAttribute('data-testid', 'backend');
+  // wgpu reports the device type; a CPU-type WebGPU adapter is a software renderer (SwiftShader)
+  $('adapter-hint').hidden = !(backend === 'webgpu' && /\bCpu\b/.test(badge.title));
 }
 
 function layoutFor(grid) {
