@@ -11,6 +11,7 @@
 //! (dimensions; f32 values bit-cast), `@binding(1..)` are storage buffers in the order the
 //! shader documents them.
 
+pub mod decoder;
 pub mod model;
 pub mod sample;
 pub mod ops;

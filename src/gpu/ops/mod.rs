@@ -6,6 +6,7 @@ use crate::gguf::TensorType;
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
 
 pub mod attention;
+pub mod conv;
 pub mod tokens;
 
 /// The linear kernel in f32 arithmetic: a precision prelude + the shared body (see the header

@@ -1,0 +1,219 @@
+//! Ops of the latent decoders (NCHW images, f32):
+//!
+//! - [`conv2d`]: 3x3 / 1x1 convolution, stride 1, padding K/2, with fused nearest 2x upsampling
+//!   and TAESD's clamp on the input, and bias / residual add / ReLU / SiLU on the output
+//!   (`shaders/conv2d.wgsl`).
+//! - [`group_norm`]: GroupNorm with an optional SiLU (`shaders/group_norm.wgsl`).
+//! - [`vae_attention`]: the SD-VAE mid block's single-head attention on channel-major q, k, v
+//!   (`shaders/vae_attention.wgsl`).
+//!
+//! Every op checks its shapes against the buffers it is given and returns `Err` (never panics).
+
+use std::rc::Rc;
+
+use super::{groups_1d, need};
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, GpuBuf};
+
+pub const CONV2D_WGSL: &str = include_str!("../../../shaders/conv2d.wgsl");
+pub const GROUP_NORM_WGSL: &str = include_str!("../../../shaders/group_norm.wgsl");
+pub const VAE_ATTENTION_WGSL: &str = include_str!("../../../shaders/vae_attention.wgsl");
+
+/// Output tile side and output channels per workgroup of `conv2d.wgsl` (its `TS`, `OCB`).
+const CONV_TILE: usize = 8;
+const CONV_OCB: usize = 16;
+/// Invocations per workgroup of `vae_attention.wgsl` (its `WG`).
+const ATT_WG: usize = 256;
+
+fn bad<T>(label: &str, msg: impl std::fmt::Display) -> Result<T> {
+    Err(Error::Gpu(format!("{label}: {msg}")))
+}
+
+/// The product of `dims`, failing when it is zero or does not fit the shaders' u32 indices.
+fn elems(label: &str, what: &str, dims: &[usize]) -> Result<usize> {
+    let mut total = 1usize;
+    for &d in dims {
+        total = match total.checked_mul(d) {
+            Some(t) => t,
+            None => return bad(label, format!("{what} {dims:?} overflows")),
+        };
+    }
+    if total == 0 {
+        return bad(label, format!("{what} {dims:?} is empty"));
+    }
+    if total >= u32::MAX as usize {
+        return bad(label, format!("{what} {dims:?} has {total} elements: indices overflow 32 bits"));
+    }
+    Ok(total)
+}
+
+fn not_aliased(label: &str, out: &GpuBuf, inputs: &[(&str, &GpuBuf)]) -> Result<()> {
+    for (name, b) in inputs {
+        if Rc::ptr_eq(&b.buf, &out.buf) {
+            return bad(label, format!("the output buffer is also the {name} buffer"));
+        }
+    }
+    Ok(())
+}
+
+/// The activation after a conv or norm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Silu,
+}
+
+impl Act {
+    fn code(self) -> u32 {
+        match self {
+            Act::None => 0,
+            Act::Relu => 1,
+            Act::Silu => 2,
+        }
+    }
+}
+
+/// A convolution's sizes and fused extras. (h, w) is the output size; with `upsample` the
+/// input is (h/2, w/2) (h, w even).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Kernel side: 1 or 3.
+    pub k: usize,
+    /// Read the input through nearest 2x upsampling.
+    pub upsample: bool,
+    /// TAESD's clamp tanh(v / 3) * 3 on the input.
+    pub clamp_input: bool,
+    pub act: Act,
+}
+
+/// out (B, cout, h, w) = act(conv(pre(x)) + bias + res); x (B, cin, h >> up, w >> up), weight
+/// (cout, cin, k, k), bias (cout), res (B, cout, h, w).
+pub fn conv2d(gpu: &Gpu, label: &str, s: &ConvShape, x: &GpuBuf, weight: &GpuBuf, bias: Option<&GpuBuf>, res: Option<&GpuBuf>, out: &GpuBuf) -> Result<Dispatch> {
+    if s.k != 1 && s.k != 3 {
+        return bad(label, format!("kernel side {} (1 or 3 supported)", s.k));
+    }
+    if s.upsample && (!s.h.is_multiple_of(2) || !s.w.is_multiple_of(2)) {
+        return bad(label, format!("an upsampled output must have even sides, got {}x{}", s.h, s.w));
+    }
+    let up = usize::from(s.upsample);
+    let n_in = elems(label, "input (B, cin, h, w)", &[s.batch, s.cin, s.h >> up, s.w >> up])?;
+    let n_out = elems(label, "output (B, cout, h, w)", &[s.batch, s.cout, s.h, s.w])?;
+    need(&format!("{label} input"), x, n_in)?;
+    need(&format!("{label} weight"), weight, elems(label, "weight", &[s.cout, s.cin, s.k, s.k])?)?;
+    need(&format!("{label} output"), out, n_out)?;
+    let dummy;
+    let dummy_ref = match (bias, res) {
+        (Some(_), Some(_)) => None,
+        _ => {
+            dummy = gpu.zeros("unused", 1)?;
+            Some(&dummy)
+        }
+    };
+    if let Some(b) = bias {
+        need(&format!("{label} bias"), b, s.cout)?;
+    }
+    if let Some(r) = res {
+        need(&format!("{label} residual"), r, n_out)?;
+    }
+    let mut inputs = vec![("input", x), ("weight", weight)];
+    inputs.extend(bias.map(|b| ("bias", b)));
+    inputs.extend(res.map(|r| ("residual", r)));
+    not_aliased(label, out, &inputs)?;
+    let nob = s.cout.div_ceil(CONV_OCB);
+    let gz = s.batch * nob;
+    let (gx, gy) = (s.w.div_ceil(CONV_TILE), s.h.div_ceil(CONV_TILE));
+    if gz > 65535 || gx > 65535 || gy > 65535 {
+        return bad(label, format!("{}x{} output, batch {} x {nob} channel blocks: too many workgroups", s.h, s.w, s.batch));
+    }
+    let kernel = gpu.kernel("conv2d", CONV2D_WGSL, &[])?;
+    let params = [
+        s.batch,
+        s.cin,
+        s.cout,
+        s.h,
+        s.w,
+        s.k,
+        up,
+        usize::from(bias.is_some()),
+        usize::from(res.is_some()),
+        s.act.code() as usize,
+        usize::from(s.clamp_input),
+    ]
+    .map(|v| v as u32);
+    let (b, r) = (bias.or(dummy_ref).unwrap_or(x), res.or(dummy_ref).unwrap_or(x));
+    gpu.dispatch(&kernel, label, &params, &[x, weight, b, r, out], [gx as u32, gy as u32, gz as u32])
+}
+
+/// out (B, C, hw) = act(GroupNorm(groups, eps)(x) * gamma + beta); `act` None or Silu.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm(
+    gpu: &Gpu,
+    label: &str,
+    x: &GpuBuf,
+    batch: usize,
+    c: usize,
+    groups: usize,
+    hw: usize,
+    eps: f32,
+    act: Act,
+    gamma: &GpuBuf,
+    beta: &GpuBuf,
+    out: &GpuBuf,
+) -> Result<Dispatch> {
+    if groups == 0 || !c.is_multiple_of(groups) {
+        return bad(label, format!("{c} channels in {groups} groups"));
+    }
+    if act == Act::Relu {
+        return bad(label, "group norm takes no ReLU epilogue");
+    }
+    let n = elems(label, "input (B, C, HW)", &[batch, c, hw])?;
+    need(&format!("{label} input"), x, n)?;
+    need(&format!("{label} output"), out, n)?;
+    need(&format!("{label} gamma"), gamma, c)?;
+    need(&format!("{label} beta"), beta, c)?;
+    not_aliased(label, out, &[("input", x), ("gamma", gamma), ("beta", beta)])?;
+    let kernel = gpu.kernel("group_norm", GROUP_NORM_WGSL, &[])?;
+    let params = [batch as u32, c as u32, groups as u32, hw as u32, eps.to_bits(), act.code()];
+    gpu.dispatch(&kernel, label, &params, &[x, gamma, beta, out], groups_1d(batch * groups, 1))
+}
+
+/// out (B, C, T) = single-head attention of channel-major q, k, v (B, C, T), scale 1/sqrt(C);
+/// `scores` (B, T, T) is scratch. Three dispatches (scores, softmax, apply).
+#[allow(clippy::too_many_arguments)]
+pub fn vae_attention(
+    gpu: &Gpu,
+    label: &str,
+    q: &GpuBuf,
+    k: &GpuBuf,
+    v: &GpuBuf,
+    batch: usize,
+    c: usize,
+    t: usize,
+    scores: &GpuBuf,
+    out: &GpuBuf,
+) -> Result<Vec<Dispatch>> {
+    let n = elems(label, "q / k / v (B, C, T)", &[batch, c, t])?;
+    let ns = elems(label, "scores (B, T, T)", &[batch, t, t])?;
+    for (name, b) in [("q", q), ("k", k), ("v", v), ("output", out)] {
+        need(&format!("{label} {name}"), b, n)?;
+    }
+    need(&format!("{label} scores"), scores, ns)?;
+    not_aliased(label, out, &[("q", q), ("k", k), ("v", v), ("scores", scores)])?;
+    not_aliased(label, scores, &[("q", q), ("k", k), ("v", v)])?;
+    let params = [batch as u32, c as u32, t as u32, (1.0 / (c as f32).sqrt()).to_bits()];
+    let mut out_d = Vec::with_capacity(3);
+    for (stage, count) in [(0.0, ns), (1.0, batch * t), (2.0, n)] {
+        if count.div_ceil(ATT_WG).div_ceil(65535) > 65535 {
+            return bad(label, format!("{count} invocations are too many to dispatch"));
+        }
+        let kernel = gpu.kernel("vae_attention", VAE_ATTENTION_WGSL, &[("STAGE", stage)])?;
+        out_d.push(gpu.dispatch(&kernel, &format!("{label}.{stage}"), &params, &[q, k, v, scores, out], groups_1d(count, ATT_WG))?);
+    }
+    Ok(out_d)
+}
