@@ -82,6 +82,9 @@ struct DecodeArgs {
     png: Option<PathBuf>,
     #[command(flatten)]
     flags: DecoderFlags,
+    /// Compute backend: gpu (WebGPU via wgpu), cpu (the candle reference), or auto.
+    #[arg(long, default_value = "auto")]
+    backend: String,
 }
 
 #[derive(Args)]
@@ -550,7 +553,18 @@ fn decode(a: DecodeArgs) -> Result<()> {
             )))
         }
     };
-    let decoder = Decoder::from_tensors(cfg, tensors)?;
+    let gpu = match a.backend.as_str() {
+        "cpu" => None,
+        "gpu" => Some(Gpu::new_blocking()?),
+        "auto" => match Gpu::new_blocking() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("note: {e}; using the CPU backend");
+                None
+            }
+        },
+        other => return Err(Error::InvalidArgument(format!("unknown backend {other:?} (gpu, cpu or auto)"))),
+    };
     let inputs = read_inputs(&a.latents)?;
     let z = match inputs.get("z") {
         Some(z) => z,
@@ -558,17 +572,25 @@ fn decode(a: DecodeArgs) -> Result<()> {
     };
     let z = z.to_dtype(DType::F32)?;
     let z = if z.rank() == 3 { z.unsqueeze(0)? } else { z };
-    decoder.cfg.output_shape(z.dims()).map_err(|e| Error::InvalidArgument(format!("{}: {e}", a.latents.display())))?;
+    let shape = cfg.output_shape(z.dims()).map_err(|e| Error::InvalidArgument(format!("{}: {e}", a.latents.display())))?;
     let started = std::time::Instant::now();
-    let image = decoder.decode(&z)?;
-    eprintln!("decoded {:?} -> {:?} with {} in {:.2} s (cpu)", z.dims(), image.dims(), decoder.cfg.arch_name(), started.elapsed().as_secs_f64());
+    let (image, on) = match &gpu {
+        None => (Decoder::from_tensors(cfg.clone(), tensors)?.decode(&z)?, "cpu".to_string()),
+        Some(g) => {
+            let dec = sparsedit::gpu::decoder::GpuDecoder::load(g, cfg.clone(), tensors)?;
+            let plan = dec.plan(g, shape[0], shape[2] / cfg.upscale(), shape[3] / cfg.upscale())?;
+            let v = dec.decode(g, &plan, &to_vec_f32(&z)?)?;
+            (Tensor::from_vec(v, &shape, &Device::Cpu)?, format!("gpu: {}", g.describe()))
+        }
+    };
+    eprintln!("decoded {:?} -> {:?} with {} in {:.2} s ({on})", z.dims(), image.dims(), cfg.arch_name(), started.elapsed().as_secs_f64());
     let map: HashMap<String, Tensor> = [("image".to_string(), image.clone())].into_iter().collect();
     candle_core::safetensors::save(&map, &a.out)
         .map_err(|e| Error::Io { path: a.out.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
     println!("wrote {}", a.out.display());
     if let Some(p) = &a.png {
         // write_png takes [-1, 1]; TAESD's range is [0, 1].
-        let img = match decoder.cfg {
+        let img = match cfg {
             DecoderConfig::Taesd(_) => image.affine(2.0, -1.0)?,
             DecoderConfig::SdVae(_) => image,
         };

@@ -189,10 +189,26 @@ mod cli {
     }
 
     fn decode(pack: &Path, case: &str, dir: &Path) -> Tensor {
-        let out = dir.join(format!("{}-image.safetensors", pack.file_stem().unwrap().to_str().unwrap()));
+        decode_on(pack, case, dir, "cpu")
+    }
+
+    fn decode_on(pack: &Path, case: &str, dir: &Path, backend: &str) -> Tensor {
+        let out = dir.join(format!("{}-{backend}-image.safetensors", pack.file_stem().unwrap().to_str().unwrap()));
         let latents = fixture_dir(case).join("expected.safetensors");
-        ok(&["decode", "--decoder", s(pack), "--latents", s(&latents), "--out", s(&out)]);
+        let run = sparsedit(&["decode", "--decoder", s(pack), "--latents", s(&latents), "--out", s(&out), "--backend", backend]);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "decode on {backend} failed: {err}");
+        assert!(err.contains(&format!("({backend}")), "{err}");
         load_st(&out).remove("image").expect("image")
+    }
+
+    /// The CPU always; the GPU when an adapter exists (always in CI).
+    fn backends() -> Vec<&'static str> {
+        let mut b = vec!["cpu"];
+        if common::gpu_or_skip().is_some() {
+            b.push("gpu");
+        }
+        b
     }
 
     #[test]
@@ -201,9 +217,11 @@ mod cli {
         let exp = load_st(&fixture_dir("taesd").join("expected.safetensors"));
         let pth = fixture_dir("taesd").join("taesd_decoder.pth");
         let pack = convert(&pth, dir.path().join("taesd.gguf"), &[]);
-        let img = decode(&pack, "taesd", dir.path());
-        assert_eq!(img.dims(), [2, 3, 40, 24]);
-        check("taesd via pack", &img, &exp["image"], TOL);
+        for backend in backends() {
+            let img = decode_on(&pack, "taesd", dir.path(), backend);
+            assert_eq!(img.dims(), [2, 3, 40, 24]);
+            check(&format!("taesd via pack on {backend}"), &img, &exp["image"], TOL);
+        }
         let info = ok(&["info", s(&pack)]);
         assert!(info.contains("taesd") && info.contains("width: 16"), "{info}");
 
@@ -220,7 +238,7 @@ mod cli {
         let png = dir.path().join("t.png");
         let out = dir.path().join("t.safetensors");
         let latents = fixture_dir("taesd").join("expected.safetensors");
-        ok(&["decode", "--decoder", s(&pth), "--latents", s(&latents), "--out", s(&out), "--png", s(&png)]);
+        ok(&["decode", "--decoder", s(&pth), "--latents", s(&latents), "--out", s(&out), "--png", s(&png), "--backend", "cpu"]);
         assert!(std::fs::metadata(&png).unwrap().len() > 100);
     }
 
@@ -231,8 +249,10 @@ mod cli {
         let ckpt = fixture_dir("sdvae").join("diffusion_pytorch_model.safetensors");
         // norm_num_groups comes from the diffusers config.json next to the checkpoint.
         let pack = convert(&ckpt, dir.path().join("sdvae.gguf"), &[]);
-        let img = decode(&pack, "sdvae", dir.path());
-        check("sdvae via pack", &img, &exp["image"], TOL);
+        for backend in backends() {
+            let img = decode_on(&pack, "sdvae", dir.path(), backend);
+            check(&format!("sdvae via pack on {backend}"), &img, &exp["image"], TOL);
+        }
         let info = ok(&["info", s(&pack)]);
         assert!(info.contains("sdvae") && info.contains("norm groups: 4"), "{info}");
         // The pack holds the decoder only, under the current attention names.
@@ -266,17 +286,17 @@ mod cli {
         let z3 = d.join("z3.safetensors");
         let t = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
         candle_core::safetensors::save(&[("z".to_string(), t)].into_iter().collect(), &z3).unwrap();
-        let err = fails(&["decode", "--decoder", s(&pack), "--latents", s(&z3), "--out", s(&out)]);
+        let err = fails(&["decode", "--decoder", s(&pack), "--latents", s(&z3), "--out", s(&out), "--backend", "cpu"]);
         assert!(err.contains("3 channels"), "{err}");
         // No z.
         let none = d.join("none.safetensors");
         let t = Tensor::zeros((1, 4, 4, 4), DType::F32, &Device::Cpu).unwrap();
         candle_core::safetensors::save(&[("x".to_string(), t)].into_iter().collect(), &none).unwrap();
-        let err = fails(&["decode", "--decoder", s(&pack), "--latents", s(&none), "--out", s(&out)]);
+        let err = fails(&["decode", "--decoder", s(&pack), "--latents", s(&none), "--out", s(&out), "--backend", "cpu"]);
         assert!(err.contains("'z'"), "{err}");
 
         let latents = fixture_dir("taesd").join("expected.safetensors");
-        let dec = |p: &Path| fails(&["decode", "--decoder", s(p), "--latents", s(&latents), "--out", s(&out)]);
+        let dec = |p: &Path| fails(&["decode", "--decoder", s(p), "--latents", s(&latents), "--out", s(&out), "--backend", "cpu"]);
         // Corrupt packs: truncated, and a flipped metadata value.
         let bytes = std::fs::read(&pack).unwrap();
         let cut = d.join("cut.gguf");
