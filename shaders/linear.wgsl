@@ -1,6 +1,9 @@
 // Linear layer: y (M, N) = epilogue(x (M, K) . W^T + b), W (N, K) stored as f32, f16, q8_0 or q4_0.
-// Tiled: a 64 x 64 output tile per workgroup of 16 x 16 threads, 4 x 4 outputs per thread,
-// K in steps of 16 through workgroup memory; weights are dequantised while loading the tile.
+// Tiled (`main`): a 64 x 64 output tile per workgroup of 16 x 16 threads, 4 x 4 outputs per
+// thread, K in steps of 16 through workgroup memory; weights are dequantised while loading the tile.
+// Direct (`main_direct`): no workgroup memory, no barriers, 4 outputs of one row per thread. For
+// software adapters (lavapipe, SwiftShader), which run each workgroup barrier as a coroutine
+// switch of every invocation: there the tiled loop is many times slower than this one.
 //
 // This file is the kernel body shared by two arithmetic precisions; it is not a module on its
 // own. The host prepends one of (src/gpu/ops/mod.rs, `Precision`):
@@ -74,6 +77,20 @@ fn gelu_tanh(v: f32) -> f32 {
     return 0.5 * v * (1.0 + (e - 1.0) / (e + 1.0));
 }
 
+// y[r, c] = epilogue(acc + bias[c])
+fn store(r: u32, c: u32, acc: f32) {
+    let v = acc + bias[c];
+    let o = r * p.N + c;
+    switch EPI {
+        case 1u: { y[o] = gelu_tanh(v); }
+        case 2u: { y[o] = y[o] + aux[(r / p.T) * p.gate_stride + p.gate_offset + c] * v; }
+        case 3u: { y[o] = v + aux[(r % p.T) * p.N + c]; }
+        case 4u: { y[o] = y[o] + v; }
+        case 5u: { y[o] = v / (1.0 + exp(-v)); }
+        default: { y[o] = v; }
+    }
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row0 = wg.y * TILE;
@@ -113,16 +130,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         for (var j = 0u; j < 4u; j++) {
             let c = col0 + lid.x + 16u * j;
             if (c >= p.N) { continue; }
-            let v = acc[i][j] + bias[c];
-            let o = r * p.N + c;
-            switch EPI {
-                case 1u: { y[o] = gelu_tanh(v); }
-                case 2u: { y[o] = y[o] + aux[(r / p.T) * p.gate_stride + p.gate_offset + c] * v; }
-                case 3u: { y[o] = v + aux[(r % p.T) * p.N + c]; }
-                case 4u: { y[o] = y[o] + v; }
-                case 5u: { y[o] = v / (1.0 + exp(-v)); }
-                default: { y[o] = v; }
-            }
+            store(r, c, acc[i][j]);
         }
+    }
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c0 = gid.x * 4u;
+    let r = gid.y;
+    if (r >= p.M || c0 >= p.N) { return; }
+    var acc = vec4<f32>();
+    for (var k = 0u; k < p.K; k++) {
+        var b = vec4<H>();
+        for (var j = 0u; j < 4u; j++) {
+            if (c0 + j < p.N) { b[j] = to_h(weight(c0 + j, k)); }
+        }
+        acc = madd(acc, to_h(x[r * p.K + k]), b);
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (c0 + j < p.N) { store(r, c0 + j, acc[j]); }
     }
 }

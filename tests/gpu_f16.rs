@@ -275,3 +275,28 @@ fn f16_is_an_error_without_shader_f16() {
     gm.plan(&gpu, 1, cfg.semantic_size).unwrap();
     assert_eq!(Precision::default(), Precision::F32);
 }
+
+/// The barrier-free `main_direct` entry of the linear kernel (software adapters, M <= 16) equals
+/// the tiled one for every weight format, epilogue and shape with M <= 16, in f32 arithmetic.
+#[test]
+fn direct_linear_entry_matches_tiled() {
+    let Some(mut gpu) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(61);
+    let shapes = [(5, 64, 130, 1), (2, 96, 300, 1), (16, 160, 33, 8), (1, 1024, 70, 1)];
+    let mut cases = 0;
+    for ty in FORMATS {
+        for shape in shapes {
+            let case = Case::new(&gpu, &mut rng, ty, shape);
+            for epi in EPIS {
+                gpu.software = false;
+                let tiled = case.run(&gpu, epi, Precision::F32);
+                gpu.software = true;
+                let direct = case.run(&gpu, epi, Precision::F32);
+                let what = format!("{ty:?} {epi:?} M={} K={} N={}: direct vs tiled", shape.0, shape.1, shape.2);
+                assert_close(&what, &direct, &tiled, 1e-5);
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 4 * 4 * 6);
+}

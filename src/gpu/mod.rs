@@ -59,6 +59,10 @@ pub struct Gpu {
     pub has_f16: bool,
     /// Timestamp queries are available (per-block GPU time in `bench`).
     pub has_timestamps: bool,
+    /// A software adapter (lavapipe, SwiftShader): kernels with workgroup barriers are slow
+    /// there, so ops pick barrier-free variants. `SPARSEDIT_KERNELS=tiled|direct` overrides
+    /// (native).
+    pub software: bool,
     pipelines: RefCell<HashMap<String, Rc<Kernel>>>,
     /// Validation / out-of-memory errors raised asynchronously by the device.
     errors: Arc<Mutex<Vec<String>>>,
@@ -121,7 +125,15 @@ impl Gpu {
                 *l = Some(format!("GPU device lost ({reason:?}): {msg}"));
             }
         });
+        let mut software = info.device_type == wgpu::DeviceType::Cpu;
+        #[cfg(not(target_arch = "wasm32"))]
+        match std::env::var("SPARSEDIT_KERNELS").as_deref() {
+            Ok("tiled") => software = false,
+            Ok("direct") => software = true,
+            _ => {}
+        }
         Ok(Gpu {
+            software,
             has_f16: wanted.contains(wgpu::Features::SHADER_F16),
             has_timestamps: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
             device,
@@ -158,7 +170,12 @@ impl Gpu {
 
     /// The pipeline of `source` specialised with `constants` (WGSL `override`s), built once.
     pub fn kernel(&self, name: &str, source: &str, constants: &[(&str, f64)]) -> Result<Rc<Kernel>> {
-        let key = format!("{name}{constants:?}");
+        self.kernel_entry(name, source, "main", constants)
+    }
+
+    /// [`Self::kernel`] with entry point `entry`.
+    pub fn kernel_entry(&self, name: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Rc<Kernel>> {
+        let key = format!("{name}:{entry}{constants:?}");
         if let Some(k) = self.pipelines.borrow().get(&key) {
             return Ok(k.clone());
         }
@@ -170,7 +187,7 @@ impl Gpu {
             label: Some(name),
             layout: None,
             module: &module,
-            entry_point: Some("main"),
+            entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         });
