@@ -613,7 +613,7 @@ impl SdVae {
 
 enum Inner {
     Taesd(Taesd),
-    SdVae(SdVae),
+    SdVae(Box<SdVae>),
 }
 
 /// A loaded latent decoder (CPU reference).
@@ -631,7 +631,7 @@ impl Decoder {
         let mut w = WeightLoader::new(canonical_decoder_tensors(tensors)?);
         let inner = match &cfg {
             DecoderConfig::Taesd(c) => Inner::Taesd(Taesd::load(&mut w, c)),
-            DecoderConfig::SdVae(c) => Inner::SdVae(SdVae::load(&mut w, c)?),
+            DecoderConfig::SdVae(c) => Inner::SdVae(Box::new(SdVae::load(&mut w, c)?)),
         };
         w.finish()?;
         Ok(Decoder { cfg, inner })

@@ -407,3 +407,73 @@ mod gpu {
         check("gpu sdvae vs cpu", &img, &cpu, TOL);
     }
 }
+
+/// The published sizes (TAESD width 64; SD-VAE (128, 256, 512, 512), 32 groups, 49.5 M
+/// parameters) with random weights, an 8x8 latent (64 px): the decoders run at full width, the
+/// parameter counts are the published ones, and the GPU matches the CPU. Slow on a CPU adapter:
+/// `cargo test --release --test decoders full_size -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn full_size_decoders() {
+    use sparsedit::gpu::decoder::GpuDecoder;
+    let sd = SdVaeConfig {
+        latent_channels: 4,
+        out_channels: 3,
+        block_out_channels: vec![128, 256, 512, 512],
+        layers_per_block: 2,
+        norm_num_groups: 32,
+        scaling_factor: 0.18215,
+    };
+    let cases = [
+        (DecoderConfig::Taesd(TaesdConfig { latent_channels: 4, width: 64, out_channels: 3 }), taesd_map(), 1_222_531usize),
+        (DecoderConfig::SdVae(sd), canonical_decoder_tensors(sdvae_map()).unwrap(), 49_490_199),
+    ];
+    let gpu = common::gpu_or_skip();
+    for (cfg, small, want_params) in cases {
+        // Same names as the fixture, full-size shapes from the layer structure. Parameter counts:
+        // TAESD 2368 + 10 x 3 x 36928 + 3 x 36864 + 1731; the SD-VAE from diffusers (decoder.* +
+        // post_quant_conv.* of AutoencoderKL with the SD config).
+        let full = full_shapes(&cfg, &small);
+        let params: usize = full.values().map(|t| t.elem_count()).sum();
+        eprintln!("{}: {params} parameters", cfg.arch_name());
+        assert_eq!(params, want_params);
+        let z = Tensor::from_vec(common::random_nonzero(3, 4 * 8 * 8, 1.0), (1, 4, 8, 8), &Device::Cpu).unwrap();
+        let t = std::time::Instant::now();
+        let cpu = Decoder::from_tensors(cfg.clone(), full.clone()).unwrap().decode(&z).unwrap();
+        eprintln!("{}: cpu {:.2} s", cfg.arch_name(), t.elapsed().as_secs_f64());
+        assert_eq!(cpu.dims(), [1, 3, 64, 64]);
+        if let Some(g) = &gpu {
+            let dec = GpuDecoder::load(g, cfg.clone(), full).unwrap();
+            let plan = dec.plan(g, 1, 8, 8).unwrap();
+            let t = std::time::Instant::now();
+            let out = dec.decode(g, &plan, &f32s(&z)).unwrap();
+            eprintln!("{}: gpu {:.2} s ({})", cfg.arch_name(), t.elapsed().as_secs_f64(), g.describe());
+            check(&format!("{} full size gpu vs cpu", cfg.arch_name()), &Tensor::from_vec(out, (1, 3, 64, 64), &Device::Cpu).unwrap(), &cpu, TOL);
+        }
+    }
+}
+
+/// Random tensors with the names of `small` (a fixture of the same architecture) and the shapes
+/// of `cfg`, found by loading: the loader reports each expected shape.
+fn full_shapes(cfg: &DecoderConfig, small: &TensorMap) -> TensorMap {
+    let mut map: TensorMap = small.clone();
+    // Resolve one mis-shaped tensor per round from the loader's Shape error.
+    for round in 0..10_000u64 {
+        match Decoder::from_tensors(cfg.clone(), map.clone()) {
+            Ok(_) => return map,
+            Err(Error::Shape { name, expected, .. }) => {
+                let n: usize = expected.iter().product();
+                let fan_in: usize = expected.iter().skip(1).product::<usize>().max(1);
+                let (amp, base) = match expected.len() {
+                    1 if name.contains("norm") && name.ends_with("weight") => (0.2, 1.0),
+                    1 => (0.1, 0.0),
+                    _ => (1.7 / (fan_in as f32).sqrt(), 0.0),
+                };
+                let v: Vec<f32> = common::random_nonzero(round, n, amp).into_iter().map(|x| x + base).collect();
+                map.insert(name, Tensor::from_vec(v, expected, &Device::Cpu).unwrap());
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("shapes did not settle")
+}

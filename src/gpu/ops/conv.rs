@@ -94,6 +94,7 @@ pub struct ConvShape {
 
 /// out (B, cout, h, w) = act(conv(pre(x)) + bias + res); x (B, cin, h >> up, w >> up), weight
 /// (cout, cin, k, k), bias (cout), res (B, cout, h, w).
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(gpu: &Gpu, label: &str, s: &ConvShape, x: &GpuBuf, weight: &GpuBuf, bias: Option<&GpuBuf>, res: Option<&GpuBuf>, out: &GpuBuf) -> Result<Dispatch> {
     if s.k != 1 && s.k != 3 {
         return bad(label, format!("kernel side {} (1 or 3 supported)", s.k));
