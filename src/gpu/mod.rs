@@ -125,13 +125,7 @@ impl Gpu {
                 *l = Some(format!("GPU device lost ({reason:?}): {msg}"));
             }
         });
-        let mut software = info.device_type == wgpu::DeviceType::Cpu;
-        #[cfg(not(target_arch = "wasm32"))]
-        match std::env::var("SPARSEDIT_KERNELS").as_deref() {
-            Ok("tiled") => software = false,
-            Ok("direct") => software = true,
-            _ => {}
-        }
+        let software = kernels_override().unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
         Ok(Gpu {
             software,
             has_f16: wanted.contains(wgpu::Features::SHADER_F16),
@@ -419,6 +413,18 @@ impl Gpu {
         self.check()?;
         Ok(data)
     }
+}
+
+/// `SPARSEDIT_KERNELS=tiled|direct` (native only): force the kernel variants of real / software
+/// adapters, for A/B timing.
+fn kernels_override() -> Option<bool> {
+    #[cfg(not(target_arch = "wasm32"))]
+    match std::env::var("SPARSEDIT_KERNELS").as_deref() {
+        Ok("tiled") => return Some(false),
+        Ok("direct") => return Some(true),
+        _ => {}
+    }
+    None
 }
 
 /// A tiny one-shot channel for the map_async callback (no executor needed).
