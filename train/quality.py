@@ -205,7 +205,7 @@ def main():
     ap.add_argument("--dense", default=os.path.join(HERE, "runs/dense/ema.pt"), help="dense DiT EMA checkpoint")
     ap.add_argument("--sparse", default=None,
                     help="SparseDiT checkpoint (default train/runs/sparse/ema.pt if it exists, else a pack "
-                         "initialised from the dense EMA with `sparsedit dit-to-sparsedit --layout 1,2,1:1:1:1,1`)")
+                         "initialised from the dense EMA with `sparsedit dit-to-sparsedit --layout 1,2,1:1:1:1,1`; `init` forces the latter)")
     ap.add_argument("--step", type=int, default=None,
                     help="dense training step to report (default: from ema_<step>.pt, else ckpt.pt next to --dense)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/sparsedit"))
@@ -257,7 +257,7 @@ def main():
     sparse_src = a.sparse or os.path.join(HERE, "runs/sparse/ema.pt")
     packs = os.path.join(a.work, "packs")
     os.makedirs(packs, exist_ok=True)
-    if os.path.exists(sparse_src):
+    if a.sparse != "init" and os.path.exists(sparse_src):
         sh = sha8(sparse_src)
         sparse_base = os.path.join(packs, f"sparse-f32-{sh}.gguf")
         sparse_desc = f"fine-tuned SparseDiT `{os.path.relpath(sparse_src, ROOT)}` (sha256 {sh}…)"
@@ -267,7 +267,7 @@ def main():
         sh = "init-" + dh
         sparse_base = os.path.join(packs, f"sparse-f32-{sh}.gguf")
         sparse_desc = ("**not fine-tuned**: SparseDiT initialised from the dense EMA with `sparsedit "
-                       "dit-to-sparsedit --layout 1,2,1:1:1:1,1` (train/runs/sparse/ema.pt does not exist yet)")
+                       "dit-to-sparsedit --layout 1,2,1:1:1:1,1`")
         if not os.path.exists(sparse_base):
             run([B, "dit-to-sparsedit", dense_copy, "--layout", "1,2,1:1:1:1,1", "--heads", 4,
                  "--semantic-size", a.s, "-o", sparse_base])
