@@ -354,19 +354,24 @@ impl Engine {
     }
 }
 
-fn load_model(flags: &ModelFlags) -> Result<Engine> {
-    let gpu = match flags.backend.as_str() {
-        "cpu" => None,
-        "gpu" => Some(Gpu::new_blocking()?),
+/// The GPU for `--backend gpu`, none for `cpu`; `auto` falls back to the CPU with a note.
+fn open_backend(backend: &str) -> Result<Option<Gpu>> {
+    match backend {
+        "cpu" => Ok(None),
+        "gpu" => Ok(Some(Gpu::new_blocking()?)),
         "auto" => match Gpu::new_blocking() {
-            Ok(g) => Some(g),
+            Ok(g) => Ok(Some(g)),
             Err(e) => {
                 eprintln!("note: {e}; using the CPU backend");
-                None
+                Ok(None)
             }
         },
-        other => return Err(Error::InvalidArgument(format!("unknown backend {other:?} (gpu, cpu or auto)"))),
-    };
+        other => Err(Error::InvalidArgument(format!("unknown backend {other:?} (gpu, cpu or auto)"))),
+    }
+}
+
+fn load_model(flags: &ModelFlags) -> Result<Engine> {
+    let gpu = open_backend(&flags.backend)?;
     match gpu {
         None => {
             let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
@@ -553,18 +558,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
             )))
         }
     };
-    let gpu = match a.backend.as_str() {
-        "cpu" => None,
-        "gpu" => Some(Gpu::new_blocking()?),
-        "auto" => match Gpu::new_blocking() {
-            Ok(g) => Some(g),
-            Err(e) => {
-                eprintln!("note: {e}; using the CPU backend");
-                None
-            }
-        },
-        other => return Err(Error::InvalidArgument(format!("unknown backend {other:?} (gpu, cpu or auto)"))),
-    };
+    let gpu = open_backend(&a.backend)?;
     let inputs = read_inputs(&a.latents)?;
     let z = match inputs.get("z") {
         Some(z) => z,

@@ -11,8 +11,8 @@
 
 use std::rc::Rc;
 
-use super::{groups_1d, need};
-use crate::error::{Error, Result};
+use super::{bad, elems, groups_1d, need};
+use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
 
 pub const CONV2D_WGSL: &str = include_str!("../../../shaders/conv2d.wgsl");
@@ -24,28 +24,6 @@ const CONV_TILE: usize = 8;
 const CONV_OCB: usize = 16;
 /// Invocations per workgroup of `vae_attention.wgsl` (its `WG`).
 const ATT_WG: usize = 256;
-
-fn bad<T>(label: &str, msg: impl std::fmt::Display) -> Result<T> {
-    Err(Error::Gpu(format!("{label}: {msg}")))
-}
-
-/// The product of `dims`, failing when it is zero or does not fit the shaders' u32 indices.
-fn elems(label: &str, what: &str, dims: &[usize]) -> Result<usize> {
-    let mut total = 1usize;
-    for &d in dims {
-        total = match total.checked_mul(d) {
-            Some(t) => t,
-            None => return bad(label, format!("{what} {dims:?} overflows")),
-        };
-    }
-    if total == 0 {
-        return bad(label, format!("{what} {dims:?} is empty"));
-    }
-    if total >= u32::MAX as usize {
-        return bad(label, format!("{what} {dims:?} has {total} elements: indices overflow 32 bits"));
-    }
-    Ok(total)
-}
 
 fn not_aliased(label: &str, out: &GpuBuf, inputs: &[(&str, &GpuBuf)]) -> Result<()> {
     for (name, b) in inputs {

@@ -16,6 +16,29 @@ pub const LINEAR_WGSL: &str = concat!(include_str!("../../../shaders/linear_f32.
 pub const LINEAR_F16_WGSL: &str = concat!(include_str!("../../../shaders/linear_f16.wgsl"), include_str!("../../../shaders/linear.wgsl"));
 pub const LAYERNORM_WGSL: &str = include_str!("../../../shaders/layernorm_modulate.wgsl");
 
+/// An op constructor's error: `label: msg`.
+pub(crate) fn bad<T>(label: &str, msg: impl std::fmt::Display) -> Result<T> {
+    Err(Error::Gpu(format!("{label}: {msg}")))
+}
+
+/// The product of `dims`, failing when it is zero or does not fit the shaders' u32 indices.
+pub(crate) fn elems(label: &str, what: &str, dims: &[usize]) -> Result<usize> {
+    let mut total = 1usize;
+    for &d in dims {
+        total = match total.checked_mul(d) {
+            Some(t) => t,
+            None => return bad(label, format!("{what} {dims:?} overflows")),
+        };
+    }
+    if total == 0 {
+        return bad(label, format!("{what} {dims:?} is empty"));
+    }
+    if total >= u32::MAX as usize {
+        return bad(label, format!("{what} {dims:?} has {total} elements: indices overflow 32 bits"));
+    }
+    Ok(total)
+}
+
 /// Fail with a clear message when a buffer is smaller than an op needs.
 pub fn need(what: &str, buf: &GpuBuf, elems: usize) -> Result<()> {
     if buf.len < elems {

@@ -15,9 +15,9 @@
 
 use std::rc::Rc;
 
-use super::{groups_1d, need};
+use super::{bad, elems, groups_1d, need};
 use crate::diffusion::{Diffusion, Guidance, SamplerKind, VarianceType};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
 
 pub const PATCHIFY_WGSL: &str = include_str!("../../../shaders/patchify.wgsl");
@@ -33,28 +33,6 @@ pub const SAMPLER_STEP_WGSL: &str = include_str!("../../../shaders/sampler_step.
 const WG: usize = 256;
 /// Channels per workgroup of `mean_tokens.wgsl` (its `CW`).
 const MEAN_CHANNELS: usize = 64;
-
-fn bad<T>(label: &str, msg: impl std::fmt::Display) -> Result<T> {
-    Err(Error::Gpu(format!("{label}: {msg}")))
-}
-
-/// The product of `dims`, failing when it is zero or does not fit the shaders' u32 indices.
-fn elems(label: &str, what: &str, dims: &[usize]) -> Result<usize> {
-    let mut total = 1usize;
-    for &d in dims {
-        total = match total.checked_mul(d) {
-            Some(t) => t,
-            None => return bad(label, format!("{what} {dims:?} overflows")),
-        };
-    }
-    if total == 0 {
-        return bad(label, format!("{what} {dims:?} is empty"));
-    }
-    if total >= u32::MAX as usize {
-        return bad(label, format!("{what} {dims:?} has {total} elements: indices overflow 32 bits"));
-    }
-    Ok(total)
-}
 
 /// Workgroups for `total` invocations of `per`, failing past 65535 x 65535 workgroups.
 fn groups(label: &str, total: usize, per: usize) -> Result<[u32; 3]> {
