@@ -68,7 +68,7 @@ pub fn random_tensors(cfg: &Config, seed: u64) -> Result<TensorMap> {
 
 /// The other half of a comparison: a sparse model's dense twin (same widths and depth), or a
 /// dense model's SparseDiT layout (the released 256 px layout at depth 28, else 1 Poolingformer,
-/// [1,1,1,1] SDTMs, and the rest on top).
+/// [1,2,1,0] SDTMs as in `Config::tiny(true)`, and the rest on top).
 pub fn counterpart(cfg: &Config) -> Config {
     let mut other = cfg.clone();
     let depth = cfg.layout.depth();
@@ -79,7 +79,7 @@ pub fn counterpart(cfg: &Config) -> Config {
         }
         Layout::Dense { .. } => {
             let k = depth.saturating_sub(2) / 4;
-            Layout::Sparse(SparseLayout { num_poolingformer: 1, num_sdtm: k, group: [1, 1, 1, 1], num_top: depth - 1 - 4 * k })
+            Layout::Sparse(SparseLayout { num_poolingformer: 1, num_sdtm: k, group: [1, 2, 1, 0], num_top: depth - 1 - 4 * k })
         }
     };
     other

@@ -154,7 +154,9 @@ impl Config {
     }
 
     /// The tiny digit model's architecture: 16x16 grayscale, patch 2 (8x8 = 64 tokens), width 128,
-    /// 10 blocks; sparse layout 1 Poolingformer, 2 x [1,1,1,1], 1 top, s = 4.
+    /// 10 blocks; sparse layout 1 Poolingformer, 2 x [1,2,1,0] (merge, 2 semantic, recover), 1 top,
+    /// s = 4: six of the ten blocks run on the 4x4 grid, 46% fewer MACs than the dense model (the
+    /// issue asks for >= 40%; [1,1,1,1] saves only 30%, as half of its blocks see all 64 tokens).
     pub fn tiny(sparse: bool) -> Config {
         Config {
             input_size: 16,
@@ -167,7 +169,7 @@ impl Config {
             class_null: true,
             learn_sigma: true,
             layout: if sparse {
-                Layout::Sparse(SparseLayout { num_poolingformer: 1, num_sdtm: 2, group: [1, 1, 1, 1], num_top: 1 })
+                Layout::Sparse(SparseLayout { num_poolingformer: 1, num_sdtm: 2, group: [1, 2, 1, 0], num_top: 1 })
             } else {
                 Layout::Dense { depth: 10 }
             },

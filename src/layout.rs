@@ -108,9 +108,9 @@ mod tests {
         let cfg = Config::tiny(true);
         let l = block_layouts(&cfg, 4);
         let tokens: Vec<usize> = l.iter().map(|b| b.tokens).collect();
-        assert_eq!(tokens, [64, 16, 16, 64, 64, 16, 16, 64, 64, 64]);
+        assert_eq!(tokens, [64, 16, 16, 16, 64, 16, 16, 16, 64, 64]);
         let kinds: Vec<&str> = l.iter().map(|b| b.kind).collect();
-        assert_eq!(kinds, ["poolingformer", "merge", "semantic", "recover", "normal", "merge", "semantic", "recover", "normal", "normal"]);
+        assert_eq!(kinds, ["poolingformer", "merge", "semantic", "semantic", "recover", "merge", "semantic", "semantic", "recover", "normal"]);
         assert_eq!(l[1].windows.len(), 16);
         assert_eq!(l[1].windows[0], [0, 2, 0, 2]);
         assert_eq!(l[1].windows[15], [6, 8, 6, 8]);

@@ -31,7 +31,7 @@ SDTM_KINDS = ["token_merge_blocks", "semantic_blocks", "token_recover_blocks", "
 
 def tiny_config(sparse, **over):
     """Config::tiny: 16x16x1, patch 2 (8x8 = 64 tokens), width 128, 4 heads, MLP 512, 10 classes,
-    learned sigma; dense depth 10; sparse 1 Poolingformer + 2 x [1,1,1,1] + 1 top, s = 4."""
+    learned sigma; dense depth 10; sparse 1 Poolingformer + 2 x [1,2,1,0] + 1 top, s = 4."""
     cfg = {
         "input_size": 16,
         "patch_size": 2,
@@ -42,7 +42,7 @@ def tiny_config(sparse, **over):
         "num_classes": 10,
         "class_null": True,
         "learn_sigma": True,
-        "layout": ({"kind": "sparse", "num_poolingformer": 1, "num_sdtm": 2, "group": [1, 1, 1, 1], "num_top": 1}
+        "layout": ({"kind": "sparse", "num_poolingformer": 1, "num_sdtm": 2, "group": [1, 2, 1, 0], "num_top": 1}
                    if sparse else {"kind": "dense", "depth": 10}),
         "semantic_size": 4,
     }
@@ -51,7 +51,7 @@ def tiny_config(sparse, **over):
 
 
 def sparse_layout_from_str(s):
-    """"P:K:a,b,c,d:T" -> layout dict (e.g. "1:2:1,1,1,1:1")."""
+    """"P:K:a,b,c,d:T" -> layout dict (e.g. "1:2:1,2,1,0:1")."""
     p, k, g, t = s.split(":")
     group = [int(v) for v in g.split(",")]
     assert len(group) == 4, s

@@ -7,14 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DENSE_STEPS=${DENSE_STEPS:-20000}
-FT_STEPS=${FT_STEPS:-4000}
-RATES=${RATES:-0.44:0.75}
+FT_STEPS=${FT_STEPS:-6000}
+RATES=${RATES:-0.6:0.85}
 SEED=${SEED:-0}
 PY="nice -n 10 python3"
 
 [ -f train/.cache/digits16.npz ] || $PY train/data.py
 $PY train/train.py dense --run dense --steps "$DENSE_STEPS" --seed "$SEED"
 $PY train/train.py init-sparse --dense-run dense --run sparse
-$PY train/train.py finetune --run sparse --steps "$FT_STEPS" --rates "$RATES" --seed "$SEED"
+$PY train/train.py finetune --run sparse --steps "$FT_STEPS" --lr 2e-4 --min-lr-frac 0.1 --rates "$RATES" --seed "$SEED"
 $PY train/sample_preview.py train/runs/dense/ema.pt
 $PY train/sample_preview.py train/runs/sparse/ema.pt --rates "$RATES"

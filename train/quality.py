@@ -205,7 +205,7 @@ def main():
     ap.add_argument("--dense", default=os.path.join(HERE, "runs/dense/ema.pt"), help="dense DiT EMA checkpoint")
     ap.add_argument("--sparse", default=None,
                     help="SparseDiT checkpoint (default train/runs/sparse/ema.pt if it exists, else a pack "
-                         "initialised from the dense EMA with `sparsedit dit-to-sparsedit --layout 1,2,1:1:1:1,1`; `init` forces the latter)")
+                         "initialised from the dense EMA with `sparsedit dit-to-sparsedit --layout 1,2,1:2:1:0,1`; `init` forces the latter)")
     ap.add_argument("--step", type=int, default=None,
                     help="dense training step to report (default: from ema_<step>.pt, else ckpt.pt next to --dense)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/sparsedit"))
@@ -214,7 +214,7 @@ def main():
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--s", type=int, default=4, help="fixed sparse grid side")
-    ap.add_argument("--schedule", default="0.44:0.75", help="timestep-wise pruning rates RMIN:RMAX")
+    ap.add_argument("--schedule", default="0.6:0.85", help="timestep-wise pruning rates RMIN:RMAX")
     ap.add_argument("--dense-grid-row", action="store_true", help="also a sparse f32 row at s = 8")
     ap.add_argument("--rows", default=None, help="comma-separated subset of row names")
     ap.add_argument("--sample-only", action="store_true", help="sample (fill the cache) and stop")
@@ -267,9 +267,9 @@ def main():
         sh = "init-" + dh
         sparse_base = os.path.join(packs, f"sparse-f32-{sh}.gguf")
         sparse_desc = ("**not fine-tuned**: SparseDiT initialised from the dense EMA with `sparsedit "
-                       "dit-to-sparsedit --layout 1,2,1:1:1:1,1`")
+                       "dit-to-sparsedit --layout 1,2,1:2:1:0,1`")
         if not os.path.exists(sparse_base):
-            run([B, "dit-to-sparsedit", dense_copy, "--layout", "1,2,1:1:1:1,1", "--heads", 4,
+            run([B, "dit-to-sparsedit", dense_copy, "--layout", "1,2,1:2:1:0,1", "--heads", 4,
                  "--semantic-size", a.s, "-o", sparse_base])
     dense_pack = os.path.join(packs, f"dense-f32-{dh}.gguf")
     if not os.path.exists(dense_pack):

@@ -328,14 +328,14 @@ def main():
     p.add_argument("--dense-run", default="dense")
     p.add_argument("--dense-ckpt", default=None, help="default <dense-run>/ema.pt")
     p.add_argument("--run", default="sparse")
-    p.add_argument("--layout", default="1:2:1,1,1,1:1", help="pool:sdtm:a,b,c,d:top (Config::tiny(true))")
+    p.add_argument("--layout", default="1:2:1,2,1,0:1", help="pool:sdtm:a,b,c,d:top (Config::tiny(true))")
     p.add_argument("--semantic-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--force", action="store_true")
 
     p = sub.add_parser("finetune", help="fine-tune the SparseDiT with timestep-wise pruning")
     common(p, "sparse", 4000, 1e-4, 100, 0.999)
-    p.add_argument("--rates", default="0.44:0.75", help="r_min:r_max of the paper's rule (N = 64: s 6..4)")
+    p.add_argument("--rates", default="0.6:0.85", help="r_min:r_max of the paper's rule (N = 64: s 5..3)")
     p.add_argument("--fixed-s", type=int, default=0, help="train at one grid side instead of the schedule")
     p.set_defaults(config_over="")
 

@@ -26,7 +26,7 @@ const TOLERANCE = 1e-2;
 // The tiny SparseDiT (dense grid 8×8 = 64 tokens) at sparse grid s = 4, hard-coded so the test
 // can fail even when engine.layout() and the page agree with each other.
 const TINY_KINDS = ['poolingformer', 'merge', 'semantic', 'recover', 'normal', 'merge', 'semantic', 'recover', 'normal', 'normal'];
-const TINY_TOKENS_S4 = [64, 16, 16, 64, 64, 16, 16, 64, 64, 64];
+const TINY_TOKENS_S4 = [64, 16, 16, 16, 64, 16, 16, 16, 64, 64];
 
 const GENERATE_TIMEOUT = 10 * 60_000;
 const LOAD_TIMEOUT = 3 * 60_000;
