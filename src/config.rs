@@ -95,6 +95,50 @@ pub struct Config {
     pub layout: Layout,
     /// Default sparse grid side s (the official `semantic_size`, 8 in the released runs).
     pub semantic_size: usize,
+    /// Training-free sparsification of a plain DiT (a run-time choice, never stored in a pack):
+    /// see [`PooledMiddle`]. `None` for SparseDiT layouts and for ordinary dense runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooled_middle: Option<PooledMiddle>,
+}
+
+/// Training-free sparsification of a plain DiT, after SparseDiT's tri-segment idea (this crate's
+/// own mode, not in the paper): the bottom blocks `0..start` and the top blocks `end..depth` run
+/// on all N dense tokens; the middle blocks `start..end` run on the s x s pooled grid
+/// (`AdaptiveAvgPool2d`, as SparseDiT's down-sampling), and what they added to the pooled tokens
+/// is added back to every dense token of the pooling cell (nearest upsampling, as SparseDiT's
+/// recover blocks' first step): `h += up(blocks(pool(h)) - pool(h))`. The dense residual keeps
+/// each token's own detail from the bottom segment; the middle sees only the coarse layout,
+/// which the paper observes is what middle blocks attend to anyway. At a grid of side >= n the
+/// model runs dense.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PooledMiddle {
+    /// First block run on pooled tokens.
+    pub start: usize,
+    /// One past the last block run on pooled tokens.
+    pub end: usize,
+}
+
+impl PooledMiddle {
+    /// The default split of a depth-`depth` DiT: the middle 60% (`depth/5 .. depth - depth/5`),
+    /// e.g. blocks 2..8 of the tiny 10-block model and 5..23 of DiT-XL's 28.
+    pub fn default_for(depth: usize) -> PooledMiddle {
+        PooledMiddle { start: depth / 5, end: depth - depth / 5 }
+    }
+
+    /// `"START:END"` (e.g. `2:8`), or `default`.
+    pub fn parse(s: &str, depth: usize) -> Result<PooledMiddle> {
+        if s == "default" {
+            return Ok(PooledMiddle::default_for(depth));
+        }
+        let bad = || Error::arg(format!("pooled middle {s:?} is not START:END (block indices, e.g. 2:8) or `default`"));
+        let (a, b) = s.split_once(':').ok_or_else(bad)?;
+        Ok(PooledMiddle { start: a.trim().parse().map_err(|_| bad())?, end: b.trim().parse().map_err(|_| bad())? })
+    }
+
+    /// Whether block `i` runs on the pooled grid.
+    pub fn contains(&self, i: usize) -> bool {
+        (self.start..self.end).contains(&i)
+    }
 }
 
 /// Width of the sinusoidal timestep features fed to `t_embedder.mlp.0`.
@@ -141,6 +185,7 @@ impl Config {
             learn_sigma: true,
             layout: Layout::Dense { depth },
             semantic_size: 8,
+            pooled_middle: None,
         })
     }
 
@@ -174,6 +219,7 @@ impl Config {
                 Layout::Dense { depth: 10 }
             },
             semantic_size: 4,
+            pooled_middle: None,
         }
     }
 
@@ -263,6 +309,17 @@ impl Config {
         Ok(b)
     }
 
+    /// Whether a forward pass depends on the sparse grid side: a SparseDiT, or a DiT with a
+    /// pooled middle.
+    pub fn uses_grid(&self) -> bool {
+        self.layout.is_sparse() || self.pooled_middle.is_some()
+    }
+
+    /// The pooled middle in effect at grid side `grid`: none at a grid as fine as the dense one.
+    pub fn pooled_middle_at(&self, grid: usize) -> Option<PooledMiddle> {
+        self.pooled_middle.filter(|_| grid >= 1 && grid < self.grid())
+    }
+
     pub fn arch_name(&self) -> &'static str {
         if self.layout.is_sparse() {
             "sparsedit"
@@ -291,6 +348,18 @@ impl Config {
         }
         if self.layout.depth() == 0 {
             return bad("no transformer blocks".into());
+        }
+        if let Some(pm) = self.pooled_middle {
+            let depth = self.layout.depth();
+            if self.layout.is_sparse() {
+                return Err(Error::arg("the pooled middle (training-free sparsification) is for plain DiT models; a SparseDiT has its own sparse blocks"));
+            }
+            if pm.start >= pm.end || pm.end > depth {
+                return Err(Error::arg(format!(
+                    "pooled middle {}:{} is not a non-empty block range within 0..{depth}",
+                    pm.start, pm.end
+                )));
+            }
         }
         if let Layout::Sparse(s) = &self.layout {
             if self.semantic_size == 0 {

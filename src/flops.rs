@@ -168,9 +168,18 @@ pub fn count_macs(cfg: &Config, grid: Option<usize>) -> MacReport {
 
     match &cfg.layout {
         Layout::Dense { depth } => {
+            // Training-free pooled middle: its blocks run on s*s tokens; pooling in and nearest
+            // upsampling out are counted by their outputs' size as SparseDiT's (fvcore).
+            let s_side = grid.unwrap_or(cfg.semantic_size);
+            let pm = cfg.pooled_middle_at(s_side);
+            let s = (s_side * s_side) as u64;
             for i in 0..*depth {
-                let (l, a) = k.dense(tokens);
+                let t = if pm.is_some_and(|pm| pm.contains(i)) { s } else { tokens };
+                let (l, a) = k.dense(t);
                 modules.push(ModuleMacs::new(format!("blocks.{i}"), l, a));
+            }
+            if pm.is_some() {
+                modules.push(ModuleMacs::new("pooled_middle.pool_and_upsample", n * c + n * c, 0));
             }
         }
         Layout::Sparse(sl) => {
@@ -287,7 +296,7 @@ pub fn sample_macs(cfg: &Config, schedule: &GridSchedule, timesteps: &[usize], b
     let mut cache: Vec<(usize, u64)> = Vec::new();
     let mut total = 0u64;
     for &t in timesteps {
-        let s = if cfg.layout.is_sparse() { schedule.grid_at(t as f64, TRAIN_TIMESTEPS, n) } else { 0 };
+        let s = if cfg.uses_grid() { schedule.grid_at(t as f64, TRAIN_TIMESTEPS, n) } else { 0 };
         let per_call = match cache.iter().find(|(g, _)| *g == s) {
             Some(&(_, v)) => v,
             None => {

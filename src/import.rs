@@ -287,6 +287,7 @@ pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
         learn_sigma,
         layout,
         semantic_size: opts.semantic_size.unwrap_or(8),
+        pooled_middle: None,
     };
     cfg.validate()?;
     Ok(cfg)

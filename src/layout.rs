@@ -21,7 +21,8 @@ pub struct BlockLayout {
     pub index: usize,
     /// Checkpoint prefix (`dumbbell_blocks.0.token_merge_blocks.0`).
     pub name: String,
-    /// `dit`, `poolingformer`, `merge`, `semantic`, `recover` or `normal`.
+    /// `dit`, `poolingformer`, `merge`, `semantic`, `recover`, `normal`, or `pooled` (a plain DiT
+    /// block run on pooled tokens: the training-free pooled middle).
     pub kind: &'static str,
     /// `dense` (a plain DiT), `bottom`, `middle` or `top`.
     pub segment: &'static str,
@@ -63,11 +64,25 @@ pub fn block_layouts(cfg: &Config, grid: usize) -> Vec<BlockLayout> {
         out.push(BlockLayout { index: out.len(), name, kind, segment, tokens, grid: grid_kind, side, windows, macs: m });
     };
     match &cfg.layout {
-        Layout::Dense { depth } => {
-            for i in 0..*depth {
-                push(format!("blocks.{i}"), "dit", "dense", dense_tokens, "dense", n, vec![]);
+        Layout::Dense { depth } => match cfg.pooled_middle_at(grid) {
+            None => {
+                for i in 0..*depth {
+                    push(format!("blocks.{i}"), "dit", "dense", dense_tokens, "dense", n, vec![]);
+                }
             }
-        }
+            // Training-free pooled middle: the same DiT blocks, the middle ones on s x s tokens.
+            Some(pm) => {
+                let s = grid;
+                for i in 0..*depth {
+                    if pm.contains(i) {
+                        push(format!("blocks.{i}"), "pooled", "middle", s * s, "sparse", s, pooling_windows(n, s));
+                    } else {
+                        let segment = if i < pm.start { "bottom" } else { "top" };
+                        push(format!("blocks.{i}"), "dit", segment, dense_tokens, "dense", n, vec![]);
+                    }
+                }
+            }
+        },
         Layout::Sparse(sl) => {
             let s = grid;
             for i in 0..sl.num_poolingformer {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sparsedit::config::{Config, GridSchedule};
+use sparsedit::config::{Config, GridSchedule, PooledMiddle};
 use sparsedit::diffusion::{default_respacing, Guidance, NoiseSource, Sampler, SamplerKind, SeededNoise};
 use sparsedit::flops::{count_macs, sample_macs};
 use sparsedit::gguf::{MetaValue, TensorType};
@@ -167,6 +167,10 @@ struct ModelFlags {
     /// adapter exists).
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// Training-free sparsification of a plain DiT: blocks START:END (or `default`, the middle
+    /// 60%) run on the pooled --semantic-size grid, their update added back to the dense tokens.
+    #[arg(long)]
+    pooled_middle: Option<String>,
 }
 
 #[derive(Args)]
@@ -237,6 +241,9 @@ struct FlopsArgs {
     /// Sparse grid side s (default: the model's semantic size).
     #[arg(long)]
     semantic_size: Option<usize>,
+    /// Count a plain DiT with the training-free pooled middle: START:END or `default`.
+    #[arg(long)]
+    pooled_middle: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -371,6 +378,18 @@ fn open_backend(backend: &str) -> Result<Option<Gpu>> {
 }
 
 fn load_model(flags: &ModelFlags) -> Result<Engine> {
+    let mut engine = load_model_plain(flags)?;
+    if let Some(pm) = &flags.pooled_middle {
+        let pm = Some(PooledMiddle::parse(pm, engine.cfg().layout.depth())?);
+        match &mut engine {
+            Engine::Cpu(m) => m.set_pooled_middle(pm)?,
+            Engine::Gpu(_, m) => m.set_pooled_middle(pm)?,
+        }
+    }
+    Ok(engine)
+}
+
+fn load_model_plain(flags: &ModelFlags) -> Result<Engine> {
     let gpu = open_backend(&flags.backend)?;
     match gpu {
         None => {
@@ -762,6 +781,14 @@ fn sample(a: SampleArgs) -> Result<()> {
         (None, _) => GridSchedule::Fixed(cfg.semantic_size),
     };
     schedule.validate()?;
+    if let (Some(_), GridSchedule::Fixed(s)) = (cfg.pooled_middle, &schedule) {
+        if *s >= cfg.grid() {
+            return Err(Error::InvalidArgument(format!(
+                "--pooled-middle needs a grid coarser than the model's {0}x{0}: pass --semantic-size below {0} or --schedule",
+                cfg.grid()
+            )));
+        }
+    }
     let respacing = a.respacing.clone().unwrap_or_else(|| default_respacing(a.steps, matches!(kind, SamplerKind::Ddim { .. })));
     let sampler = Sampler::new(&respacing, kind, cfg.learn_sigma)?;
 
@@ -898,6 +925,11 @@ fn flops(a: FlopsArgs) -> Result<()> {
         (None, Some(m)) => sparsedit::pack::config_from_header(&read_header_file(m)?.0)?,
         (None, None) => return Err(Error::InvalidArgument("give --preset or --model".into())),
     };
+    let mut cfg = cfg;
+    if let Some(pm) = &a.pooled_middle {
+        cfg.pooled_middle = Some(PooledMiddle::parse(pm, cfg.layout.depth())?);
+        cfg.validate()?;
+    }
     let report = count_macs(&cfg, a.semantic_size);
     let mut stdout = std::io::stdout().lock();
     let title = match (&a.preset, &a.model) {

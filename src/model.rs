@@ -501,6 +501,15 @@ impl Model {
         self.cfg.check_labels(y)
     }
 
+    /// Turn the training-free pooled middle on (`Some`) or off; checked against the layout.
+    pub fn set_pooled_middle(&mut self, pm: Option<crate::config::PooledMiddle>) -> Result<()> {
+        let mut cfg = self.cfg.clone();
+        cfg.pooled_middle = pm;
+        cfg.validate()?;
+        self.cfg = cfg;
+        Ok(())
+    }
+
     fn check_inputs(&self, x: &Tensor, t: &[f32], y: &[i64]) -> Result<usize> {
         self.cfg.check_inputs(x.dims(), t, y)
     }
@@ -548,9 +557,41 @@ impl Model {
 
         match &self.blocks {
             Blocks::Dense(blocks) => {
+                // Training-free pooled middle (`PooledMiddle`): blocks start..end run on the
+                // s x s pooled tokens; their update comes back to the dense tokens by nearest
+                // upsampling, h += up(middle(pool(h)) - pool(h)).
+                let pm = cfg.pooled_middle_at(grid);
+                let s = grid;
+                let mut middle: Option<(Tensor, Tensor)> = None; // (pool(h), running x): (B, S, C) each
+                let pool = match pm {
+                    Some(_) => Some(adaptive_avg_pool_matrix(n, s, &dev)?), // (S, N)
+                    None => None,
+                };
                 for (i, blk) in blocks.iter().enumerate() {
-                    h = blk.forward(&h, &silu_c)?;
-                    record(format!("blocks.{i}"), n_tok, n, None);
+                    match (pm, &pool) {
+                        (Some(pm), Some(pool)) if pm.contains(i) => {
+                            let (base, x) = match middle.take() {
+                                Some(bx) => bx,
+                                None => {
+                                    let base = pool.broadcast_matmul(&h)?; // (B, S, C)
+                                    (base.clone(), base)
+                                }
+                            };
+                            let x = blk.forward(&x, &silu_c)?;
+                            record(format!("blocks.{i}"), s * s, s, None);
+                            if i + 1 == pm.end {
+                                let delta = (x - &base)?; // (B, S, C)
+                                let up = nearest_upsample_index(s, n, &dev)?; // (N,)
+                                h = (h + delta.index_select(&up, 1)?)?;
+                            } else {
+                                middle = Some((base, x));
+                            }
+                        }
+                        _ => {
+                            h = blk.forward(&h, &silu_c)?;
+                            record(format!("blocks.{i}"), n_tok, n, None);
+                        }
+                    }
                 }
             }
             Blocks::Sparse { poolingformer_blocks, dumbbell_blocks, normal_blocks } => {

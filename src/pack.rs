@@ -139,6 +139,7 @@ pub fn config_from_header(h: &GgufHeader) -> Result<Config> {
         learn_sigma: flag("learn_sigma")?,
         layout,
         semantic_size: num("semantic_size")?,
+        pooled_middle: None,
     };
     cfg.validate().map_err(|e| Error::gguf(format!("inconsistent architecture in metadata: {e}")))?;
     Ok(cfg)

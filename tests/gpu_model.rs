@@ -248,3 +248,42 @@ fn layout_matches_trace_and_sampler_reports_attention() {
     assert_eq!(seen, 2, "stopped after the second step");
     assert_eq!(out.len(), 2 * chw);
 }
+
+#[test]
+fn training_free_pooled_middle_on_gpu_matches_cpu_pytorch_and_layout() {
+    use sparsedit::config::PooledMiddle;
+    use sparsedit::layout::block_layouts;
+    let case = "dit_pooled_middle";
+    let (cfg, map) = load(case, "model.safetensors");
+    let pm = Some(PooledMiddle { start: 2, end: 5 });
+    let mut cpu = Model::from_tensors(cfg.clone(), map.clone()).unwrap();
+    cpu.set_pooled_middle(pm).unwrap();
+    let inp = load_st(&fixture_dir(case).join("inputs.safetensors"));
+    let (x, t, y) = (inp["x"].clone(), f32s(&inp["t"]), i64s(&inp["y"]));
+    // The token view and the trace agree: blocks 2..5 on s*s pooled tokens, the rest dense.
+    for s in [3usize, 4] {
+        let mut trace = Vec::new();
+        cpu.forward_traced(&x, &t, &y, s, Some(&mut trace)).unwrap();
+        let layout = block_layouts(&cpu.cfg, s);
+        let tokens: Vec<usize> = layout.iter().map(|b| b.tokens).collect();
+        assert_eq!(tokens, [64, 64, s * s, s * s, s * s, 64], "s = {s}");
+        assert_eq!(layout.iter().map(|b| b.kind).collect::<Vec<_>>(), ["dit", "dit", "pooled", "pooled", "pooled", "dit"]);
+        assert_eq!(trace.iter().map(|b| b.tokens).collect::<Vec<_>>(), tokens, "s = {s}");
+    }
+    let Some(gpu) = gpu() else { return };
+    let mut gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::F32 }).unwrap();
+    gm.set_pooled_middle(pm).unwrap();
+    let exp = load_st(&fixture_dir(case).join("expected.safetensors"));
+    for (s, key) in [(3usize, "out_pm_2_5_s3"), (4, "out_pm_2_5_s4"), (8, "out")] {
+        let plan = gm.plan(&gpu, x.dim(0).unwrap(), s).unwrap();
+        let got = gm.forward(&gpu, &plan, &f32s(&x), &t, &y).unwrap();
+        let want_cpu = f32s(&cpu.forward(&x, &t, &y, s).unwrap());
+        assert_close(&format!("{case} s = {s}: GPU vs CPU"), &got, &want_cpu, 1e-3);
+        assert_close(&format!("{case} s = {s}: GPU vs PyTorch"), &got, &f32s(&exp[key]), 1e-3);
+        eprintln!("{case} s = {s}: max relative error vs CPU {:.2e}", max_rel_err(&got, &want_cpu));
+    }
+    // Not for a SparseDiT: it has its own sparse blocks.
+    let (scfg, smap) = load("sparse_8to3", "model.pt");
+    let mut sm = Model::from_tensors(scfg, smap).unwrap();
+    assert!(sm.set_pooled_middle(Some(PooledMiddle { start: 1, end: 2 })).is_err());
+}

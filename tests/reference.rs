@@ -9,6 +9,7 @@ use common::*;
 use sparsedit::diffusion::{GivenNoise, Guidance, Sampler, SamplerKind, SeededNoise};
 use sparsedit::import::{dit_to_sparsedit, infer_config, read_checkpoint, ImportOptions};
 use sparsedit::model::Model;
+use sparsedit::config::PooledMiddle;
 use sparsedit::{Config, Layout};
 
 const FORWARD_TOL: f32 = 1e-4;
@@ -73,6 +74,32 @@ fn dense_dit() {
     let (cfg, model) = load_case("dit_dense");
     assert!(matches!(cfg.layout, Layout::Dense { depth: 3 }));
     check_forward("dit_dense", &model, &cfg);
+}
+
+#[test]
+fn training_free_pooled_middle_matches_reference() {
+    // gen.py's DenseDiT.forward_pooled_middle: blocks 2..5 of 6 on AdaptiveAvgPool2d(s) of the
+    // 8x8 grid (overlapping windows at s = 3), update brought back by 'nearest' interpolation.
+    let case = "dit_pooled_middle";
+    let (cfg, mut model) = load_case(case);
+    let (x, t, y, _) = inputs(case);
+    let exp = load_st(&fixture_dir(case).join("expected.safetensors"));
+    // Off: the plain dense model, whatever the grid.
+    let out = model.forward(&x, &t, &y, 3).unwrap();
+    assert_close("dit_pooled_middle dense", &f32s(&out), &f32s(&exp["out"]), FORWARD_TOL);
+    model.set_pooled_middle(Some(PooledMiddle { start: 2, end: 5 })).unwrap();
+    for s in [3usize, 4] {
+        let out = model.forward(&x, &t, &y, s).unwrap();
+        assert_close(&format!("dit_pooled_middle 2:5 at s = {s}"), &f32s(&out), &f32s(&exp[&format!("out_pm_2_5_s{s}")]), FORWARD_TOL);
+    }
+    // At the dense grid the pooled middle is off (pooling 8 -> 8 is the identity anyway).
+    let out = model.forward(&x, &t, &y, cfg.grid()).unwrap();
+    assert_close("dit_pooled_middle at s = n", &f32s(&out), &f32s(&exp["out"]), FORWARD_TOL);
+    // Bad ranges are argument errors.
+    for (a, b) in [(3, 3), (4, 2), (2, 7)] {
+        let e = model.set_pooled_middle(Some(PooledMiddle { start: a, end: b })).unwrap_err();
+        assert!(e.to_string().contains("pooled middle"), "{e}");
+    }
 }
 
 #[test]

@@ -264,6 +264,15 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Turn the training-free pooled middle on (`Some`) or off for plans built afterwards.
+    pub fn set_pooled_middle(&mut self, pm: Option<crate::config::PooledMiddle>) -> Result<()> {
+        let mut cfg = self.cfg.clone();
+        cfg.pooled_middle = pm;
+        cfg.validate()?;
+        self.cfg = cfg;
+        Ok(())
+    }
+
     /// Upload a pack held in memory (validated first).
     pub fn from_pack_bytes(gpu: &Gpu, bytes: &[u8]) -> Result<GpuModel> {
         let g = Gguf::parse(bytes)?;
@@ -284,13 +293,14 @@ impl GpuModel {
         if batch == 0 {
             return Err(Error::arg("batch must be at least 1"));
         }
-        if cfg.layout.is_sparse() && grid == 0 {
+        if cfg.uses_grid() && grid == 0 {
             return Err(Error::arg("sparse grid size must be at least 1"));
         }
+        let pooled_middle = cfg.pooled_middle_at(grid);
         let (c, p, n, m) = (cfg.hidden_size, cfg.patch_size, cfg.grid(), cfg.mlp_hidden);
         let (cin, co, i) = (cfg.in_channels, cfg.out_channels(), cfg.input_size);
         let nt = n * n;
-        let s = if cfg.layout.is_sparse() { grid } else { n };
+        let s = if cfg.layout.is_sparse() || pooled_middle.is_some() { grid } else { n };
         let st = s * s;
         let tmax = nt.max(st);
         let b = batch;
@@ -306,6 +316,8 @@ impl GpuModel {
         let mods = buf("mods", b * 6 * c)?; // (B, 6C) adaLN of the current block
         let dense = [buf("dense_a", b * nt * c)?, buf("dense_b", b * nt * c)?]; // (B, N, C) ping-pong
         let sparse = buf("sparse", b * st * c)?; // (B, S, C)
+        // (B, S, C) the pooled tokens entering a training-free pooled middle (its residual's base)
+        let pooled_base = if pooled_middle.is_some() { Some(buf("pooled_base", b * st * c)?) } else { None };
         let normed = buf("normed", b * tmax * c)?; // (B, T, C) modulated LN output
         let normed_kv = buf("normed_kv", b * tmax * c)?; // (B, T, C) keys/values side
         let wide = buf("wide", b * tmax * (3 * c).max(m))?; // (B, T, 3C) qkv or (B, T, M) MLP hidden
@@ -356,10 +368,27 @@ impl GpuModel {
         };
         match cfg.layout {
             Layout::Dense { depth } => {
-                for _ in 0..depth {
+                for i in 0..depth {
                     let blk = next_block()?;
-                    dit_block(&mut d, blk, &dense[cur], nt)?;
-                    traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
+                    match (pooled_middle, &pooled_base) {
+                        // Training-free pooled middle (config::PooledMiddle): pool on entry, run
+                        // the middle blocks on s x s tokens, add their update back on exit.
+                        (Some(pm), Some(base)) if pm.contains(i) => {
+                            if i == pm.start {
+                                d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool", &dense[cur], b, n, s, c, &sparse)?);
+                                d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool_base", &dense[cur], b, n, s, c, base)?);
+                            }
+                            dit_block(&mut d, blk, &sparse, st)?;
+                            traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
+                            if i + 1 == pm.end {
+                                d.push(tokens::pooled_residual(gpu, "pooled_middle.upsample", &dense[cur], &sparse, base, b, s, n, c)?);
+                            }
+                        }
+                        _ => {
+                            dit_block(&mut d, blk, &dense[cur], nt)?;
+                            traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
+                        }
+                    }
                 }
             }
             Layout::Sparse(sl) => {

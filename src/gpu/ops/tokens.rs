@@ -8,6 +8,8 @@
 //! - [`adaptive_avg_pool`] / [`upsample_nearest`]: the SDTM's dense <-> sparse token grids with
 //!   PyTorch's AdaptiveAvgPool2d and 'nearest' semantics (`model::adaptive_pool_window`,
 //!   `model::nearest_source`).
+//! - [`pooled_residual`]: the training-free pooled middle's update, nearest-upsampled back onto
+//!   the dense tokens (`config::PooledMiddle`).
 //! - [`sampler_step`]: CFG combine + DDPM / DDIM update in one pass ([`SamplerStepParams`] holds
 //!   the step's coefficients, rounded to f32 as `Diffusion::step` rounds them).
 //!
@@ -27,6 +29,7 @@ pub const MEAN_TOKENS_WGSL: &str = include_str!("../../../shaders/mean_tokens.wg
 pub const RESIDUAL_BROADCAST_WGSL: &str = include_str!("../../../shaders/residual_broadcast.wgsl");
 pub const ADAPTIVE_POOL_WGSL: &str = include_str!("../../../shaders/adaptive_pool.wgsl");
 pub const UPSAMPLE_NEAREST_WGSL: &str = include_str!("../../../shaders/upsample_nearest.wgsl");
+pub const POOLED_RESIDUAL_WGSL: &str = include_str!("../../../shaders/pooled_residual.wgsl");
 pub const SAMPLER_STEP_WGSL: &str = include_str!("../../../shaders/sampler_step.wgsl");
 
 /// Invocations per workgroup of the elementwise kernels (their `WG`).
@@ -186,6 +189,29 @@ pub fn upsample_nearest(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, s: usi
     let kernel = gpu.kernel("upsample_nearest", UPSAMPLE_NEAREST_WGSL, &[])?;
     let params = [batch as u32, s as u32, n as u32, c as u32, scale.to_bits()];
     gpu.dispatch(&kernel, label, &params, &[x, out], groups(label, total, WG)?)
+}
+
+/// h (B, n*n, C) += nearest-upsampled (x - base), x and base (B, s*s, C): what the pooled middle
+/// blocks added to the pooled tokens, brought back to every dense token of its cell
+/// (`config::PooledMiddle`; `model::nearest_source` per axis).
+#[allow(clippy::too_many_arguments)]
+pub fn pooled_residual(gpu: &Gpu, label: &str, h: &GpuBuf, x: &GpuBuf, base: &GpuBuf, batch: usize, s: usize, n: usize, c: usize) -> Result<Dispatch> {
+    let pooled = elems(label, "pooled (B, s, s, C)", &[batch, s, s, c])?;
+    let total = elems(label, "dense (B, n, n, C)", &[batch, n, n, c])?;
+    if s == 0 {
+        return bad(label, "pooled grid side 0");
+    }
+    need(&format!("{label} dense"), h, total)?;
+    need(&format!("{label} pooled"), x, pooled)?;
+    need(&format!("{label} pooled base"), base, pooled)?;
+    not_aliased(label, ("dense", h), &[("pooled", x), ("pooled base", base)])?;
+    if Rc::ptr_eq(&x.buf, &base.buf) {
+        return bad(label, "the pooled and pooled base buffers are the same buffer");
+    }
+    let scale = s as f32 / n as f32;
+    let kernel = gpu.kernel("pooled_residual", POOLED_RESIDUAL_WGSL, &[])?;
+    let params = [batch as u32, s as u32, n as u32, c as u32, scale.to_bits()];
+    gpu.dispatch(&kernel, label, &params, &[h, x, base], groups(label, total, WG)?)
 }
 
 pub use crate::diffusion::StepCoefficients;
