@@ -17,10 +17,12 @@
 //!   generate(opts, on_step: (step) => void): Promise<result>
 //!   cancel(): void                        // the running generate stops after its current step
 //!   block_times(grid: number): Promise<{name, ms}[] | null>   // GPU ms per block (timestamp queries)
+//!   set_pooled_middle(spec: "START:END" | "default" | null): [start, end] | null  // plain DiT only:
+//!                                         // training-free sparsification (middle blocks on the pooled grid)
 //! }
 //! ModelInfo = { arch: "dit"|"sparsedit", name, input_size, in_channels, num_classes, depth,
 //!               dense_grid, default_grid, params, bytes, sha256 }
-//! BlockInfo = { index, name, kind: "dit"|"poolingformer"|"merge"|"semantic"|"recover"|"normal",
+//! BlockInfo = { index, name, kind: "dit"|"poolingformer"|"merge"|"semantic"|"recover"|"normal"|"pooled",
 //!               segment: "dense"|"bottom"|"middle"|"top", tokens, grid: "dense"|"sparse"|"global",
 //!               side, windows: [[r0, r1, c0, c1], ...], macs }
 //! opts   = { label, seed, steps, sampler: "ddim"|"ddpm", eta, cfg, sparsity: "dense"|"fixed"|"schedule",
@@ -37,7 +39,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
-use crate::config::{Config, GridSchedule};
+use crate::config::{Config, GridSchedule, PooledMiddle};
 use crate::diffusion::{default_respacing, Guidance, Sampler, SamplerKind, SeededNoise, NUM_TRAIN_TIMESTEPS};
 use crate::error::Error;
 use crate::gpu::model::{GpuModel, GpuStreamSink};
@@ -328,6 +330,29 @@ impl Engine {
         let loaded = self.inner.borrow().loaded.clone().ok_or_else(|| js_err("no model loaded"))?;
         check_grid(&loaded.cfg, grid).map_err(js_err)?;
         to_js(&block_layouts(&loaded.cfg, grid))
+    }
+
+    /// Training-free sparsification of a plain DiT (`config::PooledMiddle`): `spec` is
+    /// `"START:END"`, `"default"`, or null / `""` for off. Returns `[start, end]` or null. Fails
+    /// for a SparseDiT (it has its own sparse blocks), a bad range, or while a generation runs.
+    pub fn set_pooled_middle(&self, spec: Option<String>) -> Result<JsValue, JsError> {
+        let mut inner = self.inner.borrow_mut();
+        let loaded = inner.loaded.as_mut().ok_or_else(|| js_err("no model loaded"))?;
+        let l = Rc::get_mut(loaded).ok_or_else(|| js_err("a generation is running: change the sparsity after it ends"))?;
+        let pm = match spec.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(PooledMiddle::parse(s, l.cfg.layout.depth()).map_err(js_err)?),
+        };
+        match &mut l.net {
+            Net::Gpu(m) => m.set_pooled_middle(pm),
+            Net::Cpu(m) => m.set_pooled_middle(pm),
+        }
+        .map_err(js_err)?;
+        l.cfg.pooled_middle = pm;
+        match pm {
+            Some(pm) => to_js(&[pm.start, pm.end]),
+            None => Ok(JsValue::NULL),
+        }
     }
 
     /// Stop the running generation after its current step.

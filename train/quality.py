@@ -215,6 +215,9 @@ def main():
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--s", type=int, default=4, help="fixed sparse grid side")
     ap.add_argument("--schedule", default="0.6:0.85", help="timestep-wise pruning rates RMIN:RMAX")
+    ap.add_argument("--pooled-middle", default="2:8",
+                    help="blocks of the dense model run on the pooled grid in the training-free row")
+    ap.add_argument("--no-training-free", action="store_true", help="skip the training-free (pooled middle) row")
     ap.add_argument("--dense-grid-row", action="store_true", help="also a sparse f32 row at s = 8")
     ap.add_argument("--rows", default=None, help="comma-separated subset of row names")
     ap.add_argument("--sample-only", action="store_true", help="sample (fill the cache) and stop")
@@ -291,6 +294,10 @@ def main():
         dict(name=f"sparse-q4_0-s{a.s}", label=f"SparseDiT q4_0, fixed s = {a.s}", pack=qpacks["q4_0"],
              args=["--semantic-size", a.s], grid=f"{a.s}x{a.s}"),
     ]
+    if not a.no_training_free:
+        rows.append(dict(name=f"dense-f32-pooled-s{a.s}", label=f"dense DiT f32, training-free pooled middle {a.pooled_middle}, s = {a.s}",
+                         pack=dense_pack, args=["--semantic-size", a.s, "--pooled-middle", a.pooled_middle],
+                         grid=f"{a.s}x{a.s} (middle)"))
     if a.dense_grid_row:
         rows.append(dict(name="sparse-f32-s8", label="SparseDiT f32, s = 8 (no pruning)", pack=sparse_base,
                          args=["--semantic-size", 8], grid="8x8"))
@@ -385,7 +392,7 @@ def main():
         kboot = [kid(fg[rng.permutation(len(fg))[:len(fg) // 2]], f_te, ks) for _ in range(50)]
         halves = [fid_from_stats(*stats(fg[half]), m_te, s_te), fid_from_stats(*stats(fg[~half]), m_te, s_te)]
         if r["args"] and r["args"][0] == "--semantic-size":
-            fwd = flops(r["pack"], ["--semantic-size", r["args"][1]])
+            fwd = flops(r["pack"], r["args"])
         elif r["args"] and r["args"][0] == "--schedule":
             fwd = None
         else:

@@ -25,7 +25,10 @@ const CLASS = 7, SEED = 1234, STEPS = 10, CFG = 4, GRID = 4;
 const TOLERANCE = 1e-2;
 // The tiny SparseDiT (dense grid 8×8 = 64 tokens) at sparse grid s = 4, hard-coded so the test
 // can fail even when engine.layout() and the page agree with each other.
-const TINY_KINDS = ['poolingformer', 'merge', 'semantic', 'recover', 'normal', 'merge', 'semantic', 'recover', 'normal', 'normal'];
+const TINY_KINDS = ['poolingformer', 'merge', 'semantic', 'semantic', 'recover', 'merge', 'semantic', 'semantic', 'recover', 'normal'];
+// The dense tiny DiT in training-free mode (pooled middle = blocks 2..8 of 10) at s = 4.
+const DENSE_MODEL = 'dit-tiny-q8_0.gguf';
+const POOLED_TOKENS_S4 = [64, 64, 16, 16, 16, 16, 16, 16, 64, 64];
 const TINY_TOKENS_S4 = [64, 16, 16, 16, 64, 16, 16, 16, 64, 64];
 
 const GENERATE_TIMEOUT = 10 * 60_000;
@@ -48,18 +51,27 @@ function readSafetensors(file, name) {
   return { shape: t.shape, data: out };
 }
 
-function cliSample() {
+function cliSample(model = MODEL, steps = STEPS, extra = []) {
   if (!fs.existsSync(CLI) || !process.env.SPARSEDIT_CLI) {
     // a no-op when cargo test already built it
     execFileSync('cargo', ['build', '--locked', '--bin', 'sparsedit'], { cwd: ROOT, stdio: 'inherit' });
   }
-  const out = path.join(ARTIFACTS, `cli-class${CLASS}-seed${SEED}.safetensors`);
+  const out = path.join(ARTIFACTS, `cli-${model}-class${CLASS}-seed${SEED}-steps${steps}.safetensors`);
   execFileSync(CLI, [
-    'sample', '--model', path.join(ROOT, 'web', 'models', MODEL), '--class', String(CLASS), '--seed', String(SEED),
-    '--steps', String(STEPS), '--cfg', String(CFG), '--semantic-size', String(GRID), '--backend', 'cpu',
-    '--latent-out', out,
+    'sample', '--model', path.join(ROOT, 'web', 'models', model), '--class', String(CLASS), '--seed', String(SEED),
+    '--steps', String(steps), '--cfg', String(CFG), '--semantic-size', String(GRID), '--backend', 'cpu',
+    '--latent-out', out, ...extra,
   ], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
   return readSafetensors(out, 'sample');
+}
+
+function maxAbsDiff(a, b) {
+  let worst = 0, at = -1;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= worst)) { worst = d; at = i; }
+  }
+  return { worst, at };
 }
 
 /** A page that records every request, console message, page error and CSP violation. */
@@ -330,6 +342,57 @@ test('without WebGPU the engine falls back to the CPU path (and still matches th
     console.log(`# CPU path in the browser: ${done}; max |page - CLI| = ${worst.toExponential(3)}`);
     assert.equal(image.length, cli.data.length);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
+    assertLocalOnly({ requests });
+  } finally {
+    await cpuBrowser.close();
+  }
+});
+
+test('a plain DiT, training-free: the middle blocks on pooled tokens, drawn and sampled as the CLI does', { timeout: 10 * 60_000 }, async () => {
+  // The CPU engine (no WebGPU) keeps this quick; the WGSL path of the pooled middle is checked
+  // against the CPU one in tests/gpu_model.rs.
+  const cpuBrowser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+  try {
+    const page = await cpuBrowser.newPage();
+    const requests = [];
+    page.on('request', (r) => requests.push(r.url()));
+    await page.goto(`${baseUrl}?model=/models/${DENSE_MODEL}`);
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready/, status);
+    assert.equal(await page.evaluate(() => window.sparsedit.info.arch), 'dit');
+    const tokens = async () => {
+      const out = [];
+      for (let n = 0; n < 10; n++) out.push(Number(await page.getByTestId(`layer-${n}`).getAttribute('data-tokens')));
+      return out;
+    };
+    assert.deepEqual(await tokens(), Array(10).fill(64), 'dense mode: every block on 64 tokens');
+    await page.locator('input[name="sparsity"][value="fixed"]').check();
+    await page.getByTestId('grid').fill(String(GRID));
+    await page.getByTestId('grid').dispatchEvent('input');
+    assert.deepEqual(await tokens(), POOLED_TOKENS_S4, 'training-free at s = 4');
+    assert.match(await page.locator('#sparsity-hint').textContent(), /Training-free/);
+    const steps = 4;
+    await page.getByTestId(`class-${CLASS}`).click();
+    await page.getByTestId('seed').fill(String(SEED));
+    await page.getByTestId('steps').fill(String(steps));
+    await page.getByTestId('cfg').fill(String(CFG));
+    await page.getByTestId('generate').click();
+    const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+    assert.match(done, /^done/, done);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'training-free.png'), fullPage: true });
+    const image = await page.evaluate(() => Array.from(window.sparsedit.lastResult.image));
+    const cli = cliSample(DENSE_MODEL, steps, ['--pooled-middle', 'default']);
+    const dense = cliSample(DENSE_MODEL, steps);
+    assert.equal(image.length, cli.data.length);
+    const { worst, at } = maxAbsDiff(image, cli.data);
+    console.log(`# training-free in the browser: max |page - CLI --pooled-middle| = ${worst.toExponential(3)}`);
+    assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
+    assert.ok(maxAbsDiff(image, dense.data).worst > 10 * TOLERANCE, 'the pooled middle changed nothing');
     assertLocalOnly({ requests });
   } finally {
     await cpuBrowser.close();

@@ -112,6 +112,18 @@ function isSparseModel() {
   return state.info?.arch === 'sparsedit';
 }
 
+/** A plain DiT follows the sparsity control with the engine's training-free pooled middle:
+ *  'dense' = off, 'fixed' / 'timestep-wise' = the default middle blocks on the pooled grid. */
+function syncPooledMiddle() {
+  if (!state.info || isSparseModel() || state.generating) return;
+  const want = sparsityMode() === 'dense' ? null : 'default';
+  if (state.pooledSpec === want) return;
+  const range = state.engine.set_pooled_middle(want);
+  state.pooledRange = range ? Array.from(range, Number) : null;
+  state.pooledSpec = want;
+  state.layouts.clear();
+}
+
 // ---------------------------------------------------------------- model loading
 
 function sourceLabel(src) {
@@ -193,10 +205,12 @@ function modelLoaded() {
     `${(info.params / 1e6).toFixed(2)} M parameters · ${formatBytes(info.bytes)} · sha256 ${String(info.sha256).slice(0, 12)}…`;
   buildClasses(info.num_classes);
   const sparse = isSparseModel();
-  for (const r of document.querySelectorAll('input[name="sparsity"]')) {
-    r.disabled = !sparse && r.value !== 'dense';
-  }
+  // A plain DiT can run sparse too: training-free, via the engine's pooled middle.
+  for (const r of document.querySelectorAll('input[name="sparsity"]')) r.disabled = false;
+  state.pooledSpec = undefined;
+  state.pooledRange = null;
   if (!sparse) document.querySelector('input[name="sparsity"][value="dense"]').checked = true;
+  syncPooledMiddle();
   else if (sparsityMode() === 'dense' && !$('grid').dataset.touched) document.querySelector('input[name="sparsity"][value="fixed"]').checked = true;
   $('grid').max = String(info.dense_grid);
   if (sparse && !$('grid').dataset.touched) $('grid').value = String(info.default_grid);
@@ -275,7 +289,8 @@ function numInput(id, min, max) {
 
 function readOpts() {
   const info = state.info;
-  const sparsity = isSparseModel() ? sparsityMode() : 'dense';
+  syncPooledMiddle();
+  const sparsity = sparsityMode();
   const opts = {
     label: state.label,
     seed: intInput('seed', 0, Number.MAX_SAFE_INTEGER),
@@ -299,7 +314,6 @@ function readOpts() {
 function plannedGrid() {
   const info = state.info;
   if (!info) return 0;
-  if (!isSparseModel()) return info.dense_grid;
   const mode = sparsityMode();
   if (mode === 'dense') return info.dense_grid;
   if (mode === 'schedule') return scheduleSide(Number($('rmax').value));
@@ -317,11 +331,18 @@ function updateSparsityHint() {
   const info = state.info;
   const el = $('sparsity-hint');
   if (!info) { el.textContent = ''; return; }
-  if (!isSparseModel()) { el.textContent = 'A dense DiT: every block computes all tokens.'; return; }
   const n = info.dense_grid;
   const mode = sparsityMode();
   $('grid').disabled = mode !== 'fixed';
   $('rmin').disabled = $('rmax').disabled = mode !== 'schedule';
+  if (!isSparseModel()) {
+    const r = state.pooledRange;
+    el.textContent = mode === 'dense' || !r
+      ? 'A plain DiT: every block computes all tokens. Pick a fixed grid or timestep-wise to try training-free sparsification.'
+      : `Training-free (no fine-tuning): blocks ${r[0]}–${r[1] - 1} run on the pooled grid and add their update back ` +
+        `to every token of its cell. The trained SparseDiT does this with learned merge and recover blocks.`;
+    return;
+  }
   if (mode === 'dense') el.textContent = `s = n = ${n}: the sparse blocks compute all ${n * n} tokens.`;
   else if (mode === 'fixed') {
     const s = plannedGrid();
@@ -334,6 +355,7 @@ function updateSparsityHint() {
 for (const el of document.querySelectorAll('input[name="sparsity"], #grid, #rmin, #rmax')) {
   el.addEventListener('input', () => {
     if (el.id === 'grid') el.dataset.touched = '1';
+    try { syncPooledMiddle(); } catch (err) { showError(err, 'sparsity'); }
     updateSparsityHint();
     if (!state.run) renderTokenView();
   });
@@ -460,7 +482,7 @@ function drawShown() {
   if (img) drawBatch($('preview'), img, run.channels, run.size, run.num);
   $('st-step').textContent = `${st.iter + 1} / ${st.total}${isFinal ? ' (final sample)' : ''}`;
   $('st-t').textContent = String(st.timestep);
-  $('st-grid').textContent = isSparseModel() ? `${st.grid}×${st.grid}` : 'dense';
+  $('st-grid').textContent = isSparseModel() || state.pooledRange ? `${st.grid}×${st.grid}` : 'dense';
   $('st-ms').textContent = `${st.ms.toFixed(1)} ms`;
   renderTokenView();
 }

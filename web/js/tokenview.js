@@ -19,6 +19,7 @@ export function segmentColours() {
 
 const KIND_LABEL = {
   dit: 'dense', poolingformer: 'pool', merge: 'merge', semantic: 'semantic', recover: 'recover', normal: 'dense',
+  pooled: 'pooled',
 };
 
 export function formatMacs(m) {
