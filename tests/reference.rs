@@ -77,6 +77,13 @@ fn dense_dit() {
 }
 
 #[test]
+fn dense_dit_with_1000_classes() {
+    let (cfg, model) = load_case("dit_1000_classes");
+    assert_eq!((cfg.num_classes, cfg.null_label()), (1000, Some(1000)));
+    check_forward("dit_1000_classes", &model, &cfg);
+}
+
+#[test]
 fn training_free_pooled_middle_matches_reference() {
     // gen.py's DenseDiT.forward_pooled_middle: blocks 2..5 of 6 on AdaptiveAvgPool2d(s) of the
     // 8x8 grid (overlapping windows at s = 3), update brought back by 'nearest' interpolation.

@@ -51,11 +51,15 @@ function readSafetensors(file, name) {
   return { shape: t.shape, data: out };
 }
 
-function cliSample(model = MODEL, steps = STEPS, extra = []) {
+function ensureCli() {
   if (!fs.existsSync(CLI) || !process.env.SPARSEDIT_CLI) {
     // a no-op when cargo test already built it
     execFileSync('cargo', ['build', '--locked', '--bin', 'sparsedit'], { cwd: ROOT, stdio: 'inherit' });
   }
+}
+
+function cliSample(model = MODEL, steps = STEPS, extra = []) {
+  ensureCli();
   const out = path.join(ARTIFACTS, `cli-${model}-class${CLASS}-seed${SEED}-steps${steps}.safetensors`);
   execFileSync(CLI, [
     'sample', '--model', path.join(ROOT, 'web', 'models', model), '--class', String(CLASS), '--seed', String(SEED),
@@ -140,6 +144,13 @@ before(async () => {
     '/bad/manifest.json': { body: JSON.stringify(badManifest), type: 'application/json' },
     '/bad/truncated.gguf': { body: good.subarray(0, Math.floor(good.length * 0.6)) },
   };
+  // A small random DiT with ImageNet's 1000 classes (tests/fixtures/gen.py case G), converted by
+  // the CLI, for the class-name picker.
+  const imagenetPack = path.join(ARTIFACTS, 'dit-1000-classes.gguf');
+  ensureCli();
+  execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data/dit_1000_classes/model.safetensors'), '--heads', '2',
+    '-o', imagenetPack], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  extra['/extra/dit-1000-classes.gguf'] = { body: fs.readFileSync(imagenetPack) };
   ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra }));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -393,6 +404,43 @@ test('a plain DiT, training-free: the middle blocks on pooled tokens, drawn and 
     console.log(`# training-free in the browser: max |page - CLI --pooled-middle| = ${worst.toExponential(3)}`);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
     assert.ok(maxAbsDiff(image, dense.data).worst > 10 * TOLERANCE, 'the pooled middle changed nothing');
+    assertLocalOnly({ requests });
+  } finally {
+    await cpuBrowser.close();
+  }
+});
+
+test('a 1000-class model: ImageNet names in the picker, searchable by name, synonym or index', { timeout: 10 * 60_000 }, async () => {
+  const cpuBrowser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+  try {
+    const page = await cpuBrowser.newPage();
+    const requests = [];
+    page.on('request', (r) => requests.push(r.url()));
+    await page.goto(`${baseUrl}?model=/extra/dit-1000-classes.gguf`);
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready.*1000 classes/, status);
+    const b207 = page.getByTestId('class-207');
+    await b207.waitFor({ timeout: 30_000 });
+    assert.equal(await b207.textContent(), '207 · Golden Retriever');
+    assert.equal(await page.getByTestId('class-999').count(), 1);
+    const search = page.locator('#class-search');
+    assert.ok(await search.isVisible(), 'search box shown for 1000 classes');
+    const visible = async () => page.evaluate(() => Array.from(document.querySelectorAll('#classes button'))
+      .filter((b) => !b.hidden).map((b) => Number(b.dataset.k)));
+    await search.fill('golden retriever');
+    assert.deepEqual(await visible(), [207]);
+    await search.fill('Carassius'); // a synonym: goldfish, Carassius auratus
+    assert.deepEqual(await visible(), [1]);
+    await search.fill('207');
+    assert.deepEqual(await visible(), [207]);
+    await b207.click();
+    assert.equal(await b207.getAttribute('aria-pressed'), 'true');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'imagenet-classes.png'), fullPage: true });
     assertLocalOnly({ requests });
   } finally {
     await cpuBrowser.close();

