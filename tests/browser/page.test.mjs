@@ -60,7 +60,8 @@ function ensureCli() {
 
 function cliSample(model = MODEL, steps = STEPS, extra = []) {
   ensureCli();
-  const out = path.join(ARTIFACTS, `cli-${model}-class${CLASS}-seed${SEED}-steps${steps}.safetensors`);
+  const tag = extra.join('-').replace(/[^a-z0-9-]/gi, '');
+  const out = path.join(ARTIFACTS, `cli-${model}-class${CLASS}-seed${SEED}-steps${steps}${tag ? `-${tag}` : ''}.safetensors`);
   execFileSync(CLI, [
     'sample', '--model', path.join(ROOT, 'web', 'models', model), '--class', String(CLASS), '--seed', String(SEED),
     '--steps', String(steps), '--cfg', String(CFG), '--semantic-size', String(GRID), '--backend', 'cpu',
