@@ -77,8 +77,8 @@ pub fn block_layouts(cfg: &Config, grid: usize) -> Vec<BlockLayout> {
                     if pm.contains(i) {
                         push(format!("blocks.{i}"), "pooled", "middle", s * s, "sparse", s, pooling_windows(n, s));
                     } else {
-                        let segment = if i < pm.start { "bottom" } else { "top" };
-                        push(format!("blocks.{i}"), "dit", segment, dense_tokens, "dense", n, vec![]);
+                        // plain DiT blocks (not a Poolingformer bottom / SparseDiT top)
+                        push(format!("blocks.{i}"), "dit", "dense", dense_tokens, "dense", n, vec![]);
                     }
                 }
             }

@@ -539,7 +539,7 @@ function renderTokenView() {
   const denseLayout = layoutFor(n);
   renderMacsChart($('macs-chart'), denseLayout, layout, {
     denseLabel: isSparseModel() ? `s = n = ${n} (no pruning)` : 'dense',
-    sparseLabel: isSparseModel() ? `s = ${grid}` : 'dense',
+    sparseLabel: isSparseModel() ? `s = ${grid}` : (state.pooledRange && grid < n ? `training-free, s = ${grid}` : 'dense'),
   });
   const block = state.selected != null ? layout[state.selected] : null;
   if (block) {
