@@ -228,6 +228,10 @@ struct SampleArgs {
     /// Timestep-wise pruning (instead of the fixed --semantic-size grid): RMIN:RMAX (e.g. 0.61:0.86).
     #[arg(long)]
     schedule: Option<String>,
+    /// Latent decoder (taesd / sdvae pack, or its checkpoint): `--out` then writes the decoded
+    /// images; runs on the sampling backend.
+    #[arg(long)]
+    decoder: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -561,22 +565,46 @@ fn decoder_options(ckpt: &Path, flags: &DecoderFlags) -> Result<DecoderOptions> 
     Ok(opts)
 }
 
+/// A latent decoder (pack or checkpoint) or a one-line reason why the file is not one.
+fn load_decoder(path: &Path, flags: &DecoderFlags) -> Result<(DecoderConfig, TensorMap)> {
+    match load_any(path, flags)? {
+        Loaded::Decoder(cfg, tensors) => Ok((cfg, tensors)),
+        Loaded::ModelPack => Err(Error::InvalidArgument(format!(
+            "{}: a DiT / SparseDiT pack, not a latent decoder (taesd / sdvae)",
+            path.display()
+        ))),
+        Loaded::Checkpoint(_) => Err(Error::InvalidArgument(format!(
+            "{}: not a latent decoder checkpoint (expected TAESD keys 1.weight, 3.conv.0.weight, ... or SD-VAE decoder.* keys)",
+            path.display()
+        ))),
+    }
+}
+
+/// Decode latents z (B, 4, h, w) on the GPU when given, else on the CPU: the raw image
+/// (B, 3, 8h, 8w) and where it ran.
+fn run_decoder(cfg: &DecoderConfig, tensors: TensorMap, z: &Tensor, gpu: Option<&Gpu>) -> Result<(Tensor, String)> {
+    let shape = cfg.output_shape(z.dims())?;
+    Ok(match gpu {
+        None => (Decoder::from_tensors(cfg.clone(), tensors)?.decode(z)?, "cpu".to_string()),
+        Some(g) => {
+            let dec = sparsedit::gpu::decoder::GpuDecoder::load(g, cfg.clone(), tensors)?;
+            let plan = dec.plan(g, shape[0], shape[2] / cfg.upscale(), shape[3] / cfg.upscale())?;
+            let v = dec.decode(g, &plan, &to_vec_f32(z)?)?;
+            (Tensor::from_vec(v, &shape, &Device::Cpu)?, format!("gpu: {}", g.describe()))
+        }
+    })
+}
+
+/// A decoder's raw output mapped to [-1, 1] (what `write_png` takes): TAESD's range is [0, 1].
+fn decoded_for_png(cfg: &DecoderConfig, image: Tensor) -> Result<Tensor> {
+    Ok(match cfg {
+        DecoderConfig::Taesd(_) => image.affine(2.0, -1.0)?,
+        DecoderConfig::SdVae(_) => image,
+    })
+}
+
 fn decode(a: DecodeArgs) -> Result<()> {
-    let (cfg, tensors) = match load_any(&a.decoder, &a.flags)? {
-        Loaded::Decoder(cfg, tensors) => (cfg, tensors),
-        Loaded::ModelPack => {
-            return Err(Error::InvalidArgument(format!(
-                "{}: a DiT / SparseDiT pack, not a latent decoder (taesd / sdvae)",
-                a.decoder.display()
-            )))
-        }
-        Loaded::Checkpoint(_) => {
-            return Err(Error::InvalidArgument(format!(
-                "{}: not a latent decoder checkpoint (expected TAESD keys 1.weight, 3.conv.0.weight, ... or SD-VAE decoder.* keys)",
-                a.decoder.display()
-            )))
-        }
-    };
+    let (cfg, tensors) = load_decoder(&a.decoder, &a.flags)?;
     let gpu = open_backend(&a.backend)?;
     let inputs = read_inputs(&a.latents)?;
     let z = match inputs.get("z") {
@@ -585,29 +613,16 @@ fn decode(a: DecodeArgs) -> Result<()> {
     };
     let z = z.to_dtype(DType::F32)?;
     let z = if z.rank() == 3 { z.unsqueeze(0)? } else { z };
-    let shape = cfg.output_shape(z.dims()).map_err(|e| Error::InvalidArgument(format!("{}: {e}", a.latents.display())))?;
+    cfg.output_shape(z.dims()).map_err(|e| Error::InvalidArgument(format!("{}: {e}", a.latents.display())))?;
     let started = std::time::Instant::now();
-    let (image, on) = match &gpu {
-        None => (Decoder::from_tensors(cfg.clone(), tensors)?.decode(&z)?, "cpu".to_string()),
-        Some(g) => {
-            let dec = sparsedit::gpu::decoder::GpuDecoder::load(g, cfg.clone(), tensors)?;
-            let plan = dec.plan(g, shape[0], shape[2] / cfg.upscale(), shape[3] / cfg.upscale())?;
-            let v = dec.decode(g, &plan, &to_vec_f32(&z)?)?;
-            (Tensor::from_vec(v, &shape, &Device::Cpu)?, format!("gpu: {}", g.describe()))
-        }
-    };
+    let (image, on) = run_decoder(&cfg, tensors, &z, gpu.as_ref())?;
     eprintln!("decoded {:?} -> {:?} with {} in {:.2} s ({on})", z.dims(), image.dims(), cfg.arch_name(), started.elapsed().as_secs_f64());
     let map: HashMap<String, Tensor> = [("image".to_string(), image.clone())].into_iter().collect();
     candle_core::safetensors::save(&map, &a.out)
         .map_err(|e| Error::Io { path: a.out.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
     println!("wrote {}", a.out.display());
     if let Some(p) = &a.png {
-        // write_png takes [-1, 1]; TAESD's range is [0, 1].
-        let img = match cfg {
-            DecoderConfig::Taesd(_) => image.affine(2.0, -1.0)?,
-            DecoderConfig::SdVae(_) => image,
-        };
-        write_png(&img, p)?;
+        write_png(&decoded_for_png(&cfg, image)?, p)?;
         println!("wrote {}", p.display());
     }
     Ok(())
@@ -791,6 +806,22 @@ fn sample(a: SampleArgs) -> Result<()> {
     }
     let respacing = a.respacing.clone().unwrap_or_else(|| default_respacing(a.steps, matches!(kind, SamplerKind::Ddim { .. })));
     let sampler = Sampler::new(&respacing, kind, cfg.learn_sigma)?;
+    // The decoder is read and checked before any sampling work.
+    let decoder = match &a.decoder {
+        Some(p) => {
+            let (dcfg, tensors) = load_decoder(p, &DecoderFlags { norm_groups: None, scaling_factor: None })?;
+            if dcfg.latent_channels() != cfg.in_channels {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: the decoder takes {} latent channels, the model makes {}",
+                    p.display(),
+                    dcfg.latent_channels(),
+                    cfg.in_channels
+                )));
+            }
+            Some((dcfg, tensors))
+        }
+        None => None,
+    };
 
     let shape = (cfg.in_channels, cfg.input_size, cfg.input_size);
     let mut seeded = SeededNoise::new(a.seed);
@@ -885,8 +916,21 @@ fn sample(a: SampleArgs) -> Result<()> {
             .map_err(|e| Error::Io { path: p.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
         println!("wrote {}", p.display());
     }
+    let image = match decoder {
+        Some((dcfg, tensors)) => {
+            let started = std::time::Instant::now();
+            let gpu = match &engine {
+                Engine::Gpu(g, _) => Some(g.as_ref()),
+                Engine::Cpu(_) => None,
+            };
+            let (image, on) = run_decoder(&dcfg, tensors, &out, gpu)?;
+            eprintln!("decoded with {} in {:.2} s ({on})", dcfg.arch_name(), started.elapsed().as_secs_f64());
+            decoded_for_png(&dcfg, image)?
+        }
+        None => out,
+    };
     if let Some(p) = &a.out {
-        write_png(&out, p)?;
+        write_png(&image, p)?;
         println!("wrote {}", p.display());
     }
     Ok(())

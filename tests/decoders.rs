@@ -276,6 +276,32 @@ mod cli {
     }
 
     #[test]
+    fn sample_with_decoder_writes_decoded_images() {
+        // A latent DiT (fixture dit_dense: 4 channels, 8x8) and the TAESD fixture: `sample
+        // --decoder --out` must write exactly what `decode --png` makes of `--latent-out`.
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("dit.gguf");
+        ok(&["convert", s(&fixture_dir("dit_dense").join("model.pt")), "--heads", "4", "-o", s(&model)]);
+        let taesd = convert(&fixture_dir("taesd").join("taesd_decoder.pth"), dir.path().join("taesd.gguf"), &[]);
+        let (png, z) = (dir.path().join("s.png"), dir.path().join("z.safetensors"));
+        let args = ["sample", "--model", s(&model), "--class", "3", "--num", "2", "--steps", "3", "--backend", "cpu"];
+        let out = sparsedit(&[&args[..], &["--decoder", s(&taesd), "--out", s(&png), "--latent-out", s(&z)]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("decoded with taesd"));
+        let png2 = dir.path().join("d.png");
+        ok(&["decode", "--decoder", s(&taesd), "--latents", s(&z), "--out", s(&dir.path().join("i.safetensors")), "--png", s(&png2), "--backend", "cpu"]);
+        let (a, b) = (std::fs::read(&png).unwrap(), std::fs::read(&png2).unwrap());
+        assert_eq!(a, b, "sample --decoder and decode give different PNGs");
+        let img = image::load_from_memory(&a).unwrap();
+        assert_eq!((img.width(), img.height()), (2 * 64, 64), "two 64x64 images side by side");
+        // A decoder for another latent width, or a file that is no decoder: one-line errors.
+        let err = fails(&["sample", "--model", "web/models/dit-tiny-q8_0.gguf", "--class", "1", "--steps", "2", "--decoder", s(&taesd), "--out", s(&png)]);
+        assert!(err.contains("latent channels"), "{err}");
+        let err = fails(&[&args[..], &["--decoder", s(&model), "--out", s(&png)]].concat());
+        assert!(err.contains("not a latent decoder"), "{err}");
+    }
+
+    #[test]
     fn decode_refuses_bad_input() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
