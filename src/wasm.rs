@@ -17,6 +17,8 @@
 //!   generate(opts, on_step: (step) => void): Promise<result>
 //!   cancel(): void                        // the running generate stops after its current step
 //!   block_times(grid: number): Promise<{name, ms}[] | null>   // GPU ms per block (timestamp queries)
+//!   load_decoder(bytes: Uint8Array, expected_sha256?: string): DecoderInfo  // TAESD / SD-VAE pack
+//!   unload_decoder(): void                // while loaded, generate also returns `decoded`
 //!   set_pooled_middle(spec: "START:END" | "default" | null): [start, end] | null  // plain DiT only:
 //!                                         // training-free sparsification (middle blocks on the pooled grid)
 //! }
@@ -29,7 +31,10 @@
 //!            grid, r_min, r_max, num, trace, preview }   (all optional)
 //! step   = { iter, total, timestep, grid, ms, pred_x0?: Float32Array,
 //!            attention?: [{ block, name, kind: "merge"|"recover", q, k, probs: Float32Array }] }
-//! result = { image: Float32Array, channels, size, ms_total, ms_steps: number[], grids: number[], cancelled }
+//! result = { image: Float32Array, channels, size, ms_total, ms_steps: number[], grids: number[], cancelled,
+//!            decoded?: { image: Float32Array (in [-1, 1]), channels: 3, size: 8 * size, ms, decoder } }
+//! DecoderInfo = { arch: "taesd"|"sdvae", latent_channels, out_channels, upscale, params, bytes, sha256,
+//!                 backend: "webgpu"|"cpu" }
 //! ```
 //! A device loss makes `generate` reject with a message starting `GPU device lost`.
 
@@ -48,6 +53,8 @@ use crate::gpu::Gpu;
 use crate::layout::block_layouts;
 use crate::model::{to_vec_f32, Model};
 use crate::stream::{KeepAll, PackStream, TensorSink};
+use crate::decoder::{Decoder, DecoderConfig};
+use crate::gpu::decoder::GpuDecoder;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -92,6 +99,31 @@ struct Inner {
     adapter: String,
     loading: Option<(PackStream, Sink)>,
     loaded: Option<Rc<Loaded>>,
+    decoder: Option<Rc<LoadedDecoder>>,
+}
+
+/// A latent decoder for the final image. On a software adapter (SwiftShader) it runs on the CPU
+/// path: the WGSL conv is barrier-bound there and orders of magnitude slower.
+enum DecoderNet {
+    Gpu(GpuDecoder),
+    Cpu(Decoder),
+}
+
+struct LoadedDecoder {
+    net: DecoderNet,
+    cfg: DecoderConfig,
+}
+
+#[derive(Serialize)]
+struct DecoderInfo {
+    arch: &'static str,
+    latent_channels: usize,
+    out_channels: usize,
+    upscale: usize,
+    params: usize,
+    bytes: usize,
+    sha256: String,
+    backend: &'static str,
 }
 
 #[derive(Clone, Serialize)]
@@ -239,7 +271,7 @@ impl Engine {
             (None, "CPU (WebGPU not requested)".to_string())
         };
         Ok(Engine {
-            inner: Rc::new(RefCell::new(Inner { gpu, adapter, loading: None, loaded: None })),
+            inner: Rc::new(RefCell::new(Inner { gpu, adapter, loading: None, loaded: None, decoder: None })),
             cancel: Rc::new(Cell::new(false)),
             busy: Rc::new(Cell::new(false)),
         })
@@ -355,6 +387,45 @@ impl Engine {
         }
     }
 
+    /// Load a latent decoder pack (`taesd` / `sdvae`, as `sparsedit convert` writes them) from
+    /// its bytes, checked against `expected_sha256` when given. While one is loaded, `generate`
+    /// of a model with as many channels as the decoder's latent also returns the decoded image
+    /// (`result.decoded`). Returns DecoderInfo; a failed load keeps the previous decoder.
+    pub fn load_decoder(&self, bytes: &[u8], expected_sha256: Option<String>) -> Result<JsValue, JsError> {
+        use sha2::{Digest, Sha256};
+        let sha256: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(want) = expected_sha256.as_deref().filter(|s| !s.is_empty()) {
+            if !want.eq_ignore_ascii_case(&sha256) {
+                return Err(js_err(format!("decoder pack: sha256 {sha256} does not match the expected {want}")));
+            }
+        }
+        let pack = crate::pack::load_decoder_pack_bytes(bytes).map_err(js_err)?;
+        let cfg = pack.cfg.clone();
+        let params = pack.tensors.values().map(|t| t.elem_count()).sum();
+        let mut inner = self.inner.borrow_mut();
+        let (net, backend) = match inner.gpu.clone() {
+            Some(g) if !g.software => (DecoderNet::Gpu(GpuDecoder::load(&g, cfg.clone(), pack.tensors).map_err(js_err)?), "webgpu"),
+            _ => (DecoderNet::Cpu(Decoder::from_tensors(cfg.clone(), pack.tensors).map_err(js_err)?), "cpu"),
+        };
+        let info = DecoderInfo {
+            arch: cfg.arch_name(),
+            latent_channels: cfg.latent_channels(),
+            out_channels: cfg.out_channels(),
+            upscale: cfg.upscale(),
+            params,
+            bytes: bytes.len(),
+            sha256,
+            backend,
+        };
+        inner.decoder = Some(Rc::new(LoadedDecoder { net, cfg }));
+        to_js(&info)
+    }
+
+    /// Drop the latent decoder (results are latents again).
+    pub fn unload_decoder(&self) {
+        self.inner.borrow_mut().decoder = None;
+    }
+
     /// Stop the running generation after its current step.
     pub fn cancel(&self) {
         self.cancel.set(true);
@@ -430,9 +501,9 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
     } else {
         serde_wasm_bindgen::from_value(opts).map_err(|e| format!("generate options: {e}"))?
     };
-    let (gpu, loaded) = {
+    let (gpu, loaded, decoder) = {
         let i = inner.borrow();
-        (i.gpu.clone(), i.loaded.clone().ok_or("no model loaded")?)
+        (i.gpu.clone(), i.loaded.clone().ok_or("no model loaded")?, i.decoder.clone())
     };
     let cfg = &loaded.cfg;
     // Validate everything before any work.
@@ -519,6 +590,20 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
         (Net::Gpu(_), None) => return Err("the GPU went away".into()),
     };
     let Reporter { ms_steps, grids, cancelled, .. } = rep;
+    // The final latents through the decoder, when one fits this model.
+    let decoded = match decoder.filter(|d| d.cfg.latent_channels() == cfg.in_channels && !cancelled && !image.is_empty()) {
+        Some(d) => {
+            let t0 = now_ms();
+            let raw = decode_latents(&d, gpu.as_deref(), &image, o.num, cfg.input_size).await?;
+            // To the page's [-1, 1] range: TAESD's output is in [0, 1].
+            let img: Vec<f32> = match d.cfg {
+                DecoderConfig::Taesd(_) => raw.iter().map(|v| 2.0 * v - 1.0).collect(),
+                DecoderConfig::SdVae(_) => raw,
+            };
+            Some((img, d.cfg.out_channels(), cfg.input_size * d.cfg.upscale(), now_ms() - t0, d.cfg.arch_name()))
+        }
+        None => None,
+    };
 
     #[derive(Serialize)]
     struct Out {
@@ -531,5 +616,27 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
     }
     let out = to_js(&Out { channels: cfg.in_channels, size: cfg.input_size, ms_total: now_ms() - start, ms_steps, grids, cancelled }).map_err(|_| "result".to_string())?;
     js_sys::Reflect::set(&out, &"image".into(), &js_sys::Float32Array::from(image.as_slice()).into()).map_err(|_| "result")?;
+    if let Some((img, channels, size, ms, arch)) = decoded {
+        let d = to_js(&serde_json::json!({ "channels": channels, "size": size, "ms": ms, "decoder": arch })).map_err(|_| "result")?;
+        js_sys::Reflect::set(&d, &"image".into(), &js_sys::Float32Array::from(img.as_slice()).into()).map_err(|_| "result")?;
+        js_sys::Reflect::set(&out, &"decoded".into(), &d).map_err(|_| "result")?;
+    }
     Ok(out)
+}
+
+/// Latents (num, C, I, I) -> the decoder's raw images (num, 3, 8I, 8I).
+async fn decode_latents(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Vec<f32>, String> {
+    let c = d.cfg.latent_channels();
+    match (&d.net, gpu) {
+        (DecoderNet::Gpu(dec), Some(g)) => {
+            let plan = dec.plan(g, num, size, size).map_err(|e| e.to_string())?;
+            dec.decode_async(g, &plan, z).await.map_err(|e| device_lost_first(e.to_string()))
+        }
+        (DecoderNet::Cpu(dec), _) => {
+            let zt = candle_core::Tensor::from_vec(z.to_vec(), (num, c, size, size), &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
+            let img = dec.decode(&zt).map_err(|e| e.to_string())?;
+            to_vec_f32(&img).map_err(|e| e.to_string())
+        }
+        (DecoderNet::Gpu(_), None) => Err("the GPU went away".into()),
+    }
 }

@@ -152,6 +152,12 @@ before(async () => {
   execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data/dit_1000_classes/model.safetensors'), '--heads', '2',
     '-o', imagenetPack], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
   extra['/extra/dit-1000-classes.gguf'] = { body: fs.readFileSync(imagenetPack) };
+  // A small random latent DiT (4 channels, 8x8; fixture dit_dense) and the TAESD fixture decoder.
+  for (const [name, src, args] of [['dit-latent.gguf', 'dit_dense/model.pt', ['--heads', '4']], ['taesd.gguf', 'taesd/taesd_decoder.pth', []]]) {
+    const out = path.join(ARTIFACTS, name);
+    execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data', src), ...args, '-o', out], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    extra[`/extra/${name}`] = { body: fs.readFileSync(out) };
+  }
   ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra }));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -442,6 +448,56 @@ test('a 1000-class model: ImageNet names in the picker, searchable by name, syno
     await b207.click();
     assert.equal(await b207.getAttribute('aria-pressed'), 'true');
     await page.screenshot({ path: path.join(ARTIFACTS, 'imagenet-classes.png'), fullPage: true });
+    assertLocalOnly({ requests });
+  } finally {
+    await cpuBrowser.close();
+  }
+});
+
+test('a latent model with a TAESD decoder: the final sample is decoded in the page as the CLI decodes it', { timeout: 10 * 60_000 }, async () => {
+  const cpuBrowser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+  try {
+    const page = await cpuBrowser.newPage();
+    const requests = [];
+    page.on('request', (r) => requests.push(r.url()));
+    await page.goto(`${baseUrl}?model=/extra/dit-latent.gguf&decoder=/extra/taesd.gguf`);
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready/, status);
+    assert.equal(await page.getByTestId('decoder-info').getAttribute('data-arch'), 'taesd');
+    const steps = 3, cls = 3;
+    await page.getByTestId(`class-${cls}`).click();
+    await page.getByTestId('seed').fill(String(SEED));
+    await page.getByTestId('steps').fill(String(steps));
+    await page.getByTestId('cfg').fill(String(CFG));
+    await page.getByTestId('generate').click();
+    const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+    assert.match(done, /^done/, done);
+    const dec = await page.evaluate(() => {
+      const d = window.sparsedit.lastResult.decoded;
+      return d && { size: Number(d.size), channels: Number(d.channels), decoder: d.decoder, image: Array.from(d.image) };
+    });
+    assert.ok(dec, 'no decoded image in the result');
+    assert.deepEqual([dec.size, dec.channels, dec.decoder], [64, 3, 'taesd']);
+    const canvas = await page.evaluate(() => ({ w: document.getElementById('preview').width, h: document.getElementById('preview').height }));
+    assert.deepEqual(canvas, { w: 64, h: 64 }, 'the preview shows the decoded 64x64 image');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'decoded.png'), fullPage: true });
+    // The CLI: the same sample's latents, decoded by `decode` (raw TAESD output in [0, 1]).
+    const z = path.join(ARTIFACTS, 'latent-z.safetensors'), img = path.join(ARTIFACTS, 'latent-img.safetensors');
+    ensureCli();
+    execFileSync(CLI, ['sample', '--model', path.join(ARTIFACTS, 'dit-latent.gguf'), '--class', String(cls), '--seed', String(SEED),
+      '--steps', String(steps), '--cfg', String(CFG), '--backend', 'cpu', '--latent-out', z], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(CLI, ['decode', '--decoder', path.join(ARTIFACTS, 'taesd.gguf'), '--latents', z, '--out', img, '--backend', 'cpu'],
+      { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    const want = readSafetensors(img, 'image');
+    assert.deepEqual(want.shape, [1, 3, 64, 64]);
+    const { worst, at } = maxAbsDiff(dec.image, Array.from(want.data, (v) => 2 * v - 1));
+    console.log(`# decoded in the page vs CLI decode: max abs diff ${worst.toExponential(3)}`);
+    assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
     assertLocalOnly({ requests });
   } finally {
     await cpuBrowser.close();

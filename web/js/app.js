@@ -84,6 +84,10 @@ async function createEngine() {
   state.layouts.clear();
   state.gpuTimes.clear();
   state.engine = await state.bindings.Engine.create($('prefer-gpu').checked);
+  // a recreated engine (device loss, backend switch) gets the decoder back from its bytes
+  if (state.decoder) {
+    try { state.engine.load_decoder(state.decoder.bytes, state.decoder.info.sha256); } catch (err) { showError(err, 'reloading the latent decoder'); }
+  }
   const backend = state.engine.backend();
   const badge = $('backend');
   badge.textContent = backend === 'webgpu' ? 'engine: WebGPU' : 'engine: CPU (no WebGPU)';
@@ -394,7 +398,7 @@ function updateButtons() {
   const ready = !!(state.engine && state.info);
   $('generate').disabled = !ready || busy;
   $('cancel').disabled = !(state.generating || state.comparing);
-  for (const id of ['load-bundled', 'load-url', 'model-file', 'model-select', 'clear-cache', 'prefer-gpu']) $(id).disabled = busy || !state.engine;
+  for (const id of ['load-bundled', 'load-url', 'model-file', 'model-select', 'clear-cache', 'prefer-gpu', 'decoder-file']) $(id).disabled = busy || !state.engine;
   $('compare-run').disabled = !ready || busy || !compareCounterpart();
   $('measure-gpu').disabled = !ready || busy;
 }
@@ -504,8 +508,11 @@ function drawShown() {
   const st = run.steps[i];
   const isFinal = run.result?.image?.length > 0 && i === run.steps.length - 1 && state.shown < 0;
   const img = isFinal ? run.result.image : st.pred;
-  if (img) drawBatch($('preview'), img, run.channels, run.size, run.num);
-  $('st-step').textContent = `${st.iter + 1} / ${st.total}${isFinal ? ' (final sample)' : ''}`;
+  const decoded = isFinal ? run.result.decoded : null;
+  // A latent model's final sample through the decoder; the steps show the raw latent (3 channels).
+  if (decoded) drawBatch($('preview'), decoded.image, decoded.channels, decoded.size, run.num);
+  else if (img) drawBatch($('preview'), img, run.channels, run.size, run.num);
+  $('st-step').textContent = `${st.iter + 1} / ${st.total}${isFinal ? (decoded ? ` (final sample, decoded by ${decoded.decoder} in ${Number(decoded.ms).toFixed(0)} ms)` : ' (final sample)') : ''}`;
   $('st-t').textContent = String(st.timestep);
   $('st-grid').textContent = isSparseModel() || state.pooledRange ? `${st.grid}×${st.grid}` : 'dense';
   $('st-ms').textContent = `${st.ms.toFixed(1)} ms`;
@@ -705,6 +712,36 @@ $('model-file').addEventListener('change', (ev) => {
   const file = ev.target.files?.[0];
   if (file) load({ kind: 'file', file });
 });
+
+// ---------------------------------------------------------------- latent decoder
+
+/** Load a TAESD / SD-VAE pack (URL or File) into the engine; the bytes are kept for engine
+ *  restarts. Small packs only: the bytes are held whole (TAESD is ~2.5 MB as f16). */
+async function loadDecoder(source) {
+  if (!state.engine || state.generating) return;
+  const label = source instanceof File ? source.name : source;
+  try {
+    let buf;
+    if (source instanceof File) buf = await source.arrayBuffer();
+    else {
+      const resp = await fetch(new URL(source, location.href), { credentials: 'same-origin' });
+      if (!resp.ok) throw new Error(`HTTP ${resp.status} ${resp.statusText}`);
+      buf = await resp.arrayBuffer();
+    }
+    const bytes = new Uint8Array(buf);
+    const info = state.engine.load_decoder(bytes, undefined);
+    state.decoder = { bytes, info, label };
+    $('decoder-info').textContent = `${info.arch} · ${Number(info.latent_channels)} latent channels → ×${Number(info.upscale)} · ` +
+      `${(Number(info.params) / 1e6).toFixed(2)} M parameters · runs on ${info.backend === 'webgpu' ? 'WebGPU' : 'the CPU'}`;
+    $('decoder-info').dataset.arch = info.arch;
+  } catch (err) {
+    showError(err, `loading the latent decoder ${label}`);
+  }
+}
+$('decoder-file').addEventListener('change', (ev) => {
+  const file = ev.target.files?.[0];
+  if (file) loadDecoder(file);
+});
 $('clear-cache').addEventListener('click', async () => {
   try {
     await clearCache();
@@ -768,6 +805,8 @@ async function start() {
   } else {
     source = selectedManifestSource();
   }
+  const decoderUrl = params.get('decoder');
+  if (decoderUrl) await loadDecoder(decoderUrl);
   if (source) await load(source);
   else if (!requested) setStatus('error: no model in the manifest', 'error');
 }
