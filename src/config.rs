@@ -315,6 +315,13 @@ impl Config {
         self.layout.is_sparse() || self.pooled_middle.is_some()
     }
 
+    /// This config with the training-free pooled middle set (`Some`) or cleared, validated.
+    pub fn with_pooled_middle(&self, pm: Option<PooledMiddle>) -> Result<Config> {
+        let cfg = Config { pooled_middle: pm, ..self.clone() };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// The pooled middle in effect at grid side `grid`: none at a grid as fine as the dense one.
     pub fn pooled_middle_at(&self, grid: usize) -> Option<PooledMiddle> {
         self.pooled_middle.filter(|_| grid >= 1 && grid < self.grid())

@@ -503,10 +503,7 @@ impl Model {
 
     /// Turn the training-free pooled middle on (`Some`) or off; checked against the layout.
     pub fn set_pooled_middle(&mut self, pm: Option<crate::config::PooledMiddle>) -> Result<()> {
-        let mut cfg = self.cfg.clone();
-        cfg.pooled_middle = pm;
-        cfg.validate()?;
-        self.cfg = cfg;
+        self.cfg = self.cfg.with_pooled_middle(pm)?;
         Ok(())
     }
 

@@ -266,10 +266,7 @@ impl GpuModel {
 
     /// Turn the training-free pooled middle on (`Some`) or off for plans built afterwards.
     pub fn set_pooled_middle(&mut self, pm: Option<crate::config::PooledMiddle>) -> Result<()> {
-        let mut cfg = self.cfg.clone();
-        cfg.pooled_middle = pm;
-        cfg.validate()?;
-        self.cfg = cfg;
+        self.cfg = self.cfg.with_pooled_middle(pm)?;
         Ok(())
     }
 

@@ -129,6 +129,42 @@ function assertLocalOnly(log) {
   assert.deepEqual(foreign, [], `requests left 127.0.0.1: ${foreign.join(', ')}`);
 }
 
+/**
+ * Runs `body(page)` in a Chromium without WebGPU (the page's CPU engine: quick, and what the
+ * no-WebGPU fallback runs), on the page opened at `query`; asserts that no request left
+ * 127.0.0.1.
+ */
+async function withCpuPage(query, body) {
+  const cpuBrowser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+  try {
+    const page = await cpuBrowser.newPage();
+    const requests = [];
+    page.on('request', (r) => requests.push(r.url()));
+    await page.goto(`${baseUrl}${query}`);
+    await body(page);
+    assertLocalOnly({ requests });
+  } finally {
+    await cpuBrowser.close();
+  }
+}
+
+/** Sets class, seed, steps and CFG, presses Generate and waits for `done`. */
+async function generateIn(page, { cls = CLASS, seed = SEED, steps = STEPS, cfg = CFG } = {}) {
+  await page.getByTestId(`class-${cls}`).click();
+  await page.getByTestId('seed').fill(String(seed));
+  await page.getByTestId('steps').fill(String(steps));
+  await page.getByTestId('cfg').fill(String(cfg));
+  await page.getByTestId('generate').click();
+  const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+  assert.match(done, /^done/, done);
+  return done;
+}
+
 before(async () => {
   assert.ok(fs.existsSync(path.join(DIST, 'index.html')), 'dist/index.html missing: run bash scripts/web-build.sh first');
   fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -327,59 +363,26 @@ test('a corrupt or truncated pack shows an error and is never cached', { timeout
 
 test('without WebGPU the engine falls back to the CPU path (and still matches the CLI)', { timeout: 10 * 60_000 }, async () => {
   // Chromium without --enable-unsafe-webgpu (and with --disable-gpu) offers no WebGPU adapter here.
-  const cpuBrowser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-  });
-  try {
-    const page = await cpuBrowser.newPage();
-    const requests = [];
-    page.on('request', (r) => requests.push(r.url()));
-    await page.goto(baseUrl);
+  await withCpuPage('', async (page) => {
     const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
     assert.match(status, /^ready/, status);
     assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'cpu');
     assert.match(await page.getByTestId('backend').textContent(), /CPU/);
-    await page.getByTestId(`class-${CLASS}`).click();
-    await page.getByTestId('seed').fill(String(SEED));
-    await page.getByTestId('steps').fill(String(STEPS));
-    await page.getByTestId('cfg').fill(String(CFG));
     await page.getByTestId('grid').fill(String(GRID));
-    await page.getByTestId('generate').click();
-    const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
-    assert.match(done, /^done/, done);
+    const done = await generateIn(page);
     const image = await page.evaluate(() => Array.from(window.sparsedit.lastResult.image));
     const cli = cliSample();
-    let worst = 0, at = -1;
-    for (let i = 0; i < image.length; i++) {
-      const d = Math.abs(image[i] - cli.data[i]);
-      if (!(d <= worst)) { worst = d; at = i; }
-    }
+    const { worst, at } = maxAbsDiff(image, cli.data);
     console.log(`# CPU path in the browser: ${done}; max |page - CLI| = ${worst.toExponential(3)}`);
     assert.equal(image.length, cli.data.length);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
-    assertLocalOnly({ requests });
-  } finally {
-    await cpuBrowser.close();
-  }
+  });
 });
 
 test('a plain DiT, training-free: the middle blocks on pooled tokens, drawn and sampled as the CLI does', { timeout: 10 * 60_000 }, async () => {
-  // The CPU engine (no WebGPU) keeps this quick; the WGSL path of the pooled middle is checked
-  // against the CPU one in tests/gpu_model.rs.
-  const cpuBrowser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-  });
-  try {
-    const page = await cpuBrowser.newPage();
-    const requests = [];
-    page.on('request', (r) => requests.push(r.url()));
-    await page.goto(`${baseUrl}?model=/models/${DENSE_MODEL}`);
+  // The CPU engine keeps this quick; the WGSL path of the pooled middle is checked against the
+  // CPU one in tests/gpu_model.rs.
+  await withCpuPage(`?model=/models/${DENSE_MODEL}`, async (page) => {
     const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
     assert.match(status, /^ready/, status);
     assert.equal(await page.evaluate(() => window.sparsedit.info.arch), 'dit');
@@ -395,13 +398,7 @@ test('a plain DiT, training-free: the middle blocks on pooled tokens, drawn and 
     assert.deepEqual(await tokens(), POOLED_TOKENS_S4, 'training-free at s = 4');
     assert.match(await page.locator('#sparsity-hint').textContent(), /Training-free/);
     const steps = 4;
-    await page.getByTestId(`class-${CLASS}`).click();
-    await page.getByTestId('seed').fill(String(SEED));
-    await page.getByTestId('steps').fill(String(steps));
-    await page.getByTestId('cfg').fill(String(CFG));
-    await page.getByTestId('generate').click();
-    const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
-    assert.match(done, /^done/, done);
+    await generateIn(page, { steps });
     await page.screenshot({ path: path.join(ARTIFACTS, 'training-free.png'), fullPage: true });
     const image = await page.evaluate(() => Array.from(window.sparsedit.lastResult.image));
     const cli = cliSample(DENSE_MODEL, steps, ['--pooled-middle', 'default']);
@@ -411,24 +408,11 @@ test('a plain DiT, training-free: the middle blocks on pooled tokens, drawn and 
     console.log(`# training-free in the browser: max |page - CLI --pooled-middle| = ${worst.toExponential(3)}`);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
     assert.ok(maxAbsDiff(image, dense.data).worst > 10 * TOLERANCE, 'the pooled middle changed nothing');
-    assertLocalOnly({ requests });
-  } finally {
-    await cpuBrowser.close();
-  }
+  });
 });
 
 test('a 1000-class model: ImageNet names in the picker, searchable by name, synonym or index', { timeout: 10 * 60_000 }, async () => {
-  const cpuBrowser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-  });
-  try {
-    const page = await cpuBrowser.newPage();
-    const requests = [];
-    page.on('request', (r) => requests.push(r.url()));
-    await page.goto(`${baseUrl}?model=/extra/dit-1000-classes.gguf`);
+  await withCpuPage('?model=/extra/dit-1000-classes.gguf', async (page) => {
     const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
     assert.match(status, /^ready.*1000 classes/, status);
     const b207 = page.getByTestId('class-207');
@@ -448,35 +432,16 @@ test('a 1000-class model: ImageNet names in the picker, searchable by name, syno
     await b207.click();
     assert.equal(await b207.getAttribute('aria-pressed'), 'true');
     await page.screenshot({ path: path.join(ARTIFACTS, 'imagenet-classes.png'), fullPage: true });
-    assertLocalOnly({ requests });
-  } finally {
-    await cpuBrowser.close();
-  }
+  });
 });
 
 test('a latent model with a TAESD decoder: the final sample is decoded in the page as the CLI decodes it', { timeout: 10 * 60_000 }, async () => {
-  const cpuBrowser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-  });
-  try {
-    const page = await cpuBrowser.newPage();
-    const requests = [];
-    page.on('request', (r) => requests.push(r.url()));
-    await page.goto(`${baseUrl}?model=/extra/dit-latent.gguf&decoder=/extra/taesd.gguf`);
+  await withCpuPage('?model=/extra/dit-latent.gguf&decoder=/extra/taesd.gguf', async (page) => {
     const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
     assert.match(status, /^ready/, status);
     assert.equal(await page.getByTestId('decoder-info').getAttribute('data-arch'), 'taesd');
     const steps = 3, cls = 3;
-    await page.getByTestId(`class-${cls}`).click();
-    await page.getByTestId('seed').fill(String(SEED));
-    await page.getByTestId('steps').fill(String(steps));
-    await page.getByTestId('cfg').fill(String(CFG));
-    await page.getByTestId('generate').click();
-    const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
-    assert.match(done, /^done/, done);
+    await generateIn(page, { cls, steps });
     const dec = await page.evaluate(() => {
       const d = window.sparsedit.lastResult.decoded;
       return d && { size: Number(d.size), channels: Number(d.channels), decoder: d.decoder, image: Array.from(d.image) };
@@ -498,8 +463,5 @@ test('a latent model with a TAESD decoder: the final sample is decoded in the pa
     const { worst, at } = maxAbsDiff(dec.image, Array.from(want.data, (v) => 2 * v - 1));
     console.log(`# decoded in the page vs CLI decode: max abs diff ${worst.toExponential(3)}`);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
-    assertLocalOnly({ requests });
-  } finally {
-    await cpuBrowser.close();
-  }
+  });
 });
