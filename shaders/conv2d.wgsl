@@ -8,9 +8,12 @@
 // - pre = 1: TAESD's Clamp, tanh(v / 3) * 3, on every input value.
 // - has_bias / has_res: add bias[o] / the residual res (B, CO, H, W) before the activation.
 // - act: 0 none, 1 ReLU, 2 SiLU.
-// One workgroup = an 8 x 8 output tile of OCB output channels of one batch element; input tiles
-// (with the K-1 halo) and the tile's weights go through workgroup memory one input channel at a
-// time. All arithmetic is f32.
+// One workgroup = an 8 x 8 output tile of OCB output channels of one batch element. `main`: input
+// tiles (with the K-1 halo) and the tile's weights go through workgroup memory one input channel
+// at a time (two barriers per input channel). `main_direct`: the same tiling, each invocation
+// reading its inputs and weights straight from the storage buffers, with no workgroup memory and
+// no barrier: on software adapters (lavapipe, SwiftShader) barriers cost far more than the
+// re-reads. All arithmetic is f32, in the same order in both entries.
 
 struct Params {
     B: u32,        // batch
@@ -88,6 +91,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let oy = wg.y * TS + lid.y;
     let ox = wg.x * TS + lid.x;
     if (oy >= p.H || ox >= p.W) { return; }
+    store(b, o0, oy, ox, acc);
+}
+
+// The epilogue of both entries: bias, residual, activation, for OCB channels of one pixel.
+fn store(b: u32, o0: u32, oy: u32, ox: u32, acc: array<f32, 16>) {
     for (var o = 0u; o < OCB; o++) {
         let oc = o0 + o;
         if (oc >= p.CO) { break; }
@@ -99,4 +107,45 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         if (p.act == 2u) { v = v / (1.0 + exp(-v)); }
         out[e] = v;
     }
+}
+
+@compute @workgroup_size(8, 8, 1)
+fn main_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let nob = (p.CO + OCB - 1u) / OCB;
+    let b = wg.z / nob;
+    let o0 = (wg.z % nob) * OCB;
+    let kk = p.K * p.K;
+    let pad = i32(p.K / 2u);
+    let hi = p.H >> p.up;
+    let wi = p.W >> p.up;
+    let oy = wg.y * TS + lid.y;
+    let ox = wg.x * TS + lid.x;
+    if (oy >= p.H || ox >= p.W) { return; } // no barrier below: an early return is safe
+    let nvalid = min(OCB, p.CO - o0);
+    var acc: array<f32, 16>;
+    for (var o = 0u; o < OCB; o++) { acc[o] = 0.0; }
+    for (var ci = 0u; ci < p.CI; ci++) {
+        let base = (b * p.CI + ci) * hi * wi;
+        for (var ky = 0u; ky < p.K; ky++) {
+            for (var kx = 0u; kx < p.K; kx++) {
+                let gy = i32(oy + ky) - pad;
+                let gx = i32(ox + kx) - pad;
+                // zero padding at the output resolution, as the tiled entry's halo
+                var v = 0.0;
+                if (gy >= 0 && gy < i32(p.H) && gx >= 0 && gx < i32(p.W)) {
+                    v = x[base + (u32(gy) >> p.up) * wi + (u32(gx) >> p.up)];
+                    if (p.pre == 1u) { v = tanh(clamp(v / 3.0, -15.0, 15.0)) * 3.0; }
+                }
+                let k = ky * p.K + kx;
+                // A constant trip count, channels past CO reading weight 0 (as the tiled entry): with
+                // `o < nvalid` as the bound, lavapipe (LLVM 15) summed only part of long reductions.
+                for (var o = 0u; o < OCB; o++) {
+                    var wv = 0.0;
+                    if (o < nvalid) { wv = w[((o0 + o) * p.CI + ci) * kk + k]; }
+                    acc[o] = fma(v, wv, acc[o]);
+                }
+            }
+        }
+    }
+    store(b, o0, oy, ox, acc);
 }

@@ -503,3 +503,55 @@ fn full_shapes(cfg: &DecoderConfig, small: &TensorMap) -> TensorMap {
     }
     panic!("shapes did not settle")
 }
+
+/// `conv2d.wgsl`'s barrier-free entry (software adapters) against its tiled one, on random
+/// inputs: every kernel size, the fused upsample / clamp, bias, residual and activations, and
+/// channel counts that leave a partial 16-channel block and partial 8x8 tiles.
+#[test]
+fn direct_conv_entry_matches_tiled() {
+    use rand::{Rng, SeedableRng};
+    use sparsedit::gpu::ops::conv::{conv2d_with, Act, ConvKernel, ConvShape};
+    let Some(gpu) = common::gpu_or_skip() else { return };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect() };
+    let mut cases = 0;
+    for (k, upsample, clamp_input, act, with_bias, with_res) in [
+        (3, false, false, Act::None, true, false),
+        (3, true, false, Act::Relu, true, true),
+        (3, false, true, Act::Silu, false, true),
+        (1, false, false, Act::None, false, false),
+        (1, true, true, Act::Relu, true, true),
+    ] {
+        let s = ConvShape { batch: 2, cin: 5, cout: 21, h: 10, w: 14, k, upsample, clamp_input, act };
+        let up = usize::from(upsample);
+        let x = gpu.upload("x", &random(s.batch * s.cin * (s.h >> up) * (s.w >> up))).unwrap();
+        let w = gpu.upload("w", &random(s.cout * s.cin * k * k)).unwrap();
+        let bias = gpu.upload("bias", &random(s.cout)).unwrap();
+        let res = gpu.upload("res", &random(s.batch * s.cout * s.h * s.w)).unwrap();
+        let mut outs = Vec::new();
+        for kind in [ConvKernel::Tiled, ConvKernel::Direct] {
+            let out = gpu.zeros("out", s.batch * s.cout * s.h * s.w).unwrap();
+            let d = conv2d_with(&gpu, "conv", &s, &x, &w, with_bias.then_some(&bias), with_res.then_some(&res), &out, kind).unwrap();
+            gpu.run(&[d]).unwrap();
+            outs.push(gpu.read(&out).unwrap());
+        }
+        common::assert_close(&format!("{s:?} bias {with_bias} res {with_res}: direct vs tiled"), &outs[1], &outs[0], 1e-5);
+        cases += 1;
+    }
+    assert_eq!(cases, 5);
+    // Long reductions (the SD-VAE's 512 channels x 9 taps): lavapipe (LLVM 15) once miscompiled
+    // the direct entry's inner loop with a data-dependent trip count into partial sums here.
+    for (cin, cout, k) in [(512usize, 21usize, 3usize), (4000, 16, 1)] {
+        let s = ConvShape { batch: 1, cin, cout, h: 8, w: 8, k, upsample: false, clamp_input: false, act: Act::None };
+        let x = gpu.upload("x", &random(cin * 64)).unwrap();
+        let w = gpu.upload("w", &random(cout * cin * k * k)).unwrap();
+        let mut outs = Vec::new();
+        for kind in [ConvKernel::Tiled, ConvKernel::Direct] {
+            let out = gpu.zeros("out", cout * 64).unwrap();
+            gpu.run(&[conv2d_with(&gpu, "conv", &s, &x, &w, None, None, &out, kind).unwrap()]).unwrap();
+            outs.push(gpu.read(&out).unwrap());
+        }
+        common::assert_close(&format!("{cin} -> {cout}, k {k}: direct vs tiled"), &outs[1], &outs[0], 1e-5);
+    }
+}
+

@@ -70,10 +70,37 @@ pub struct ConvShape {
     pub act: Act,
 }
 
+/// Which entry point of `conv2d.wgsl` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// Input tile and weights through workgroup memory (`main`): real GPUs.
+    Tiled,
+    /// No workgroup memory, no barrier (`main_direct`): software adapters.
+    Direct,
+}
+
 /// out (B, cout, h, w) = act(conv(pre(x)) + bias + res); x (B, cin, h >> up, w >> up), weight
-/// (cout, cin, k, k), bias (cout), res (B, cout, h, w).
+/// (cout, cin, k, k), bias (cout), res (B, cout, h, w). The barrier-free entry on software
+/// adapters ([`Gpu::software`]), the tiled one elsewhere.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(gpu: &Gpu, label: &str, s: &ConvShape, x: &GpuBuf, weight: &GpuBuf, bias: Option<&GpuBuf>, res: Option<&GpuBuf>, out: &GpuBuf) -> Result<Dispatch> {
+    let kind = if gpu.software { ConvKernel::Direct } else { ConvKernel::Tiled };
+    conv2d_with(gpu, label, s, x, weight, bias, res, out, kind)
+}
+
+/// [`conv2d`] with the entry point chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_with(
+    gpu: &Gpu,
+    label: &str,
+    s: &ConvShape,
+    x: &GpuBuf,
+    weight: &GpuBuf,
+    bias: Option<&GpuBuf>,
+    res: Option<&GpuBuf>,
+    out: &GpuBuf,
+    kind: ConvKernel,
+) -> Result<Dispatch> {
     if s.k != 1 && s.k != 3 {
         return bad(label, format!("kernel side {} (1 or 3 supported)", s.k));
     }
@@ -110,7 +137,10 @@ pub fn conv2d(gpu: &Gpu, label: &str, s: &ConvShape, x: &GpuBuf, weight: &GpuBuf
     if gz > 65535 || gx > 65535 || gy > 65535 {
         return bad(label, format!("{}x{} output, batch {} x {nob} channel blocks: too many workgroups", s.h, s.w, s.batch));
     }
-    let kernel = gpu.kernel("conv2d", CONV2D_WGSL, &[])?;
+    let kernel = match kind {
+        ConvKernel::Tiled => gpu.kernel("conv2d", CONV2D_WGSL, &[])?,
+        ConvKernel::Direct => gpu.kernel_entry("conv2d_direct", CONV2D_WGSL, "main_direct", &[])?,
+    };
     let params = [
         s.batch,
         s.cin,
