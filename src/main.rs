@@ -50,6 +50,23 @@ enum Cmd {
     Bench(BenchArgs),
     /// Decode latents to images with a latent decoder (TAESD or the SD-VAE).
     Decode(DecodeArgs),
+    /// Write a pack of seeded random weights for a preset (full-size layouts without the real
+    /// checkpoints: tests, benchmarks, browser memory limits).
+    RandomPack(RandomPackArgs),
+}
+
+#[derive(Args)]
+struct RandomPackArgs {
+    /// A preset: dit-xl2-256, sparsedit-xl2-512, dit-b2, sparsedit-tiny, ...
+    #[arg(long)]
+    preset: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// f32, f16, q8_0 or q4_0 (linear weights; tables and biases stay f32).
+    #[arg(long, default_value = "q8_0")]
+    quant: String,
+    #[arg(short, long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -297,6 +314,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Flops(a) => flops(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Decode(a) => decode(a),
+        Cmd::RandomPack(a) => random_pack(a),
     }
 }
 
@@ -626,6 +644,13 @@ fn decode(a: DecodeArgs) -> Result<()> {
         println!("wrote {}", p.display());
     }
     Ok(())
+}
+
+fn random_pack(a: RandomPackArgs) -> Result<()> {
+    let quant = TensorType::parse(&a.quant)?;
+    let cfg = Config::preset(&a.preset)?;
+    let tensors = sparsedit::bench::random_tensors(&cfg, a.seed)?;
+    write_pack_file(&a.out, &cfg, &tensors, quant, &format!("{}-random-seed{}", a.preset, a.seed), false)
 }
 
 fn dit_to_sparse(a: DitToSparseArgs) -> Result<()> {

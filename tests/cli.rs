@@ -189,6 +189,27 @@ fn gpu_and_cpu_samplers_agree_for_a_seed() {
 }
 
 #[test]
+fn random_pack_is_seeded_and_loads() {
+    // Full-size layouts without the real checkpoints: random weights with the official names.
+    let dir = tempfile::tempdir().unwrap();
+    let make = |seed: &str, name: &str| {
+        let p = dir.path().join(name);
+        ok(&["random-pack", "--preset", "sparsedit-tiny", "--quant", "q8_0", "--seed", seed, "-o", s(&p)]);
+        std::fs::read(&p).unwrap()
+    };
+    let (a, b, c) = (make("3", "a.gguf"), make("3", "b.gguf"), make("4", "c.gguf"));
+    assert_eq!(a, b, "same seed, same pack");
+    assert_ne!(a, c, "another seed, other weights");
+    let info = ok(&["info", s(&dir.path().join("a.gguf"))]);
+    assert!(info.contains("sparsedit-tiny-random-seed3") && info.contains("Q8_0"), "{info}");
+    let png = dir.path().join("x.png");
+    ok(&["sample", "--model", s(&dir.path().join("a.gguf")), "--class", "2", "--steps", "2", "--backend", "cpu", "--out", s(&png)]);
+    let err = fails(&["random-pack", "--preset", "dit-xl9", "-o", s(&dir.path().join("z.gguf"))]);
+    assert!(err.contains("unknown preset"), "{err}");
+    assert!(!dir.path().join("z.gguf").exists());
+}
+
+#[test]
 fn flops_json_matches_official_log() {
     let text = ok(&["flops", "--preset", "sparsedit-xl2-256", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -465,3 +465,38 @@ test('a latent model with a TAESD decoder: the final sample is decoded in the pa
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
   });
 });
+
+test('a synthetic full-size DiT-XL/2 pack (random weights, q4_0, ~380 MB) streams into WebGPU buffers with the wasm heap under 256 MB', { timeout: 20 * 60_000 }, async () => {
+  // Written by the CLI into dist/ (served from disk); weights never pass through one buffer.
+  const dir = path.join(DIST, 'big');
+  const pack = path.join(dir, 'dit-xl2-256-random-q4_0.gguf');
+  if (!fs.existsSync(pack)) {
+    fs.mkdirSync(dir, { recursive: true });
+    ensureCli();
+    execFileSync(CLI, ['random-pack', '--preset', 'dit-xl2-256', '--quant', 'q4_0', '-o', pack], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  }
+  const size = fs.statSync(pack).size;
+  assert.ok(size > 300e6, `pack of ${size} bytes`);
+  const { context, page, log } = await openPage(`?model=/big/${path.basename(pack)}`);
+  try {
+    const status = await waitStatus(page, /^(ready|error)/, 15 * 60_000);
+    assert.match(status, /^ready/, status);
+    const got = await page.evaluate(() => ({
+      backend: window.sparsedit.engine.backend(),
+      heap: window.sparseditWasmMemory.buffer.byteLength,
+      info: window.sparsedit.info,
+      blocks: window.sparsedit.engine.layout(8).length,
+    }));
+    console.log(`# XL/2 pack of ${(size / 1e6).toFixed(0)} MB streamed on ${got.backend}: wasm heap ${(got.heap / 2 ** 20).toFixed(1)} MiB; ${status}`);
+    assert.equal(got.backend, 'webgpu');
+    assert.ok(got.heap < 256 * 2 ** 20, `wasm heap ${got.heap} bytes`);
+    assert.equal(Number(got.info.depth), 28);
+    assert.equal(Number(got.info.num_classes), 1000);
+    assert.equal(Number(got.info.bytes), size);
+    assert.equal(got.blocks, 28);
+    assert.equal(await page.getByTestId('class-207').textContent(), '207 · Golden Retriever');
+    assertLocalOnly(log);
+  } finally {
+    await context.close();
+  }
+});

@@ -168,7 +168,8 @@ async function load(source) {
     state.info = normaliseInfo(info);
     state.source = source;
     modelLoaded();
-    setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${fromCache ? ', from cache' : ''}`);
+    const notCached = info.cacheError ? `, not cached (${info.cacheError}): the weights stay loaded for this session` : '';
+    setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${fromCache ? ', from cache' : ''}${notCached}`);
   } catch (err) {
     state.info = safeModelInfo();
     showError(err, `loading ${sourceLabel(source)}`);

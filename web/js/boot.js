@@ -8,6 +8,7 @@ try {
   const bindings = await import(me.dataset.bindings);
   const wasm = await bindings.default({ module_or_path: me.dataset.wasm });
   window.wasmBindings = bindings;
+  window.sparseditWasmMemory = wasm.memory; // the wasm heap (tests read its size)
   dispatchEvent(new CustomEvent('TrunkApplicationStarted', { detail: { wasm } }));
 } catch (err) {
   window.sparseditBootError = err;

@@ -159,17 +159,24 @@ async function fetchIntoEngine(engine, source, key, { onProgress, signal }) {
   try {
     const info = await streamInto(engine, engineBody, { size: source.size, sha256: source.sha256, meter, signal });
     if (pending) {
-      // Verified: promote the pending copy into the real cache.
-      await pendingPut;
-      const copy = await pending.match(key);
-      if (copy) {
-        const headers = new Headers(copy.headers);
-        headers.set(SHA_HEADER, info.sha256 || source.sha256 || '');
-        headers.set(SIZE_HEADER, String(info.bytes ?? meter.received));
-        const cache = await caches.open(CACHE_NAME);
-        await cache.put(key, new Response(copy.body, { headers }));
+      // Verified: promote the pending copy into the real cache. A full quota (or any cache
+      // failure) does not fail the load: the weights are already on the engine, so the page
+      // keeps them for this session and says they were not cached.
+      try {
+        await pendingPut;
+        const copy = await pending.match(key);
+        if (copy) {
+          const headers = new Headers(copy.headers);
+          headers.set(SHA_HEADER, info.sha256 || source.sha256 || '');
+          headers.set(SIZE_HEADER, String(info.bytes ?? meter.received));
+          const cache = await caches.open(CACHE_NAME);
+          await cache.put(key, new Response(copy.body, { headers }));
+        }
+      } catch (err) {
+        info.cacheError = `${err?.name === 'QuotaExceededError' ? 'storage quota exceeded' : err?.message || err}`;
+      } finally {
+        await pending.delete(key).catch(() => {});
       }
-      await pending.delete(key);
     }
     return info;
   } catch (err) {
