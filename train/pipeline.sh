@@ -6,8 +6,8 @@
 # Long stages run with 1 PyTorch thread under `nice -n 10` (the machine is shared with Rust builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DENSE_STEPS=${DENSE_STEPS:-20000}
-FT_STEPS=${FT_STEPS:-6000}
+DENSE_STEPS=${DENSE_STEPS:-5282}
+FT_STEPS=${FT_STEPS:-5000}
 RATES=${RATES:-0.6:0.85}
 SEED=${SEED:-0}
 PY="nice -n 10 python3"
