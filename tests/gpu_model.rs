@@ -287,3 +287,38 @@ fn training_free_pooled_middle_on_gpu_matches_cpu_pytorch_and_layout() {
     let mut sm = Model::from_tensors(scfg, smap).unwrap();
     assert!(sm.set_pooled_middle(Some(PooledMiddle { start: 1, end: 2 })).is_err());
 }
+
+/// 512 px geometry (a 64x64x4 latent, patch 2: 1024 tokens on a 32x32 grid) with batch > 1, on a
+/// narrow random model so it stays quick: the 1024-token attention, 32 -> 8 pooling and 8 -> 32
+/// upsampling of SparseDiT-XL/2-512, and the training-free pooled middle of a plain DiT at the
+/// same size; GPU against the CPU reference.
+#[test]
+fn tokens_of_512px_with_batch_3_gpu_matches_cpu() {
+    use sparsedit::config::{Layout, PooledMiddle, SparseLayout};
+    use sparsedit::Config;
+    let Some(gpu) = gpu() else { return };
+    let mut sparse = Config::sparsedit_xl2(512).unwrap();
+    sparse.hidden_size = 64;
+    sparse.num_heads = 4;
+    sparse.mlp_hidden = 256;
+    sparse.num_classes = 1000;
+    sparse.layout = Layout::Sparse(SparseLayout { num_poolingformer: 1, num_sdtm: 1, group: [1, 1, 1, 1], num_top: 1 });
+    let mut dense = sparse.clone();
+    dense.layout = Layout::Dense { depth: 5 };
+    dense.pooled_middle = Some(PooledMiddle { start: 1, end: 4 });
+    assert_eq!((sparse.grid(), sparse.num_tokens()), (32, 1024));
+    let b = 3;
+    let x = candle_core::Tensor::from_vec(random_nonzero(5, b * 4 * 64 * 64, 1.0), (b, 4, 64, 64), &candle_core::Device::Cpu).unwrap();
+    let (t, y) = ([999.0f32, 500.0, 3.0], [207i64, 1000, 3]);
+    for cfg in [sparse, dense] {
+        let map = sparsedit::bench::random_tensors(&cfg, 11).unwrap();
+        let cpu = Model::from_tensors(cfg.clone(), map.clone()).unwrap();
+        let gm = GpuModel::load(&gpu, cfg.clone(), &EncodedMap { tensors: &map, quant: TensorType::F32 }).unwrap();
+        let plan = gm.plan(&gpu, b, 8).unwrap();
+        let got = gm.forward(&gpu, &plan, &f32s(&x), &t, &y).unwrap();
+        let want = f32s(&cpu.forward(&x, &t, &y, 8).unwrap());
+        let what = format!("{} at 1024 tokens, batch {b}, s = 8: GPU vs CPU", cfg.arch_name());
+        assert_close(&what, &got, &want, 1e-3);
+        eprintln!("{what}: max relative error {:.2e}", max_rel_err(&got, &want));
+    }
+}
