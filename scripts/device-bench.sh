@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared real-GPU benchmark for a session that is lent a device machine (see the device
 # tool's README): wgpu on Vulkan on an NVIDIA H100 / H200, dense vs sparse XL/2 at 256 and 512 px
-# and the matmul kernel's GFLOP/s, in f32 and q8_0. Results go to docs/BENCHMARKS.md by hand.
+# and the matmul kernel's GFLOP/s, in f32 and q8_0, and plain DiT-XL/2 with and without the
+# training-free pooled middle. Results go to docs/BENCHMARKS.md by hand.
 #
 # Here, once per machine (the loaders travel as .debs; the binary is built here, x86-64):
 #   echo /.gl/ >> .git/info/exclude; echo /.devbin/ >> .git/info/exclude
@@ -30,3 +31,7 @@ run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quan
 run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quant q8_0
 run bench --preset sparsedit-xl2-512 --backend gpu --steps 5 --repeats 3 --quant q8_0
 run bench --preset sparsedit-tiny --backend gpu --steps 10 --repeats 5
+# Training-free pooled middle vs plain DiT-XL/2 (random q8_0 weights): sampling time per run.
+"$B" random-pack --preset dit-xl2-256 --quant q8_0 -o /tmp/dit-xl2-256-random.gguf > /dev/null 2>&1
+run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --latent-out /tmp/z-dense.safetensors
+run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --pooled-middle default --semantic-size 8 --latent-out /tmp/z-pooled.safetensors
