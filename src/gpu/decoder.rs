@@ -79,7 +79,8 @@ impl GpuDecoder {
         match &self.cfg {
             DecoderConfig::Taesd(c) => rec.taesd(c.latent_channels, c.width, c.out_channels, h, w, &input, &output)?,
             DecoderConfig::SdVae(c) => {
-                let scores = gpu.zeros("decoder.attention_scores", batch * area * area)?;
+                // one batch element's (T, T) probabilities at a time (ops::conv::vae_attention)
+                let scores = gpu.zeros("decoder.attention_scores", area * area)?;
                 rec.sdvae(c, h, w, &input, &output, &scores)?;
                 let ds = rec.ds;
                 let mut keep = pool;

@@ -193,7 +193,8 @@ pub fn group_norm(
 }
 
 /// out (B, C, T) = single-head attention of channel-major q, k, v (B, C, T), scale 1/sqrt(C);
-/// `scores` (B, T, T) is scratch. Three dispatches (scores, softmax, apply).
+/// `scores` (T, T) is scratch, reused by each batch element in turn. Three dispatches (scores,
+/// softmax, apply) per batch element.
 #[allow(clippy::too_many_arguments)]
 pub fn vae_attention(
     gpu: &Gpu,
@@ -208,21 +209,25 @@ pub fn vae_attention(
     out: &GpuBuf,
 ) -> Result<Vec<Dispatch>> {
     let n = elems(label, "q / k / v (B, C, T)", &[batch, c, t])?;
-    let ns = elems(label, "scores (B, T, T)", &[batch, t, t])?;
+    let ns = elems(label, "scores (T, T)", &[t, t])?;
     for (name, b) in [("q", q), ("k", k), ("v", v), ("output", out)] {
         need(&format!("{label} {name}"), b, n)?;
     }
     need(&format!("{label} scores"), scores, ns)?;
     not_aliased(label, out, &[("q", q), ("k", k), ("v", v), ("scores", scores)])?;
     not_aliased(label, scores, &[("q", q), ("k", k), ("v", v)])?;
-    let params = [batch as u32, c as u32, t as u32, (1.0 / (c as f32).sqrt()).to_bits()];
-    let mut out_d = Vec::with_capacity(3);
-    for (stage, count) in [(0.0, ns), (1.0, batch * t), (2.0, n)] {
-        if count.div_ceil(ATT_WG).div_ceil(65535) > 65535 {
-            return bad(label, format!("{count} invocations are too many to dispatch"));
+    // One batch element at a time through one (T, T) score buffer: the probabilities of a
+    // 512 px image are 64 MB, and a batch of them would pass the usual 128 MB binding limit.
+    let mut out_d = Vec::with_capacity(3 * batch);
+    for b0 in 0..batch {
+        let params = [1, c as u32, t as u32, (1.0 / (c as f32).sqrt()).to_bits(), b0 as u32];
+        for (stage, count) in [(0.0, ns), (1.0, t), (2.0, c * t)] {
+            if count.div_ceil(ATT_WG).div_ceil(65535) > 65535 {
+                return bad(label, format!("{count} invocations are too many to dispatch"));
+            }
+            let kernel = gpu.kernel("vae_attention", VAE_ATTENTION_WGSL, &[("STAGE", stage)])?;
+            out_d.push(gpu.dispatch(&kernel, &format!("{label}.{b0}.{stage}"), &params, &[q, k, v, scores, out], groups_1d(count, ATT_WG))?);
         }
-        let kernel = gpu.kernel("vae_attention", VAE_ATTENTION_WGSL, &[("STAGE", stage)])?;
-        out_d.push(gpu.dispatch(&kernel, &format!("{label}.{stage}"), &params, &[q, k, v, scores, out], groups_1d(count, ATT_WG))?);
     }
     Ok(out_d)
 }
