@@ -5,35 +5,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use common::*;
 
-fn sparsedit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sparsedit")).args(args).output().expect("run sparsedit")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = sparsedit(args);
-    assert!(out.status.success(), "sparsedit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail: status 2 and exactly one line on stderr, returned.
-fn fails(args: &[&str]) -> String {
-    let out = sparsedit(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "sparsedit {args:?} should exit 2; stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one-line reason expected, got: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn convert(case: &str, ckpt: &str, quant: &str, dir: &Path) -> std::path::PathBuf {
     let cfg = fixture_config(case);

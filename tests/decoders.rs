@@ -152,33 +152,9 @@ fn bad_inputs_are_typed_errors() {
 
 mod cli {
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Output};
 
     use super::*;
-
-    fn sparsedit(args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sparsedit")).args(args).output().expect("run sparsedit")
-    }
-
-    fn ok(args: &[&str]) -> String {
-        let out = sparsedit(args);
-        assert!(out.status.success(), "sparsedit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Must fail with status 2 and one line on stderr, returned.
-    fn fails(args: &[&str]) -> String {
-        let out = sparsedit(args);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(2), "sparsedit {args:?} should exit 2; stderr: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "one-line reason expected, got: {err}");
-        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
-        err
-    }
-
-    fn s(p: &Path) -> &str {
-        p.to_str().unwrap()
-    }
+    use common::{fails, ok, s, sparsedit};
 
     fn convert(ckpt: &Path, out: PathBuf, extra: &[&str]) -> PathBuf {
         let mut args = vec!["convert", s(ckpt), "-o", s(&out)];

@@ -107,3 +107,33 @@ pub fn random_nonzero(seed: u64, n: usize, amp: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+// ---- the `sparsedit` binary (tests/cli.rs, tests/decoders.rs)
+
+/// Runs the crate's CLI.
+pub fn sparsedit(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sparsedit")).args(args).output().expect("run sparsedit")
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = sparsedit(args);
+    assert!(out.status.success(), "sparsedit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail: status 2 and exactly one line on stderr, returned.
+pub fn fails(args: &[&str]) -> String {
+    let out = sparsedit(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "sparsedit {args:?} should exit 2; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one-line reason expected, got: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// A path as a CLI argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
