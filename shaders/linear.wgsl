@@ -6,7 +6,8 @@
 // switch of every invocation: there the tiled loop is many times slower than this one.
 //
 // This file is the kernel body shared by two arithmetic precisions; it is not a module on its
-// own. The host prepends one of (src/gpu/ops/mod.rs, `Precision`):
+// own. The host prepends linear_common.wgsl (constants, parameters, epilogues) and one of
+// (src/gpu/ops/mod.rs, `Precision`):
 //   linear_f32.wgsl  tiles in f32, fma in f32 (the default, works on every adapter)
 //   linear_f16.wgsl  `enable f16;` tiles in f16, products in f16, sums in f32 (needs shader-f16)
 // Each defines the tile element type `H`, `to_h` (f32 -> H when a value enters a tile) and
@@ -14,26 +15,8 @@
 // `enable f16` cannot be conditional, so the shared part (bindings, weight decoding, epilogues,
 // the tile loop) lives here once instead of being copied into two kernels.
 
-override WFMT: u32 = 0u; // 0 f32, 1 f16 (two per u32, low half first), 2 q8_0, 3 q4_0
-override EPI: u32 = 0u;  // 0 y = v; 1 y = gelu_tanh(v); 2 y += gate[b] * v (gated residual, in place);
-                         // 3 y = v + aux[row % T] (pos_embed); 4 y += v (accumulate); 5 y = silu(v)
-
-struct Params {
-    M: u32,          // rows (tokens of all batch rows)
-    N: u32,          // output features
-    K: u32,          // input features
-    T: u32,          // rows per batch element (EPI 2 gate row = row / T; EPI 3 aux row = row % T)
-    gate_stride: u32, // EPI 2: floats per batch row of the gate buffer (6C for adaLN output)
-    gate_offset: u32, // EPI 2: first float of the gate vector within its row
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;        // (M, K)
 @group(0) @binding(2) var<storage, read> w: array<u32>;        // (N, K): f32 bits | f16 pairs | q8_0 / q4_0 quants
-@group(0) @binding(3) var<storage, read> scales: array<f32>;   // (N, K / 32) block scales (q8_0, q4_0)
-@group(0) @binding(4) var<storage, read> bias: array<f32>;     // (N)
-@group(0) @binding(5) var<storage, read> aux: array<f32>;      // EPI 2: (B, gate_stride); EPI 3: (T, N)
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;  // (M, N)
 
 const TILE: u32 = 64u;
 const KT: u32 = 16u;
@@ -67,27 +50,6 @@ fn weight(n: u32, k: u32) -> f32 {
         default: {
             return bitcast<f32>(w[i]);
         }
-    }
-}
-
-fn gelu_tanh(v: f32) -> f32 {
-    // 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))); tanh via exp, clamped against overflow.
-    let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
-    let e = exp(2.0 * u);
-    return 0.5 * v * (1.0 + (e - 1.0) / (e + 1.0));
-}
-
-// y[r, c] = epilogue(acc + bias[c])
-fn store(r: u32, c: u32, acc: f32) {
-    let v = acc + bias[c];
-    let o = r * p.N + c;
-    switch EPI {
-        case 1u: { y[o] = gelu_tanh(v); }
-        case 2u: { y[o] = y[o] + aux[(r / p.T) * p.gate_stride + p.gate_offset + c] * v; }
-        case 3u: { y[o] = v + aux[(r % p.T) * p.N + c]; }
-        case 4u: { y[o] = y[o] + v; }
-        case 5u: { y[o] = v / (1.0 + exp(-v)); }
-        default: { y[o] = v; }
     }
 }
 

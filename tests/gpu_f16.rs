@@ -213,9 +213,11 @@ fn f16_forward_matches_cpu_reference() {
             let plan32 = gm.plan(&gpu, batch, grid).unwrap();
             gm.set_precision(&gpu, Precision::F16).unwrap();
             let plan16 = gm.plan(&gpu, batch, grid).unwrap();
-            // Every linear layer of the f16 plan runs the f16 kernel, and nothing else changed.
+            // Every linear layer of the f16 plan runs the f16 kernel, and nothing else changed
+            // (software adapters run f32 layers through linear_soft.wgsl).
             let (k32, k16) = (linear_kernels(&plan32), linear_kernels(&plan16));
-            assert!(!k32.is_empty() && k32.iter().all(|n| *n == "linear"), "{case}: f32 plan kernels {k32:?}");
+            let f32_kernel = if gpu.software { "linear_soft" } else { "linear" };
+            assert!(!k32.is_empty() && k32.iter().all(|n| *n == f32_kernel), "{case}: f32 plan kernels {k32:?}");
             assert!(k16.len() == k32.len() && k16.iter().all(|n| *n == "linear_f16"), "{case}: f16 plan kernels {k16:?}");
             assert_eq!(plan32.dispatches.len(), plan16.dispatches.len());
 
@@ -276,27 +278,32 @@ fn f16_is_an_error_without_shader_f16() {
     assert_eq!(Precision::default(), Precision::F32);
 }
 
-/// The barrier-free `main_direct` entry of the linear kernel (software adapters, M <= 16) equals
-/// the tiled one for every weight format, epilogue and shape with M <= 16, in f32 arithmetic.
+/// The barrier-free kernels of software adapters equal the tiled one for every weight format,
+/// epilogue and shape: `linear_soft.wgsl` (K % 4 == 0, any M: 4 x 4 blocks, so odd M and N
+/// leave partial blocks) and `main_direct` (K % 4 != 0, M <= 16; f32 / f16 weights only, as the
+/// quantized formats need K % 32 == 0), in f32 arithmetic.
 #[test]
-fn direct_linear_entry_matches_tiled() {
+fn software_linear_entries_match_tiled() {
     let Some(mut gpu) = gpu() else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(61);
-    let shapes = [(5, 64, 130, 1), (2, 96, 300, 1), (16, 160, 33, 8), (1, 1024, 70, 1)];
+    let soft = [(5, 64, 130, 1), (2, 96, 300, 1), (16, 160, 33, 8), (1, 1024, 70, 1), (37, 96, 70, 37), (74, 224, 259, 37)];
+    let direct = [(5, 50, 70, 1), (3, 18, 9, 3)];
     let mut cases = 0;
     for ty in FORMATS {
-        for shape in shapes {
-            let case = Case::new(&gpu, &mut rng, ty, shape);
+        let quantized = matches!(ty, TensorType::Q8_0 | TensorType::Q4_0);
+        for shape in soft.iter().chain(if quantized { &direct[..0] } else { &direct[..] }) {
+            let case = Case::new(&gpu, &mut rng, ty, *shape);
             for epi in EPIS {
                 gpu.software = false;
                 let tiled = case.run(&gpu, epi, Precision::F32);
                 gpu.software = true;
-                let direct = case.run(&gpu, epi, Precision::F32);
-                let what = format!("{ty:?} {epi:?} M={} K={} N={}: direct vs tiled", shape.0, shape.1, shape.2);
-                assert_close(&what, &direct, &tiled, 1e-5);
+                let software = case.run(&gpu, epi, Precision::F32);
+                let entry = if shape.1 % 4 == 0 { "linear_soft" } else { "main_direct" };
+                let what = format!("{ty:?} {epi:?} M={} K={} N={}: {entry} vs tiled", shape.0, shape.1, shape.2);
+                assert_close(&what, &software, &tiled, 1e-5);
                 cases += 1;
             }
         }
     }
-    assert_eq!(cases, 4 * 4 * 6);
+    assert_eq!(cases, (4 * 6 + 2 * 2) * 6);
 }

@@ -11,9 +11,19 @@ pub mod tokens;
 
 /// The linear kernel in f32 arithmetic: a precision prelude + the shared body (see the header
 /// of `shaders/linear.wgsl`).
-pub const LINEAR_WGSL: &str = concat!(include_str!("../../../shaders/linear_f32.wgsl"), include_str!("../../../shaders/linear.wgsl"));
+pub const LINEAR_WGSL: &str = concat!(
+    include_str!("../../../shaders/linear_f32.wgsl"),
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear.wgsl")
+);
 /// The linear kernel in f16 arithmetic (f16 tiles and products, f32 sums); needs shader-f16.
-pub const LINEAR_F16_WGSL: &str = concat!(include_str!("../../../shaders/linear_f16.wgsl"), include_str!("../../../shaders/linear.wgsl"));
+pub const LINEAR_F16_WGSL: &str = concat!(
+    include_str!("../../../shaders/linear_f16.wgsl"),
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear.wgsl")
+);
+/// The register-blocked linear kernel for software adapters (f32 arithmetic, K % 4 == 0).
+pub const LINEAR_SOFT_WGSL: &str = concat!(include_str!("../../../shaders/linear_common.wgsl"), include_str!("../../../shaders/linear_soft.wgsl"));
 pub const LAYERNORM_WGSL: &str = include_str!("../../../shaders/layernorm_modulate.wgsl");
 
 /// An op constructor's error: `label: msg`.
@@ -86,15 +96,8 @@ impl GpuWeight {
         if bytes.len() != ty.bytes_for(elems)? {
             return Err(Error::Gpu(format!("{name}: {} bytes for {elems} {} weights", bytes.len(), ty.name())));
         }
-        let (w, scales) = match ty {
-            TensorType::F32 => (gpu.upload(name, bytemuck::cast_slice::<u8, u32>(&aligned(bytes)))?, gpu.zeros("no scales", 1)?),
-            TensorType::F16 => {
-                let mut b = bytes.to_vec();
-                if !b.len().is_multiple_of(4) {
-                    b.extend_from_slice(&[0, 0]);
-                }
-                (gpu.upload(name, bytemuck::cast_slice::<u8, u32>(&aligned(&b)))?, gpu.zeros("no scales", 1)?)
-            }
+        let (mut words, scales): (Vec<u32>, _) = match ty {
+            TensorType::F32 | TensorType::F16 => (le_words(bytes), gpu.zeros("no scales", 1)?),
             TensorType::Q8_0 | TensorType::Q4_0 => {
                 let block = ty.block_bytes();
                 let quant = block - 2;
@@ -107,9 +110,13 @@ impl GpuWeight {
                         words.push(u32::from_le_bytes([q[0], q[1], q[2], q[3]]));
                     }
                 }
-                (gpu.upload(name, &words)?, gpu.upload(&format!("{name}.scales"), &sc)?)
+                (words, gpu.upload(&format!("{name}.scales"), &sc)?)
             }
         };
+        // Whole 16-byte vectors: linear_soft.wgsl reads W as array<vec4<u32>>, and a partial
+        // last vector would be out of its binding's bounds.
+        words.resize(words.len().next_multiple_of(4), 0);
+        let w = gpu.upload(name, &words)?;
         Ok(GpuWeight { w, scales, format: ty })
     }
 }
@@ -131,14 +138,13 @@ impl GpuLinear {
     }
 }
 
-/// Copy bytes into a 4-byte aligned vector (bytemuck casts need alignment).
-fn aligned(bytes: &[u8]) -> Vec<u8> {
-    let words: Vec<u32> = bytes.chunks(4).map(|c| {
+/// Bytes as little-endian u32 words, the last one zero-padded.
+fn le_words(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks(4).map(|c| {
         let mut a = [0u8; 4];
         a[..c.len()].copy_from_slice(c);
         u32::from_le_bytes(a)
-    }).collect();
-    bytemuck::cast_slice(&words).to_vec()
+    }).collect()
 }
 
 /// What a linear layer does with its result v = x W^T + b.
@@ -233,10 +239,14 @@ pub fn linear_with(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: us
     };
     let constants = [("WFMT", fmt), ("EPI", code as f64)];
     let params = [rows as u32, n as u32, k as u32, t as u32, stride as u32, offset as u32];
-    // Software adapters: the direct kernel for matrix-vector shapes (adaLN, timestep MLP), where
-    // the tiled one computes 64-row tiles for 2 rows. Measured on lavapipe (tiny model, batch 2):
-    // adaLN 85 -> 2.5 ms; for 128 rows the tiled kernel stays faster (fc1 120 vs 190 ms).
-    let (kernel, groups) = if gpu.software && rows <= 16 {
+    // Software adapters (lavapipe, SwiftShader) run barrier-free kernels: the register-blocked
+    // one (linear_soft.wgsl) where K % 4 == 0 in f32 arithmetic, ~1.5-2.7x the tiled kernel on
+    // lavapipe at every measured shape (docs/BENCHMARKS.md); otherwise the direct entry for
+    // matrix-vector shapes (adaLN, timestep MLP: 85 -> 2.5 ms), the tiled one above 16 rows.
+    let (kernel, groups) = if gpu.software && k.is_multiple_of(4) && precision == Precision::F32 {
+        // 4 x 4 outputs per invocation, 64 invocations per workgroup.
+        (gpu.kernel("linear_soft", LINEAR_SOFT_WGSL, &constants)?, [n.div_ceil(256) as u32, rows.div_ceil(4) as u32, 1])
+    } else if gpu.software && rows <= 16 {
         // 4 outputs of one row per invocation, 64 invocations per workgroup.
         (gpu.kernel_entry(name, source, "main_direct", &constants)?, [n.div_ceil(256) as u32, rows as u32, 1])
     } else {
