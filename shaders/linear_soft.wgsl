@@ -53,7 +53,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         xr[i] = min(r0 + i, p.M - 1u) * k4;
         wn[i] = min(c0 + i, p.N - 1u);
     }
-    var acc: array<vec4<f32>, 4>; // acc[i][j] = y[r0 + i, c0 + j] before the epilogue
+    var acc = array<vec4<f32>, 4>(); // acc[i][j] = y[r0 + i, c0 + j] before the epilogue
+    var part: array<vec4<f32>, 4>;   // one block's unscaled sums
     for (var kb = 0u; kb < p.K; kb += 32u) {
         // One 32-weight block of each column: its scale (quantized formats; K % 32 == 0 there).
         var s = vec4<f32>(1.0);
@@ -62,7 +63,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             let b = kb / 32u;
             s = vec4<f32>(scales[wn[0] * blocks + b], scales[wn[1] * blocks + b], scales[wn[2] * blocks + b], scales[wn[3] * blocks + b]);
         }
-        var part: array<vec4<f32>, 4>; // this block's unscaled sums
+        // Zeroed explicitly: Chromium's WGSL compiler (Tint, SwiftShader) kept the sums of the
+        // previous block in a `var` declared here, which WGSL says starts at zero each time.
+        for (var i = 0u; i < 4u; i++) { part[i] = vec4<f32>(); }
         let kend = min(kb + 32u, p.K);
         for (var k = kb; k < kend; k += 4u) {
             let w0 = weight4(wn[0], k);

@@ -147,6 +147,54 @@ impl DecoderConfig {
         }
     }
 
+    /// The published decoders: `taesd` (width 64, 1.22 M parameters) and `sdvae`
+    /// (sd-vae-ft-ema / -mse: block widths 128, 256, 512, 512; 49.5 M parameters).
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "taesd" => Ok(DecoderConfig::Taesd(TaesdConfig { latent_channels: 4, width: 64, out_channels: 3 })),
+            "sdvae" | "sd-vae" => Ok(DecoderConfig::SdVae(SdVaeConfig {
+                latent_channels: 4,
+                out_channels: 3,
+                block_out_channels: vec![128, 256, 512, 512],
+                layers_per_block: 2,
+                norm_num_groups: SD_NORM_GROUPS,
+                scaling_factor: SD_SCALING_FACTOR,
+            })),
+            _ => Err(Error::arg(format!("unknown decoder preset {name:?} (taesd, sdvae)"))),
+        }
+    }
+
+    /// The (name, shape) of every tensor this decoder loads, canonical names, in load order.
+    pub fn expected_tensors(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        self.validate()?;
+        let mut w = WeightLoader::new(TensorMap::new());
+        match self {
+            DecoderConfig::Taesd(c) => drop(Taesd::load(&mut w, c)),
+            DecoderConfig::SdVae(c) => drop(SdVae::load(&mut w, c)?),
+        }
+        Ok(w.expected())
+    }
+
+    /// Seeded random weights with every expected name and shape: conv / linear weights with
+    /// unit gain (normal, std 1 / sqrt(fan-in)), norm scales near 1, small biases. For full-size
+    /// tests and benchmarks without the published files.
+    pub fn random_tensors(&self, seed: u64) -> Result<TensorMap> {
+        let mut rng = crate::diffusion::SeededNoise::new(seed);
+        let mut map = TensorMap::new();
+        for (name, shape) in self.expected_tensors()? {
+            let n: usize = shape.iter().product();
+            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+            let (amp, base) = match shape.len() {
+                1 if name.contains("norm") && name.ends_with("weight") => (0.2, 1.0),
+                1 => (0.1, 0.0),
+                _ => (1.0 / (fan_in as f32).sqrt(), 0.0),
+            };
+            let v: Vec<f32> = rng.normal(n).into_iter().map(|x| base + amp * x).collect();
+            map.insert(name, candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?);
+        }
+        Ok(map)
+    }
+
     pub fn validate(&self) -> Result<()> {
         match self {
             DecoderConfig::Taesd(c) => {

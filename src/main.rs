@@ -57,7 +57,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct RandomPackArgs {
-    /// A preset: dit-xl2-256, sparsedit-xl2-512, dit-b2, sparsedit-tiny, ...
+    /// A preset: dit-xl2-256, sparsedit-xl2-512, dit-b2, sparsedit-tiny, ...; or a decoder: taesd, sdvae
     #[arg(long)]
     preset: String,
     #[arg(long, default_value_t = 0)]
@@ -648,9 +648,14 @@ fn decode(a: DecodeArgs) -> Result<()> {
 
 fn random_pack(a: RandomPackArgs) -> Result<()> {
     let quant = TensorType::parse(&a.quant)?;
+    let name = format!("{}-random-seed{}", a.preset, a.seed);
+    if let Ok(dec) = DecoderConfig::preset(&a.preset) {
+        let tensors = dec.random_tensors(a.seed)?;
+        return write_any_pack_file(&a.out, PackCfg::Decoder(&dec), &tensors, quant, &name, false);
+    }
     let cfg = Config::preset(&a.preset)?;
     let tensors = sparsedit::bench::random_tensors(&cfg, a.seed)?;
-    write_pack_file(&a.out, &cfg, &tensors, quant, &format!("{}-random-seed{}", a.preset, a.seed), false)
+    write_pack_file(&a.out, &cfg, &tensors, quant, &name, false)
 }
 
 fn dit_to_sparse(a: DitToSparseArgs) -> Result<()> {

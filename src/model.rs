@@ -26,16 +26,25 @@ pub struct WeightLoader {
     map: TensorMap,
     missing: Vec<String>,
     bad_shape: Option<Error>,
+    /// Every (name, shape) asked for, in order: what a loader expects (see [`Self::expected`]).
+    asked: Vec<(String, Vec<usize>)>,
 }
 
 impl WeightLoader {
     pub fn new(map: TensorMap) -> Self {
-        WeightLoader { map, missing: Vec::new(), bad_shape: None }
+        WeightLoader { map, missing: Vec::new(), bad_shape: None, asked: Vec::new() }
+    }
+
+    /// The (name, shape) of every tensor taken so far, in order: run a loader on an empty map
+    /// to list what an architecture expects.
+    pub fn expected(self) -> Vec<(String, Vec<usize>)> {
+        self.asked
     }
 
     /// The tensor `name` with exactly `shape`, as f32. Returns a placeholder after recording the
     /// problem when missing or mis-shaped (reported by [`WeightLoader::finish`]).
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Tensor {
+        self.asked.push((name.to_string(), shape.to_vec()));
         match self.map.remove(name) {
             None => {
                 self.missing.push(name.to_string());

@@ -19,6 +19,7 @@
 //!   block_times(grid: number): Promise<{name, ms}[] | null>   // GPU ms per block (timestamp queries)
 //!   load_decoder(bytes: Uint8Array, expected_sha256?: string): DecoderInfo  // TAESD / SD-VAE pack
 //!   unload_decoder(): void                // while loaded, generate also returns `decoded`
+//!   decode(latent: Float32Array, num): Promise<decoded>  // (num, C, I, I) latents, e.g. a step's pred_x0
 //!   set_pooled_middle(spec: "START:END" | "default" | null): [start, end] | null  // plain DiT only:
 //!                                         // training-free sparsification (middle blocks on the pooled grid)
 //! }
@@ -426,6 +427,35 @@ impl Engine {
         self.inner.borrow_mut().decoder = None;
     }
 
+    /// Decode latents of the loaded model's size with the loaded decoder: `latent` (num, C, I, I)
+    /// as `generate` returns it, or a step's `pred_x0` (the page's live TAESD preview). Resolves
+    /// to `{ image, channels, size, ms, decoder }` as `result.decoded`. May run while a
+    /// generation is waiting on the GPU: it only reads the model's geometry and the decoder.
+    pub fn decode(&self, latent: js_sys::Float32Array, num: usize) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (gpu, loaded, decoder) = {
+                let i = inner.borrow();
+                (i.gpu.clone(), i.loaded.clone(), i.decoder.clone())
+            };
+            let run = async {
+                let loaded = loaded.ok_or("no model loaded")?;
+                let d = decoder.ok_or("no latent decoder loaded")?;
+                let (c, size) = (loaded.cfg.in_channels, loaded.cfg.input_size);
+                if d.cfg.latent_channels() != c {
+                    return Err(format!("the {} decoder takes {} latent channels, the model makes {c}", d.cfg.arch_name(), d.cfg.latent_channels()));
+                }
+                let z = latent.to_vec();
+                if num == 0 || z.len() != num * c * size * size {
+                    return Err(format!("{} latent values for {num} latents of {c}x{size}x{size}", z.len()));
+                }
+                let out = decode_for_page(&d, gpu.as_deref(), &z, num, size).await?;
+                out.to_js()
+            };
+            run.await.map_err(|e| JsError::new(&e).into())
+        })
+    }
+
     /// Stop the running generation after its current step.
     pub fn cancel(&self) {
         self.cancel.set(true);
@@ -592,16 +622,7 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
     let Reporter { ms_steps, grids, cancelled, .. } = rep;
     // The final latents through the decoder, when one fits this model.
     let decoded = match decoder.filter(|d| d.cfg.latent_channels() == cfg.in_channels && !cancelled && !image.is_empty()) {
-        Some(d) => {
-            let t0 = now_ms();
-            let raw = decode_latents(&d, gpu.as_deref(), &image, o.num, cfg.input_size).await?;
-            // To the page's [-1, 1] range: TAESD's output is in [0, 1].
-            let img: Vec<f32> = match d.cfg {
-                DecoderConfig::Taesd(_) => raw.iter().map(|v| 2.0 * v - 1.0).collect(),
-                DecoderConfig::SdVae(_) => raw,
-            };
-            Some((img, d.cfg.out_channels(), cfg.input_size * d.cfg.upscale(), now_ms() - t0, d.cfg.arch_name()))
-        }
+        Some(d) => Some(decode_for_page(&d, gpu.as_deref(), &image, o.num, cfg.input_size).await?),
         None => None,
     };
 
@@ -616,12 +637,39 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
     }
     let out = to_js(&Out { channels: cfg.in_channels, size: cfg.input_size, ms_total: now_ms() - start, ms_steps, grids, cancelled }).map_err(|_| "result".to_string())?;
     js_sys::Reflect::set(&out, &"image".into(), &js_sys::Float32Array::from(image.as_slice()).into()).map_err(|_| "result")?;
-    if let Some((img, channels, size, ms, arch)) = decoded {
-        let d = to_js(&serde_json::json!({ "channels": channels, "size": size, "ms": ms, "decoder": arch })).map_err(|_| "result")?;
-        js_sys::Reflect::set(&d, &"image".into(), &js_sys::Float32Array::from(img.as_slice()).into()).map_err(|_| "result")?;
-        js_sys::Reflect::set(&out, &"decoded".into(), &d).map_err(|_| "result")?;
+    if let Some(d) = decoded {
+        js_sys::Reflect::set(&out, &"decoded".into(), &d.to_js()?).map_err(|_| "result")?;
     }
     Ok(out)
+}
+
+/// Decoded images for the page: `{ image (in [-1, 1]), channels, size, ms, decoder }`.
+struct Decoded {
+    image: Vec<f32>,
+    channels: usize,
+    size: usize,
+    ms: f64,
+    decoder: &'static str,
+}
+
+impl Decoded {
+    fn to_js(&self) -> Result<JsValue, String> {
+        let d = to_js(&serde_json::json!({ "channels": self.channels, "size": self.size, "ms": self.ms, "decoder": self.decoder })).map_err(|_| "decoded image")?;
+        js_sys::Reflect::set(&d, &"image".into(), &js_sys::Float32Array::from(self.image.as_slice()).into()).map_err(|_| "decoded image")?;
+        Ok(d)
+    }
+}
+
+/// Latents (num, C, I, I) through the decoder, to the page's [-1, 1] range.
+async fn decode_for_page(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Decoded, String> {
+    let t0 = now_ms();
+    let raw = decode_latents(d, gpu, z, num, size).await?;
+    let image = match d.cfg {
+        // TAESD's output is in [0, 1].
+        DecoderConfig::Taesd(_) => raw.iter().map(|v| 2.0 * v - 1.0).collect(),
+        DecoderConfig::SdVae(_) => raw,
+    };
+    Ok(Decoded { image, channels: d.cfg.out_channels(), size: size * d.cfg.upscale(), ms: now_ms() - t0, decoder: d.cfg.arch_name() })
 }
 
 /// Latents (num, C, I, I) -> the decoder's raw images (num, 3, 8I, 8I).

@@ -463,31 +463,71 @@ test('a latent model with a TAESD decoder: the final sample is decoded in the pa
     const { worst, at } = maxAbsDiff(dec.image, Array.from(want.data, (v) => 2 * v - 1));
     console.log(`# decoded in the page vs CLI decode: max abs diff ${worst.toExponential(3)}`);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
+
+    // Live TAESD preview: step clean-image guesses went through engine.decode (at least one; on
+    // the CPU path the sampler does not yield, so the rest are skipped), each the decode of that
+    // step's pred_x0, and scrubbing to a previewed step shows it decoded.
+    await page.waitForFunction(() => (window.sparsedit.state.run.previews || 0) >= 1 && !window.sparsedit.state.run.previewBusy, null, { timeout: 60_000 });
+    const live = await page.evaluate(async () => {
+      const run = window.sparsedit.state.run;
+      const i = run.steps.findIndex((s) => s.decoded);
+      const st = run.steps[i];
+      const again = await window.sparsedit.engine.decode(st.pred, 1);
+      const final = await window.sparsedit.engine.decode(window.sparsedit.lastResult.image, 1);
+      const scrub = document.getElementById('scrub');
+      scrub.value = String(i);
+      scrub.dispatchEvent(new Event('input'));
+      const maxDiff = (a, b) => a.reduce((m, v, j) => Math.max(m, Math.abs(v - b[j])), 0);
+      return {
+        i, previews: run.previews, size: st.decoded.size,
+        sameAsDecode: maxDiff(st.decoded.image, again.image),
+        finalSame: maxDiff(final.image, window.sparsedit.lastResult.decoded.image),
+        predVsFinal: maxDiff(st.decoded.image, window.sparsedit.lastResult.decoded.image),
+        shows: document.getElementById('preview').dataset.shows,
+        label: document.querySelector('[data-testid="step"]').textContent,
+      };
+    });
+    console.log(`# live TAESD preview: ${live.previews} step(s) decoded; ${live.label}`);
+    assert.equal(live.size, 64);
+    assert.equal(live.sameAsDecode, 0, 'the preview is engine.decode of the step\'s pred_x0');
+    assert.equal(live.finalSame, 0, 'engine.decode of the final latent is result.decoded');
+    if (live.i < steps - 1) assert.ok(live.predVsFinal > 0, 'an early step preview equals the final image');
+    assert.equal(live.shows, 'live-preview');
+    assert.match(live.label, /live preview, decoded by taesd/);
+    // Wrong sizes are errors, not panics.
+    const bad = await page.evaluate(() => window.sparsedit.engine.decode(new Float32Array(7), 1).then(() => 'resolved', (e) => String(e.message)));
+    assert.match(bad, /7 latent values for 1 latents of 4x8x8/);
   });
 });
 
-test('a synthetic full-size DiT-XL/2 pack (random weights, q4_0, ~380 MB) streams into WebGPU buffers with the wasm heap under 256 MB', { timeout: 20 * 60_000 }, async () => {
+test('a synthetic full-size DiT-XL/2 pack (random weights, q4_0, ~380 MB) streams into WebGPU buffers with the wasm heap under 256 MB, generates at 256 px and decodes with a full-size TAESD', { timeout: 40 * 60_000 }, async () => {
   // Written by the CLI into dist/ (served from disk); weights never pass through one buffer.
   const dir = path.join(DIST, 'big');
   const pack = path.join(dir, 'dit-xl2-256-random-q4_0.gguf');
+  const taesd = path.join(dir, 'taesd-random-f32.gguf'); // the published width: 1.22 M parameters
+  fs.mkdirSync(dir, { recursive: true });
+  ensureCli();
   if (!fs.existsSync(pack)) {
-    fs.mkdirSync(dir, { recursive: true });
-    ensureCli();
     execFileSync(CLI, ['random-pack', '--preset', 'dit-xl2-256', '--quant', 'q4_0', '-o', pack], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  }
+  if (!fs.existsSync(taesd)) {
+    execFileSync(CLI, ['random-pack', '--preset', 'taesd', '--quant', 'f32', '-o', taesd], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
   }
   const size = fs.statSync(pack).size;
   assert.ok(size > 300e6, `pack of ${size} bytes`);
-  const { context, page, log } = await openPage(`?model=/big/${path.basename(pack)}`);
+  const { context, page, log } = await openPage(`?model=/big/${path.basename(pack)}&decoder=/big/${path.basename(taesd)}`);
   try {
+    const t0 = Date.now();
     const status = await waitStatus(page, /^(ready|error)/, 15 * 60_000);
     assert.match(status, /^ready/, status);
+    const loadS = (Date.now() - t0) / 1e3;
     const got = await page.evaluate(() => ({
       backend: window.sparsedit.engine.backend(),
       heap: window.sparseditWasmMemory.buffer.byteLength,
       info: window.sparsedit.info,
       blocks: window.sparsedit.engine.layout(8).length,
     }));
-    console.log(`# XL/2 pack of ${(size / 1e6).toFixed(0)} MB streamed on ${got.backend}: wasm heap ${(got.heap / 2 ** 20).toFixed(1)} MiB; ${status}`);
+    console.log(`# XL/2 pack of ${(size / 1e6).toFixed(0)} MB streamed on ${got.backend} in ${loadS.toFixed(0)} s: wasm heap ${(got.heap / 2 ** 20).toFixed(1)} MiB; ${status}`);
     assert.equal(got.backend, 'webgpu');
     assert.ok(got.heap < 256 * 2 ** 20, `wasm heap ${got.heap} bytes`);
     assert.equal(Number(got.info.depth), 28);
@@ -495,6 +535,47 @@ test('a synthetic full-size DiT-XL/2 pack (random weights, q4_0, ~380 MB) stream
     assert.equal(Number(got.info.bytes), size);
     assert.equal(got.blocks, 28);
     assert.equal(await page.getByTestId('class-207').textContent(), '207 · Golden Retriever');
+    assert.equal(await page.getByTestId('decoder-info').getAttribute('data-arch'), 'taesd');
+
+    // One DDIM step without guidance (one forward of batch 1), training-free at s = 8: the
+    // middle blocks 5..23 on 64 pooled tokens, the rest on 256. SwiftShader runs an XL/2
+    // forward in minutes; more steps would add nothing the small models do not check.
+    await page.locator('input[name="sparsity"][value="fixed"]').check();
+    await page.getByTestId('grid').fill('8');
+    await page.getByTestId('grid').dispatchEvent('input');
+    const cls = 207, steps = 1, cfg = 1;
+    const t1 = Date.now();
+    await generateIn(page, { cls, steps, cfg });
+    const genS = (Date.now() - t1) / 1e3;
+    const res = await page.evaluate(() => {
+      const r = window.sparsedit.lastResult, d = r.decoded;
+      return {
+        latent: Array.from(r.image),
+        decoded: d && { size: Number(d.size), channels: Number(d.channels), decoder: d.decoder, ms: Number(d.ms), image: Array.from(d.image) },
+        heap: window.sparseditWasmMemory.buffer.byteLength,
+      };
+    });
+    assert.ok(res.decoded, 'no decoded image in the result');
+    assert.deepEqual([res.decoded.size, res.decoded.channels, res.decoded.decoder], [256, 3, 'taesd']);
+    assert.ok(res.heap < 256 * 2 ** 20, `wasm heap ${res.heap} bytes after generating and decoding`);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'xl2-generated.png'), fullPage: true });
+
+    // The CLI on the CPU: the same seed and settings, then `decode` of its latent.
+    const z = path.join(ARTIFACTS, 'xl2-z.safetensors'), img = path.join(ARTIFACTS, 'xl2-img.safetensors');
+    execFileSync(CLI, ['sample', '--model', pack, '--class', String(cls), '--seed', String(SEED), '--steps', String(steps),
+      '--cfg', String(cfg), '--semantic-size', '8', '--pooled-middle', 'default', '--backend', 'cpu', '--latent-out', z],
+    { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(CLI, ['decode', '--decoder', taesd, '--latents', z, '--out', img, '--backend', 'cpu'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    const wantZ = readSafetensors(z, 'sample'), wantImg = readSafetensors(img, 'image');
+    assert.deepEqual(wantZ.shape, [1, 4, 32, 32]);
+    assert.deepEqual(wantImg.shape, [1, 3, 256, 256]);
+    const scale = wantZ.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const dz = maxAbsDiff(res.latent, wantZ.data);
+    const di = maxAbsDiff(res.decoded.image, Array.from(wantImg.data, (v) => 2 * v - 1));
+    console.log(`# XL/2 in the browser (WebGPU, SwiftShader): 1 step in ${genS.toFixed(0)} s incl. pipeline compilation, TAESD 256 px decode ${res.decoded.ms.toFixed(0)} ms; `
+      + `wasm heap ${(res.heap / 2 ** 20).toFixed(1)} MiB; max |page - CLI|: latent ${dz.worst.toExponential(3)} (max |z| ${scale.toFixed(2)}), image ${di.worst.toExponential(3)}`);
+    assert.ok(dz.worst <= TOLERANCE * Math.max(1, scale), `latent: max abs difference ${dz.worst} at index ${dz.at}`);
+    assert.ok(di.worst <= TOLERANCE, `decoded image: max abs difference ${di.worst} at index ${di.at}`);
     assertLocalOnly(log);
   } finally {
     await context.close();

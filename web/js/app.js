@@ -461,7 +461,37 @@ function onStep(run, step) {
   };
   run.steps.push(rec);
   setStatus(`generating: step ${step.iter + 1}/${step.total}`);
+  if (rec.pred && wantsLivePreview(run)) requestPreview(run, rec);
   scheduleDraw();
+}
+
+/** A TAESD decoder that fits the model, and the box ticked: SD-VAE is for final images only. */
+function wantsLivePreview(run) {
+  const d = state.decoder?.info;
+  return !!d && d.arch === 'taesd' && Number(d.latent_channels) === Number(run.channels) && $('live-preview').checked;
+}
+
+/**
+ * Decodes a step's clean-image guess with TAESD while the sampler goes on. One decode at a time:
+ * a step that arrives meanwhile waits, replacing any older waiting one, so the preview never
+ * lags more than one decode behind and never queues up work.
+ */
+function requestPreview(run, rec) {
+  if (run.previewBusy) { run.previewNext = rec; return; }
+  run.previewBusy = true;
+  state.engine.decode(rec.pred, run.num)
+    .then((d) => {
+      rec.decoded = { image: new Float32Array(d.image), channels: Number(d.channels), size: Number(d.size), ms: Number(d.ms), decoder: d.decoder };
+      run.previews = (run.previews || 0) + 1;
+      if (state.run === run) scheduleDraw();
+    })
+    .catch((err) => console.warn('live preview', err))
+    .finally(() => {
+      run.previewBusy = false;
+      const next = run.previewNext;
+      run.previewNext = null;
+      if (next && state.run === run && !run.result) requestPreview(run, next);
+    });
 }
 
 let drawPending = false;
@@ -509,11 +539,14 @@ function drawShown() {
   const st = run.steps[i];
   const isFinal = run.result?.image?.length > 0 && i === run.steps.length - 1 && state.shown < 0;
   const img = isFinal ? run.result.image : st.pred;
-  const decoded = isFinal ? run.result.decoded : null;
-  // A latent model's final sample through the decoder; the steps show the raw latent (3 channels).
+  // A latent model's final sample through the decoder; a step through the live TAESD preview
+  // when it has one, else its raw latent (first 3 channels).
+  const decoded = isFinal ? run.result.decoded : st.decoded;
   if (decoded) drawBatch($('preview'), decoded.image, decoded.channels, decoded.size, run.num);
   else if (img) drawBatch($('preview'), img, run.channels, run.size, run.num);
-  $('st-step').textContent = `${st.iter + 1} / ${st.total}${isFinal ? (decoded ? ` (final sample, decoded by ${decoded.decoder} in ${Number(decoded.ms).toFixed(0)} ms)` : ' (final sample)') : ''}`;
+  $('preview').dataset.shows = decoded ? (isFinal ? 'decoded' : 'live-preview') : 'latent';
+  const how = decoded ? `, decoded by ${decoded.decoder} in ${Number(decoded.ms).toFixed(0)} ms` : '';
+  $('st-step').textContent = `${st.iter + 1} / ${st.total}${isFinal ? ` (final sample${how})` : decoded ? ` (live preview${how})` : ''}`;
   $('st-t').textContent = String(st.timestep);
   $('st-grid').textContent = isSparseModel() || state.pooledRange ? `${st.grid}×${st.grid}` : 'dense';
   $('st-ms').textContent = `${st.ms.toFixed(1)} ms`;
