@@ -31,10 +31,22 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (B, CI, H >> up, W >> up)
-@group(0) @binding(2) var<storage, read> w: array<f32>;         // (CO, CI, K, K)
+@group(0) @binding(2) var<storage, read> w: array<u32>;         // (CO, CI, K, K): f32 bits, or f16 pairs (WF16)
 @group(0) @binding(3) var<storage, read> bias: array<f32>;      // (CO), or 1 unused element
 @group(0) @binding(4) var<storage, read> res: array<f32>;       // (B, CO, H, W), or 1 unused element
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // (B, CO, H, W)
+
+// Weights stored as f16 (two per u32, low half first): half the memory and bandwidth of the
+// decoders' largest tensors. The host picks it only for weights that f16 holds exactly.
+override WF16: bool = false;
+
+fn weight(i: u32) -> f32 {
+    if (WF16) {
+        let pair = unpack2x16float(w[i / 2u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
+    return bitcast<f32>(w[i]);
+}
 
 const TS: u32 = 8u;   // output tile side
 const OCB: u32 = 16u; // output channels per workgroup (and per invocation)
@@ -74,7 +86,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         for (var t = li; t < OCB * kk; t += 64u) {
             let o = o0 + t / kk;
             var v = 0.0;
-            if (o < p.CO) { v = w[(o * p.CI + ci) * kk + t % kk]; }
+            if (o < p.CO) { v = weight((o * p.CI + ci) * kk + t % kk); }
             wt[t] = v;
         }
         workgroupBarrier();
@@ -141,7 +153,7 @@ fn main_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
                 // `o < nvalid` as the bound, lavapipe (LLVM 15) summed only part of long reductions.
                 for (var o = 0u; o < OCB; o++) {
                     var wv = 0.0;
-                    if (o < nvalid) { wv = w[((o0 + o) * p.CI + ci) * kk + k]; }
+                    if (o < nvalid) { wv = weight(((o0 + o) * p.CI + ci) * kk + k); }
                     acc[o] = fma(v, wv, acc[o]);
                 }
             }

@@ -185,6 +185,29 @@ fn random_pack_is_seeded_and_loads() {
 }
 
 #[test]
+fn random_pack_decoders_have_the_published_sizes() {
+    // TAESD at its published width: seeded, loads, decodes a latent to 8x its size.
+    let dir = tempfile::tempdir().unwrap();
+    let taesd = dir.path().join("taesd.gguf");
+    ok(&["random-pack", "--preset", "taesd", "--quant", "f32", "--seed", "5", "-o", s(&taesd)]);
+    let info = ok(&["info", s(&taesd)]);
+    assert!(info.contains("architecture: taesd") && info.contains("parameters: 1222531 "), "{info}");
+    let z = dir.path().join("z.safetensors");
+    let zt = candle_core::Tensor::from_vec(common::random_nonzero(9, 4 * 3 * 5, 1.0), (1, 4, 3, 5), &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("z".to_string(), zt)]), &z).unwrap();
+    let img = dir.path().join("img.safetensors");
+    ok(&["decode", "--decoder", s(&taesd), "--latents", s(&z), "--out", s(&img), "--backend", "cpu"]);
+    let out = candle_core::safetensors::load(&img, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(out["image"].dims(), [1, 3, 24, 40]);
+    // The SD-VAE decoder's layout: the published parameter count (no weights are written).
+    let sd = sparsedit::decoder::DecoderConfig::preset("sdvae").unwrap();
+    let params: usize = sd.expected_tensors().unwrap().iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
+    assert_eq!(params, 49_490_199);
+    let err = fails(&["random-pack", "--preset", "taesd2", "-o", s(&dir.path().join("x.gguf"))]);
+    assert!(err.contains("unknown preset"), "{err}");
+}
+
+#[test]
 fn flops_json_matches_official_log() {
     let text = ok(&["flops", "--preset", "sparsedit-xl2-256", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -366,6 +366,28 @@ mod gpu {
         check("gpu taesd vs cpu", &img, &cpu, TOL);
     }
 
+    /// Weights of an f16 pack stay f16 on the GPU (conv kernels: half the bytes) and decode as
+    /// the CPU does with the same weights; f32 weights stay f32.
+    #[test]
+    fn gpu_decoders_keep_f16_conv_weights() {
+        let Some(g) = gpu_or_skip() else { return };
+        for (arch, map, opts) in [("taesd", taesd_map(), DecoderOptions::default()), ("sdvae", canonical_decoder_tensors(sdvae_map()).unwrap(), sdvae_opts())] {
+            let cfg = DecoderConfig::infer(&map, &opts).unwrap().unwrap();
+            // The fixtures' weights may already be f16 values: scale them off that grid for f32.
+            let f32: TensorMap = map.iter().map(|(k, t)| (k.clone(), (t * 1.000_123).unwrap())).collect();
+            let f16: TensorMap = map.iter().map(|(k, t)| (k.clone(), t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap())).collect();
+            let convs = map.values().filter(|t| t.rank() >= 2).count();
+            let (bytes32, n32) = GpuDecoder::load(&g, cfg.clone(), f32).unwrap().weight_bytes();
+            let (bytes16, n16) = GpuDecoder::load(&g, cfg.clone(), f16.clone()).unwrap().weight_bytes();
+            assert_eq!((n32, n16), (0, convs), "{arch}: f16 conv kernels of f32 / f16 weights");
+            let conv_bytes: usize = map.values().filter(|t| t.rank() >= 2).map(|t| t.elem_count() * 4).sum();
+            assert!(bytes16 <= bytes32 - conv_bytes / 2 + 4 * convs, "{arch}: {bytes16} vs {bytes32} bytes");
+            let z = Tensor::from_vec(random_nonzero(8, 2 * cfg.latent_channels() * 3 * 5, 1.0), (2, cfg.latent_channels(), 3, 5), &Device::Cpu).unwrap();
+            let cpu = Decoder::from_tensors(cfg.clone(), f16.clone()).unwrap().decode(&z).unwrap();
+            check(&format!("gpu {arch} with f16 weights vs cpu"), &run(&g, &cfg, &f16, &z), &cpu, TOL);
+        }
+    }
+
     /// A width that is not a multiple of the kernel's 16-channel blocks, 3 latent channels, a
     /// latent wider than one 8x8 tile.
     #[test]
@@ -418,24 +440,16 @@ mod gpu {
 #[ignore]
 fn full_size_decoders() {
     use sparsedit::gpu::decoder::GpuDecoder;
-    let sd = SdVaeConfig {
-        latent_channels: 4,
-        out_channels: 3,
-        block_out_channels: vec![128, 256, 512, 512],
-        layers_per_block: 2,
-        norm_num_groups: 32,
-        scaling_factor: 0.18215,
-    };
-    let cases = [
-        (DecoderConfig::Taesd(TaesdConfig { latent_channels: 4, width: 64, out_channels: 3 }), taesd_map(), 1_222_531usize),
-        (DecoderConfig::SdVae(sd), canonical_decoder_tensors(sdvae_map()).unwrap(), 49_490_199),
-    ];
+    // The presets `sparsedit random-pack` writes; parameter counts: TAESD 2368 + 10 x 3 x 36928
+    // + 3 x 36864 + 1731; the SD-VAE from diffusers (decoder.* + post_quant_conv.* of
+    // AutoencoderKL with the SD config).
+    let cases = [("taesd", 1_222_531usize), ("sdvae", 49_490_199)].map(|(name, params)| {
+        let cfg = DecoderConfig::preset(name).unwrap();
+        let full = cfg.random_tensors(7).unwrap();
+        (cfg, full, params)
+    });
     let gpu = common::gpu_or_skip();
-    for (cfg, small, want_params) in cases {
-        // Same names as the fixture, full-size shapes from the layer structure. Parameter counts:
-        // TAESD 2368 + 10 x 3 x 36928 + 3 x 36864 + 1731; the SD-VAE from diffusers (decoder.* +
-        // post_quant_conv.* of AutoencoderKL with the SD config).
-        let full = full_shapes(&cfg, &small);
+    for (cfg, full, want_params) in cases {
         let params: usize = full.values().map(|t| t.elem_count()).sum();
         eprintln!("{}: {params} parameters", cfg.arch_name());
         assert_eq!(params, want_params);
@@ -455,38 +469,13 @@ fn full_size_decoders() {
     }
 }
 
-/// Random tensors with the names of `small` (a fixture of the same architecture) and the shapes
-/// of `cfg`, found by loading: the loader reports each expected shape.
-fn full_shapes(cfg: &DecoderConfig, small: &TensorMap) -> TensorMap {
-    let mut map: TensorMap = small.clone();
-    // Resolve one mis-shaped tensor per round from the loader's Shape error.
-    for round in 0..10_000u64 {
-        match Decoder::from_tensors(cfg.clone(), map.clone()) {
-            Ok(_) => return map,
-            Err(Error::Shape { name, expected, .. }) => {
-                let n: usize = expected.iter().product();
-                let fan_in: usize = expected.iter().skip(1).product::<usize>().max(1);
-                let (amp, base) = match expected.len() {
-                    1 if name.contains("norm") && name.ends_with("weight") => (0.2, 1.0),
-                    1 => (0.1, 0.0),
-                    _ => (1.7 / (fan_in as f32).sqrt(), 0.0),
-                };
-                let v: Vec<f32> = common::random_nonzero(round, n, amp).into_iter().map(|x| x + base).collect();
-                map.insert(name, Tensor::from_vec(v, expected, &Device::Cpu).unwrap());
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("shapes did not settle")
-}
-
 /// `conv2d.wgsl`'s barrier-free entry (software adapters) against its tiled one, on random
 /// inputs: every kernel size, the fused upsample / clamp, bias, residual and activations, and
 /// channel counts that leave a partial 16-channel block and partial 8x8 tiles.
 #[test]
 fn direct_conv_entry_matches_tiled() {
     use rand::{Rng, SeedableRng};
-    use sparsedit::gpu::ops::conv::{conv2d_with, Act, ConvKernel, ConvShape};
+    use sparsedit::gpu::ops::conv::{conv2d_with, Act, ConvKernel, ConvShape, ConvWeight};
     let Some(gpu) = common::gpu_or_skip() else { return };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
     let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect() };
@@ -501,17 +490,25 @@ fn direct_conv_entry_matches_tiled() {
         let s = ConvShape { batch: 2, cin: 5, cout: 21, h: 10, w: 14, k, upsample, clamp_input, act };
         let up = usize::from(upsample);
         let x = gpu.upload("x", &random(s.batch * s.cin * (s.h >> up) * (s.w >> up))).unwrap();
-        let w = gpu.upload("w", &random(s.cout * s.cin * k * k)).unwrap();
+        // f16-exact weights (an odd count: the last u32 holds one f16), so the f16 storage
+        // must give the f32 result exactly, through either entry.
+        let wv: Vec<f32> = random(s.cout * s.cin * k * k).into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect();
+        assert!(ConvWeight::fits_f16(&wv));
+        let w = ConvWeight::f32(&gpu, "w", &wv).unwrap();
+        let w16 = ConvWeight::f16(&gpu, "w16", &wv).unwrap();
+        assert_eq!(w16.buf.len, wv.len().div_ceil(2));
         let bias = gpu.upload("bias", &random(s.cout)).unwrap();
         let res = gpu.upload("res", &random(s.batch * s.cout * s.h * s.w)).unwrap();
         let mut outs = Vec::new();
-        for kind in [ConvKernel::Tiled, ConvKernel::Direct] {
+        for (kind, weight) in [(ConvKernel::Tiled, &w), (ConvKernel::Direct, &w), (ConvKernel::Tiled, &w16), (ConvKernel::Direct, &w16)] {
             let out = gpu.zeros("out", s.batch * s.cout * s.h * s.w).unwrap();
-            let d = conv2d_with(&gpu, "conv", &s, &x, &w, with_bias.then_some(&bias), with_res.then_some(&res), &out, kind).unwrap();
+            let d = conv2d_with(&gpu, "conv", &s, &x, weight, with_bias.then_some(&bias), with_res.then_some(&res), &out, kind).unwrap();
             gpu.run(&[d]).unwrap();
             outs.push(gpu.read(&out).unwrap());
         }
         common::assert_close(&format!("{s:?} bias {with_bias} res {with_res}: direct vs tiled"), &outs[1], &outs[0], 1e-5);
+        assert_eq!(outs[2], outs[0], "{s:?}: f16-stored weights, tiled");
+        assert_eq!(outs[3], outs[1], "{s:?}: f16-stored weights, direct");
         cases += 1;
     }
     assert_eq!(cases, 5);
@@ -520,7 +517,7 @@ fn direct_conv_entry_matches_tiled() {
     for (cin, cout, k) in [(512usize, 21usize, 3usize), (4000, 16, 1)] {
         let s = ConvShape { batch: 1, cin, cout, h: 8, w: 8, k, upsample: false, clamp_input: false, act: Act::None };
         let x = gpu.upload("x", &random(cin * 64)).unwrap();
-        let w = gpu.upload("w", &random(cout * cin * k * k)).unwrap();
+        let w = ConvWeight::f32(&gpu, "w", &random(cout * cin * k * k)).unwrap();
         let mut outs = Vec::new();
         for kind in [ConvKernel::Tiled, ConvKernel::Direct] {
             let out = gpu.zeros("out", cout * 64).unwrap();

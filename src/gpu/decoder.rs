@@ -1,7 +1,8 @@
 //! Latent decoders on the GPU (TAESD and the SD-VAE decoder), checked against
 //! [`crate::decoder`] (the CPU reference).
 //!
-//! Weights are uploaded as f32 (F16 conv weights of a pack are widened on the host). A
+//! Conv weights that f16 holds exactly (an f16 pack's, or the published f16 checkpoints') stay
+//! f16 on the GPU, half the bytes; the other weights are f32. A
 //! [`DecoderPlan`] holds the activations and the recorded dispatches for one (batch, h, w) and
 //! is replayed per call: one submission per decode. Activations rotate through a small pool of
 //! equal buffers sized for the largest feature map.
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 
 use crate::decoder::{canonical_decoder_tensors, Decoder, DecoderConfig};
 use crate::error::{Error, Result};
-use crate::gpu::ops::conv::{conv2d, group_norm, vae_attention, Act, ConvShape};
+use crate::gpu::ops::conv::{conv2d, group_norm, vae_attention, Act, ConvShape, ConvWeight};
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
 use crate::model::{to_vec_f32, TensorMap};
 
@@ -22,7 +23,10 @@ const POOL: usize = 5;
 /// A decoder's weights on the GPU.
 pub struct GpuDecoder {
     pub cfg: DecoderConfig,
+    /// Biases, norms, attention projections (f32).
     weights: HashMap<String, GpuBuf>,
+    /// Conv kernels and attention projections (every tensor of rank >= 2).
+    convs: HashMap<String, ConvWeight>,
 }
 
 /// Buffers and dispatches for one (batch, h, w).
@@ -48,11 +52,27 @@ impl GpuDecoder {
     pub fn load(gpu: &Gpu, cfg: DecoderConfig, tensors: TensorMap) -> Result<Self> {
         let tensors = canonical_decoder_tensors(tensors)?;
         drop(Decoder::from_tensors(cfg.clone(), tensors.clone())?);
-        let mut weights = HashMap::with_capacity(tensors.len());
+        let (mut weights, mut convs) = (HashMap::new(), HashMap::new());
         for (name, t) in &tensors {
-            weights.insert(name.clone(), gpu.upload(name, &to_vec_f32(t)?)?);
+            let v = to_vec_f32(t)?;
+            // Conv kernels, and the attention projections (run as 1x1 convs).
+            if t.rank() >= 2 {
+                convs.insert(name.clone(), ConvWeight::upload(gpu, name, &v)?);
+            } else {
+                weights.insert(name.clone(), gpu.upload(name, &v)?);
+            }
         }
-        Ok(GpuDecoder { cfg, weights })
+        Ok(GpuDecoder { cfg, weights, convs })
+    }
+
+    /// Bytes of weights on the GPU, and how many conv kernels are stored as f16.
+    pub fn weight_bytes(&self) -> (usize, usize) {
+        let bytes = self.weights.values().map(|b| b.len * 4).sum::<usize>() + self.convs.values().map(ConvWeight::bytes).sum::<usize>();
+        (bytes, self.convs.values().filter(|c| c.f16).count())
+    }
+
+    fn conv_weight(&self, name: &str) -> Result<&ConvWeight> {
+        self.convs.get(name).ok_or_else(|| Error::Gpu(format!("decoder conv weight {name} is not on the GPU")))
     }
 
     fn w(&self, name: &str) -> Result<&GpuBuf> {
@@ -134,7 +154,7 @@ impl Recorder<'_> {
     #[allow(clippy::too_many_arguments)]
     fn conv(&mut self, name: &str, x: &GpuBuf, cin: usize, cout: usize, h: usize, w: usize, k: usize, bias: bool, up: bool, clamp: bool, act: Act, res: Option<&GpuBuf>, out: &GpuBuf) -> Result<()> {
         let s = ConvShape { batch: self.batch, cin, cout, h, w, k, upsample: up, clamp_input: clamp, act };
-        let weight = self.dec.w(&format!("{name}.weight"))?;
+        let weight = self.dec.conv_weight(&format!("{name}.weight"))?;
         let b = if bias { Some(self.dec.w(&format!("{name}.bias"))?) } else { None };
         self.ds.push(conv2d(self.gpu, name, &s, x, weight, b, res, out)?);
         Ok(())

@@ -500,21 +500,21 @@ test('a latent model with a TAESD decoder: the final sample is decoded in the pa
   });
 });
 
-test('a synthetic full-size DiT-XL/2 pack (random weights, q4_0, ~380 MB) streams into WebGPU buffers with the wasm heap under 256 MB, generates at 256 px and decodes with a full-size TAESD', { timeout: 40 * 60_000 }, async () => {
+test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) streams into WebGPU buffers with the wasm heap under 256 MB, generates at 256 px and decodes with a full-size TAESD', { timeout: 40 * 60_000 }, async () => {
   // Written by the CLI into dist/ (served from disk); weights never pass through one buffer.
   const dir = path.join(DIST, 'big');
-  const pack = path.join(dir, 'dit-xl2-256-random-q4_0.gguf');
+  const pack = path.join(dir, 'dit-xl2-256-random-q8_0.gguf');
   const taesd = path.join(dir, 'taesd-random-f32.gguf'); // the published width: 1.22 M parameters
   fs.mkdirSync(dir, { recursive: true });
   ensureCli();
   if (!fs.existsSync(pack)) {
-    execFileSync(CLI, ['random-pack', '--preset', 'dit-xl2-256', '--quant', 'q4_0', '-o', pack], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(CLI, ['random-pack', '--preset', 'dit-xl2-256', '--quant', 'q8_0', '-o', pack], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
   }
   if (!fs.existsSync(taesd)) {
     execFileSync(CLI, ['random-pack', '--preset', 'taesd', '--quant', 'f32', '-o', taesd], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
   }
   const size = fs.statSync(pack).size;
-  assert.ok(size > 300e6, `pack of ${size} bytes`);
+  assert.ok(size > 650e6, `pack of ${size} bytes`);
   const { context, page, log } = await openPage(`?model=/big/${path.basename(pack)}&decoder=/big/${path.basename(taesd)}`);
   try {
     const t0 = Date.now();

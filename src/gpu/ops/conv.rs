@@ -70,6 +70,50 @@ pub struct ConvShape {
     pub act: Act,
 }
 
+/// A conv weight (cout, cin, k, k) on the GPU: f32, or f16 pairs (low half first).
+#[derive(Clone)]
+pub struct ConvWeight {
+    pub buf: GpuBuf,
+    /// Stored as f16: half the bytes; exact only for values f16 holds.
+    pub f16: bool,
+    /// Number of weights.
+    pub len: usize,
+}
+
+impl ConvWeight {
+    pub fn f32(gpu: &Gpu, name: &str, v: &[f32]) -> Result<Self> {
+        Ok(ConvWeight { buf: gpu.upload(name, v)?, f16: false, len: v.len() })
+    }
+
+    /// Rounded to f16 (exact when every value is an f16 value, see [`ConvWeight::fits_f16`]).
+    pub fn f16(gpu: &Gpu, name: &str, v: &[f32]) -> Result<Self> {
+        let words: Vec<u32> = v
+            .chunks(2)
+            .map(|c| {
+                let lo = half::f16::from_f32(c[0]).to_bits() as u32;
+                let hi = c.get(1).map_or(0, |x| half::f16::from_f32(*x).to_bits() as u32);
+                lo | (hi << 16)
+            })
+            .collect();
+        Ok(ConvWeight { buf: gpu.upload(name, &words)?, f16: true, len: v.len() })
+    }
+
+    /// Every value survives f16 exactly (weights of an f16 pack or checkpoint).
+    pub fn fits_f16(v: &[f32]) -> bool {
+        v.iter().all(|x| half::f16::from_f32(*x).to_f32() == *x)
+    }
+
+    /// f16 when that loses nothing, else f32.
+    pub fn upload(gpu: &Gpu, name: &str, v: &[f32]) -> Result<Self> {
+        if Self::fits_f16(v) { Self::f16(gpu, name, v) } else { Self::f32(gpu, name, v) }
+    }
+
+    /// Bytes on the GPU.
+    pub fn bytes(&self) -> usize {
+        self.buf.len * 4
+    }
+}
+
 /// Which entry point of `conv2d.wgsl` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernel {
@@ -83,7 +127,7 @@ pub enum ConvKernel {
 /// (cout, cin, k, k), bias (cout), res (B, cout, h, w). The barrier-free entry on software
 /// adapters ([`Gpu::software`]), the tiled one elsewhere.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d(gpu: &Gpu, label: &str, s: &ConvShape, x: &GpuBuf, weight: &GpuBuf, bias: Option<&GpuBuf>, res: Option<&GpuBuf>, out: &GpuBuf) -> Result<Dispatch> {
+pub fn conv2d(gpu: &Gpu, label: &str, s: &ConvShape, x: &GpuBuf, weight: &ConvWeight, bias: Option<&GpuBuf>, res: Option<&GpuBuf>, out: &GpuBuf) -> Result<Dispatch> {
     let kind = if gpu.software { ConvKernel::Direct } else { ConvKernel::Tiled };
     conv2d_with(gpu, label, s, x, weight, bias, res, out, kind)
 }
@@ -95,7 +139,7 @@ pub fn conv2d_with(
     label: &str,
     s: &ConvShape,
     x: &GpuBuf,
-    weight: &GpuBuf,
+    weight: &ConvWeight,
     bias: Option<&GpuBuf>,
     res: Option<&GpuBuf>,
     out: &GpuBuf,
@@ -111,7 +155,11 @@ pub fn conv2d_with(
     let n_in = elems(label, "input (B, cin, h, w)", &[s.batch, s.cin, s.h >> up, s.w >> up])?;
     let n_out = elems(label, "output (B, cout, h, w)", &[s.batch, s.cout, s.h, s.w])?;
     need(&format!("{label} input"), x, n_in)?;
-    need(&format!("{label} weight"), weight, elems(label, "weight", &[s.cout, s.cin, s.k, s.k])?)?;
+    let n_w = elems(label, "weight", &[s.cout, s.cin, s.k, s.k])?;
+    if weight.len != n_w {
+        return bad(label, format!("weight of {} values for (cout, cin, k, k) = ({}, {}, {k}, {k})", weight.len, s.cout, s.cin, k = s.k));
+    }
+    need(&format!("{label} weight"), &weight.buf, if weight.f16 { n_w.div_ceil(2) } else { n_w })?;
     need(&format!("{label} output"), out, n_out)?;
     let dummy;
     let dummy_ref = match (bias, res) {
@@ -127,7 +175,7 @@ pub fn conv2d_with(
     if let Some(r) = res {
         need(&format!("{label} residual"), r, n_out)?;
     }
-    let mut inputs = vec![("input", x), ("weight", weight)];
+    let mut inputs = vec![("input", x), ("weight", &weight.buf)];
     inputs.extend(bias.map(|b| ("bias", b)));
     inputs.extend(res.map(|r| ("residual", r)));
     not_aliased(label, out, &inputs)?;
@@ -137,9 +185,10 @@ pub fn conv2d_with(
     if gz > 65535 || gx > 65535 || gy > 65535 {
         return bad(label, format!("{}x{} output, batch {} x {nob} channel blocks: too many workgroups", s.h, s.w, s.batch));
     }
+    let constants = [("WF16", f64::from(u8::from(weight.f16)))];
     let kernel = match kind {
-        ConvKernel::Tiled => gpu.kernel("conv2d", CONV2D_WGSL, &[])?,
-        ConvKernel::Direct => gpu.kernel_entry("conv2d_direct", CONV2D_WGSL, "main_direct", &[])?,
+        ConvKernel::Tiled => gpu.kernel("conv2d", CONV2D_WGSL, &constants)?,
+        ConvKernel::Direct => gpu.kernel_entry("conv2d_direct", CONV2D_WGSL, "main_direct", &constants)?,
     };
     let params = [
         s.batch,
@@ -156,7 +205,7 @@ pub fn conv2d_with(
     ]
     .map(|v| v as u32);
     let (b, r) = (bias.or(dummy_ref).unwrap_or(x), res.or(dummy_ref).unwrap_or(x));
-    gpu.dispatch(&kernel, label, &params, &[x, weight, b, r, out], [gx as u32, gy as u32, gz as u32])
+    gpu.dispatch(&kernel, label, &params, &[x, &weight.buf, b, r, out], [gx as u32, gy as u32, gz as u32])
 }
 
 /// out (B, C, hw) = act(GroupNorm(groups, eps)(x) * gamma + beta); `act` None or Silu.
