@@ -2,7 +2,7 @@
 # The prepared real-GPU benchmark for a session that is lent a device machine (see the device
 # tool's README): wgpu on Vulkan on an NVIDIA H100 / H200, dense vs sparse XL/2 at 256 and 512 px
 # and the matmul kernel's GFLOP/s, in f32 and q8_0, and plain DiT-XL/2 with and without the
-# training-free pooled middle. Results go to docs/BENCHMARKS.md by hand.
+# training-free pooled middle, and the TAESD / SD-VAE decoders. Results go to docs/BENCHMARKS.md by hand.
 #
 # Here, once per machine (the loaders travel as .debs; the binary is built here, x86-64):
 #   echo /.gl/ >> .git/info/exclude; echo /.devbin/ >> .git/info/exclude
@@ -35,3 +35,12 @@ run bench --preset sparsedit-tiny --backend gpu --steps 10 --repeats 5
 "$B" random-pack --preset dit-xl2-256 --quant q8_0 -o /tmp/dit-xl2-256-random.gguf > /dev/null 2>&1
 run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --latent-out /tmp/z-dense.safetensors
 run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --pooled-middle default --semantic-size 8 --latent-out /tmp/z-pooled.safetensors
+# Latent decoders at the published sizes (random weights), 32x32 latent -> 256 px, on the GPU:
+# f32 and f16 packs (f16 conv weights stay f16 on the GPU). The time `decode` prints includes
+# the upload and the pipeline compilation of a fresh process: an upper bound per image.
+for dec in taesd sdvae; do
+  for q in f32 f16; do
+    "$B" random-pack --preset $dec --quant $q -o /tmp/$dec-$q.gguf > /dev/null 2>&1
+    run decode --decoder /tmp/$dec-$q.gguf --latents /tmp/z-dense.safetensors --out /tmp/img.safetensors --backend gpu
+  done
+done
