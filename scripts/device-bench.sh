@@ -36,11 +36,11 @@ run bench --preset sparsedit-tiny --backend gpu --steps 10 --repeats 5
 run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --latent-out /tmp/z-dense.safetensors
 run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --pooled-middle default --semantic-size 8 --latent-out /tmp/z-pooled.safetensors
 # Latent decoders at the published sizes (random weights), 32x32 latent -> 256 px, on the GPU:
-# f32 and f16 packs (f16 conv weights stay f16 on the GPU). The time `decode` prints includes
-# the upload and the pipeline compilation of a fresh process: an upper bound per image.
+# f32 and f16 packs (f16 conv weights stay f16 on the GPU); `--repeats 5` prints the median of 5
+# decodes after the first (which loads the weights and compiles the pipelines).
 for dec in taesd sdvae; do
   for q in f32 f16; do
     "$B" random-pack --preset $dec --quant $q -o /tmp/$dec-$q.gguf > /dev/null 2>&1
-    run decode --decoder /tmp/$dec-$q.gguf --latents /tmp/z-dense.safetensors --out /tmp/img.safetensors --backend gpu
+    run decode --decoder /tmp/$dec-$q.gguf --latents /tmp/z-dense.safetensors --out /tmp/img.safetensors --backend gpu --repeats 5
   done
 done

@@ -102,6 +102,10 @@ struct DecodeArgs {
     /// Compute backend: gpu (WebGPU via wgpu), cpu (the candle reference), or auto.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// Decode this many more times with the weights loaded and print the median time (the first
+    /// decode's time includes loading and, on the GPU, compiling the pipelines).
+    #[arg(long, default_value_t = 0)]
+    repeats: usize,
 }
 
 #[derive(Args)]
@@ -599,18 +603,37 @@ fn load_decoder(path: &Path, flags: &DecoderFlags) -> Result<(DecoderConfig, Ten
 }
 
 /// Decode latents z (B, 4, h, w) on the GPU when given, else on the CPU: the raw image
-/// (B, 3, 8h, 8w) and where it ran.
-fn run_decoder(cfg: &DecoderConfig, tensors: TensorMap, z: &Tensor, gpu: Option<&Gpu>) -> Result<(Tensor, String)> {
+/// (B, 3, 8h, 8w), where it ran, and the median time of `repeats` more decodes with the
+/// decoder already loaded (none when 0).
+fn run_decoder(cfg: &DecoderConfig, tensors: TensorMap, z: &Tensor, gpu: Option<&Gpu>, repeats: usize) -> Result<(Tensor, String, Option<f64>)> {
     let shape = cfg.output_shape(z.dims())?;
-    Ok(match gpu {
-        None => (Decoder::from_tensors(cfg.clone(), tensors)?.decode(z)?, "cpu".to_string()),
+    let mut times = Vec::with_capacity(repeats);
+    let mut timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        for _ in 0..repeats {
+            let t0 = std::time::Instant::now();
+            f()?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        Ok(())
+    };
+    let (image, on) = match gpu {
+        None => {
+            let dec = Decoder::from_tensors(cfg.clone(), tensors)?;
+            let image = dec.decode(z)?;
+            timed(&mut || dec.decode(z).map(drop))?;
+            (image, "cpu".to_string())
+        }
         Some(g) => {
             let dec = sparsedit::gpu::decoder::GpuDecoder::load(g, cfg.clone(), tensors)?;
             let plan = dec.plan(g, shape[0], shape[2] / cfg.upscale(), shape[3] / cfg.upscale())?;
-            let v = dec.decode(g, &plan, &to_vec_f32(z)?)?;
+            let zv = to_vec_f32(z)?;
+            let v = dec.decode(g, &plan, &zv)?;
+            timed(&mut || dec.decode(g, &plan, &zv).map(drop))?;
             (Tensor::from_vec(v, &shape, &Device::Cpu)?, format!("gpu: {}", g.describe()))
         }
-    })
+    };
+    times.sort_by(f64::total_cmp);
+    Ok((image, on, times.get(times.len() / 2).copied()))
 }
 
 /// A decoder's raw output mapped to [-1, 1] (what `write_png` takes): TAESD's range is [0, 1].
@@ -633,8 +656,12 @@ fn decode(a: DecodeArgs) -> Result<()> {
     let z = if z.rank() == 3 { z.unsqueeze(0)? } else { z };
     cfg.output_shape(z.dims()).map_err(|e| Error::InvalidArgument(format!("{}: {e}", a.latents.display())))?;
     let started = std::time::Instant::now();
-    let (image, on) = run_decoder(&cfg, tensors, &z, gpu.as_ref())?;
-    eprintln!("decoded {:?} -> {:?} with {} in {:.2} s ({on})", z.dims(), image.dims(), cfg.arch_name(), started.elapsed().as_secs_f64());
+    let (image, on, median) = run_decoder(&cfg, tensors, &z, gpu.as_ref(), a.repeats)?;
+    let first = started.elapsed().as_secs_f64() - median.unwrap_or(0.0) * a.repeats as f64;
+    eprintln!("decoded {:?} -> {:?} with {} in {first:.2} s ({on})", z.dims(), image.dims(), cfg.arch_name());
+    if let Some(m) = median {
+        eprintln!("decode time, weights loaded: {:.2} ms (median of {} runs)", m * 1e3, a.repeats);
+    }
     let map: HashMap<String, Tensor> = [("image".to_string(), image.clone())].into_iter().collect();
     candle_core::safetensors::save(&map, &a.out)
         .map_err(|e| Error::Io { path: a.out.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
@@ -953,7 +980,7 @@ fn sample(a: SampleArgs) -> Result<()> {
                 Engine::Gpu(g, _) => Some(g.as_ref()),
                 Engine::Cpu(_) => None,
             };
-            let (image, on) = run_decoder(&dcfg, tensors, &out, gpu)?;
+            let (image, on, _) = run_decoder(&dcfg, tensors, &out, gpu, 0)?;
             eprintln!("decoded with {} in {:.2} s ({on})", dcfg.arch_name(), started.elapsed().as_secs_f64());
             decoded_for_png(&dcfg, image)?
         }

@@ -198,6 +198,15 @@ mod cli {
             assert_eq!(img.dims(), [2, 3, 40, 24]);
             check(&format!("taesd via pack on {backend}"), &img, &exp["image"], TOL);
         }
+        // --repeats: timed decodes with the weights loaded; the image is the first decode's.
+        let latents = fixture_dir("taesd").join("expected.safetensors");
+        for backend in backends() {
+            let out = dir.path().join(format!("repeats-{backend}.safetensors"));
+            let run = sparsedit(&["decode", "--decoder", s(&pack), "--latents", s(&latents), "--out", s(&out), "--backend", backend, "--repeats", "2"]);
+            let err = String::from_utf8_lossy(&run.stderr);
+            assert!(run.status.success() && err.contains("(median of 2 runs)"), "{err}");
+            check(&format!("taesd --repeats 2 on {backend}"), &load_st(&out)["image"], &exp["image"], TOL);
+        }
         let info = ok(&["info", s(&pack)]);
         assert!(info.contains("taesd") && info.contains("width: 16"), "{info}");
 

@@ -558,6 +558,9 @@ test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) stream
     assert.ok(res.decoded, 'no decoded image in the result');
     assert.deepEqual([res.decoded.size, res.decoded.channels, res.decoded.decoder], [256, 3, 'taesd']);
     assert.ok(res.heap < 256 * 2 ** 20, `wasm heap ${res.heap} bytes after generating and decoding`);
+    // The decoder runs on the CPU path here (software adapter): no live preview of a 32x32
+    // latent, which would block the page for seconds per step.
+    assert.equal(await page.evaluate(() => window.sparsedit.state.run.previews || 0), 0);
     await page.screenshot({ path: path.join(ARTIFACTS, 'xl2-generated.png'), fullPage: true });
 
     // The CLI on the CPU: the same seed and settings, then `decode` of its latent.

@@ -465,10 +465,15 @@ function onStep(run, step) {
   scheduleDraw();
 }
 
-/** A TAESD decoder that fits the model, and the box ticked: SD-VAE is for final images only. */
+/**
+ * A TAESD decoder that fits the model, and the box ticked: SD-VAE is for final images only. A
+ * decoder on the CPU path (software adapters) runs on this thread, so it previews only small
+ * latents (≤ 16×16, ~0.1 s each); a 256 px TAESD decode there blocks the page for seconds.
+ */
 function wantsLivePreview(run) {
   const d = state.decoder?.info;
-  return !!d && d.arch === 'taesd' && Number(d.latent_channels) === Number(run.channels) && $('live-preview').checked;
+  return !!d && d.arch === 'taesd' && Number(d.latent_channels) === Number(run.channels) && $('live-preview').checked
+    && (d.backend === 'webgpu' || Number(run.size) <= 16);
 }
 
 /**
