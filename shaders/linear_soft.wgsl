@@ -1,9 +1,9 @@
 // Linear layer for software adapters (lavapipe, SwiftShader): y (M, N) = epilogue(x (M, K) . W^T + b)
 // with K a multiple of 4. No workgroup memory and no barriers (a barrier is a coroutine switch of
 // every invocation there); each invocation computes a 4 x 4 block of y, reading x and W 16 bytes
-// at a time, so each load feeds 4 to 16 products. Software adapters run a buffer load that
-// differs between invocations as one scalar access per lane: loads, not arithmetic, bound this
-// kernel. Measured on lavapipe (docs/BENCHMARKS.md): ~2.5x the tiled kernel at 256 x 1152 x 4608.
+// at a time, so each load feeds 4 to 16 products: fewer, wider loads are what made it faster on
+// lavapipe (blocks of 8 x 2 or 16 x 1 with rows shared by the workgroup were slower). Measured
+// (docs/BENCHMARKS.md): 1.6-2.8x the tiled kernel, 4x the direct one.
 // Quantized blocks (32 weights, one scale) are summed unscaled and scaled once per block.
 // The host prepends linear_common.wgsl (constants, parameters, epilogues).
 
@@ -63,8 +63,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             let b = kb / 32u;
             s = vec4<f32>(scales[wn[0] * blocks + b], scales[wn[1] * blocks + b], scales[wn[2] * blocks + b], scales[wn[3] * blocks + b]);
         }
-        // Zeroed explicitly: Chromium's WGSL compiler (Tint, SwiftShader) kept the sums of the
-        // previous block in a `var` declared here, which WGSL says starts at zero each time.
+        // Zeroed explicitly: in Chromium (Tint, then SwiftShader) a `var` declared here kept the
+        // previous block's sums, though WGSL says it starts at zero each time.
         for (var i = 0u; i < 4u; i++) { part[i] = vec4<f32>(); }
         let kend = min(kb + 32u, p.K);
         for (var k = kb; k < kend; k += 4u) {
