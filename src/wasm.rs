@@ -35,7 +35,7 @@
 //! result = { image: Float32Array, channels, size, ms_total, ms_steps: number[], grids: number[], cancelled,
 //!            decoded?: { image: Float32Array (in [-1, 1]), channels: 3, size: 8 * size, ms, decoder } }
 //! DecoderInfo = { arch: "taesd"|"sdvae", latent_channels, out_channels, upscale, params, bytes, sha256,
-//!                 backend: "webgpu"|"cpu" }
+//!                 backend: "webgpu"|"cpu", gpu_bytes: number | null, f16_weights }
 //! ```
 //! A device loss makes `generate` reject with a message starting `GPU device lost`.
 
@@ -125,6 +125,10 @@ struct DecoderInfo {
     bytes: usize,
     sha256: String,
     backend: &'static str,
+    /// Weight bytes on the GPU (null on the CPU path), and how many weights are stored as f16
+    /// there (an f16 pack's conv / attention weights: half the bytes).
+    gpu_bytes: Option<usize>,
+    f16_weights: usize,
 }
 
 #[derive(Clone, Serialize)]
@@ -408,6 +412,13 @@ impl Engine {
             Some(g) if !g.software => (DecoderNet::Gpu(GpuDecoder::load(&g, cfg.clone(), pack.tensors).map_err(js_err)?), "webgpu"),
             _ => (DecoderNet::Cpu(Decoder::from_tensors(cfg.clone(), pack.tensors).map_err(js_err)?), "cpu"),
         };
+        let (gpu_bytes, f16_weights) = match &net {
+            DecoderNet::Gpu(d) => {
+                let (b, n) = d.weight_bytes();
+                (Some(b), n)
+            }
+            DecoderNet::Cpu(_) => (None, 0),
+        };
         let info = DecoderInfo {
             arch: cfg.arch_name(),
             latent_channels: cfg.latent_channels(),
@@ -417,6 +428,8 @@ impl Engine {
             bytes: bytes.len(),
             sha256,
             backend,
+            gpu_bytes,
+            f16_weights,
         };
         inner.decoder = Some(Rc::new(LoadedDecoder { net, cfg }));
         to_js(&info)

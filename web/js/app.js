@@ -771,7 +771,8 @@ async function loadDecoder(source) {
     const info = state.engine.load_decoder(bytes, undefined);
     state.decoder = { bytes, info, label };
     $('decoder-info').textContent = `${info.arch} · ${Number(info.latent_channels)} latent channels → ×${Number(info.upscale)} · ` +
-      `${(Number(info.params) / 1e6).toFixed(2)} M parameters · runs on ${info.backend === 'webgpu' ? 'WebGPU' : 'the CPU'}`;
+      `${(Number(info.params) / 1e6).toFixed(2)} M parameters · runs on ${info.backend === 'webgpu' ? 'WebGPU' : 'the CPU'}` +
+      (info.gpu_bytes != null ? ` (${(Number(info.gpu_bytes) / 1e6).toFixed(1)} MB of weights${Number(info.f16_weights) > 0 ? ', f16 kept as f16' : ''})` : '');
     $('decoder-info').dataset.arch = info.arch;
   } catch (err) {
     showError(err, `loading the latent decoder ${label}`);
