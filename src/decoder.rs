@@ -129,6 +129,15 @@ impl DecoderConfig {
         }
     }
 
+    /// The affine map (a, b) taking the decoder's raw output to [-1, 1] as a * v + b: TAESD's
+    /// output is in [0, 1], the SD-VAE's already in [-1, 1].
+    pub fn to_signed_range(&self) -> (f64, f64) {
+        match self {
+            DecoderConfig::Taesd(_) => (2.0, -1.0),
+            DecoderConfig::SdVae(_) => (1.0, 0.0),
+        }
+    }
+
     /// The image shape for a latent shape, after checking the latent.
     pub fn output_shape(&self, latent: &[usize]) -> Result<[usize; 4]> {
         let want = self.latent_channels();

@@ -636,12 +636,10 @@ fn run_decoder(cfg: &DecoderConfig, tensors: TensorMap, z: &Tensor, gpu: Option<
     Ok((image, on, times.get(times.len() / 2).copied()))
 }
 
-/// A decoder's raw output mapped to [-1, 1] (what `write_png` takes): TAESD's range is [0, 1].
+/// A decoder's raw output mapped to [-1, 1] (what `write_png` takes).
 fn decoded_for_png(cfg: &DecoderConfig, image: Tensor) -> Result<Tensor> {
-    Ok(match cfg {
-        DecoderConfig::Taesd(_) => image.affine(2.0, -1.0)?,
-        DecoderConfig::SdVae(_) => image,
-    })
+    let (a, b) = cfg.to_signed_range();
+    Ok(image.affine(a, b)?)
 }
 
 fn decode(a: DecodeArgs) -> Result<()> {

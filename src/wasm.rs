@@ -677,11 +677,9 @@ impl Decoded {
 async fn decode_for_page(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Decoded, String> {
     let t0 = now_ms();
     let raw = decode_latents(d, gpu, z, num, size).await?;
-    let image = match d.cfg {
-        // TAESD's output is in [0, 1].
-        DecoderConfig::Taesd(_) => raw.iter().map(|v| 2.0 * v - 1.0).collect(),
-        DecoderConfig::SdVae(_) => raw,
-    };
+    let (a, b) = d.cfg.to_signed_range();
+    let (a, b) = (a as f32, b as f32);
+    let image = raw.iter().map(|v| a * v + b).collect();
     Ok(Decoded { image, channels: d.cfg.out_channels(), size: size * d.cfg.upscale(), ms: now_ms() - t0, decoder: d.cfg.arch_name() })
 }
 
@@ -689,10 +687,8 @@ async fn decode_for_page(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: u
 async fn decode_latents(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Vec<f32>, String> {
     let c = d.cfg.latent_channels();
     match (&d.net, gpu) {
-        (DecoderNet::Gpu(dec), Some(g)) => {
-            let plan = dec.plan(g, num, size, size).map_err(|e| e.to_string())?;
-            dec.decode_async(g, &plan, z).await.map_err(|e| device_lost_first(e.to_string()))
-        }
+        // the plan is reused from call to call (the live preview decodes every step)
+        (DecoderNet::Gpu(dec), Some(g)) => dec.decode_reusing_async(g, num, size, size, z).await.map_err(|e| device_lost_first(e.to_string())),
         (DecoderNet::Cpu(dec), _) => {
             let zt = candle_core::Tensor::from_vec(z.to_vec(), (num, c, size, size), &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
             let img = dec.decode(&zt).map_err(|e| e.to_string())?;

@@ -193,11 +193,11 @@ fn random_pack_decoders_have_the_published_sizes() {
     let info = ok(&["info", s(&taesd)]);
     assert!(info.contains("architecture: taesd") && info.contains("parameters: 1222531 "), "{info}");
     let z = dir.path().join("z.safetensors");
-    let zt = candle_core::Tensor::from_vec(common::random_nonzero(9, 4 * 3 * 5, 1.0), (1, 4, 3, 5), &candle_core::Device::Cpu).unwrap();
-    candle_core::safetensors::save(&std::collections::HashMap::from([("z".to_string(), zt)]), &z).unwrap();
+    let zt = Tensor::from_vec(random_nonzero(9, 4 * 3 * 5, 1.0), (1, 4, 3, 5), &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&HashMap::from([("z".to_string(), zt)]), &z).unwrap();
     let img = dir.path().join("img.safetensors");
     ok(&["decode", "--decoder", s(&taesd), "--latents", s(&z), "--out", s(&img), "--backend", "cpu"]);
-    let out = candle_core::safetensors::load(&img, &candle_core::Device::Cpu).unwrap();
+    let out = candle_core::safetensors::load(&img, &Device::Cpu).unwrap();
     assert_eq!(out["image"].dims(), [1, 3, 24, 40]);
     // The SD-VAE decoder's layout: the published parameter count (no weights are written).
     let sd = sparsedit::decoder::DecoderConfig::preset("sdvae").unwrap();

@@ -397,6 +397,26 @@ mod gpu {
         }
     }
 
+    /// `decode_reusing` records a plan once per (batch, h, w) and decodes as a fresh plan does.
+    #[test]
+    fn gpu_decoder_reuses_its_plan_while_sizes_stay() {
+        let Some(g) = gpu_or_skip() else { return };
+        let map = taesd_map();
+        let cfg = DecoderConfig::infer(&map, &DecoderOptions::default()).unwrap().unwrap();
+        let dec = GpuDecoder::load(&g, cfg.clone(), map).unwrap();
+        let z = random_nonzero(12, 2 * 4 * 3 * 5, 1.0);
+        let fresh = dec.decode(&g, &dec.plan(&g, 2, 3, 5).unwrap(), &z).unwrap();
+        assert_eq!(dec.plans_built(), 1);
+        for _ in 0..3 {
+            assert_eq!(dec.decode_reusing(&g, 2, 3, 5, &z).unwrap(), fresh);
+        }
+        assert_eq!(dec.plans_built(), 2, "one more plan for three decodes of one size");
+        let other = random_nonzero(13, 4 * 4 * 4, 1.0);
+        assert_eq!(dec.decode_reusing(&g, 1, 4, 4, &other).unwrap(), dec.decode(&g, &dec.plan(&g, 1, 4, 4).unwrap(), &other).unwrap());
+        assert_eq!(dec.plans_built(), 4, "another size, another plan");
+        assert!(dec.decode_reusing(&g, 1, 4, 4, &z).is_err(), "a latent of the wrong length is an error");
+    }
+
     /// A width that is not a multiple of the kernel's 16-channel blocks, 3 latent channels, a
     /// latent wider than one 8x8 tile.
     #[test]

@@ -1,12 +1,13 @@
 //! Latent decoders on the GPU (TAESD and the SD-VAE decoder), checked against
 //! [`crate::decoder`] (the CPU reference).
 //!
-//! Conv weights that f16 holds exactly (an f16 pack's, or the published f16 checkpoints') stay
-//! f16 on the GPU, half the bytes; the other weights are f32. A
+//! Conv and attention weights that f16 holds exactly (an f16 pack's, or the published f16
+//! checkpoints') stay f16 on the GPU, half the bytes; the others, biases and norms are f32. A
 //! [`DecoderPlan`] holds the activations and the recorded dispatches for one (batch, h, w) and
 //! is replayed per call: one submission per decode. Activations rotate through a small pool of
 //! equal buffers sized for the largest feature map.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use crate::decoder::{canonical_decoder_tensors, Decoder, DecoderConfig};
@@ -23,10 +24,14 @@ const POOL: usize = 5;
 /// A decoder's weights on the GPU.
 pub struct GpuDecoder {
     pub cfg: DecoderConfig,
-    /// Biases, norms, attention projections (f32).
+    /// Biases and norm parameters (rank 1, f32).
     weights: HashMap<String, GpuBuf>,
     /// Conv kernels and attention projections (every tensor of rank >= 2).
     convs: HashMap<String, ConvWeight>,
+    /// The plan of the last [`Self::decode_reusing_async`], kept for the next call.
+    spare: RefCell<Option<DecoderPlan>>,
+    /// Plans recorded so far (by [`Self::plan`]).
+    plans_built: Cell<usize>,
 }
 
 /// Buffers and dispatches for one (batch, h, w).
@@ -62,10 +67,10 @@ impl GpuDecoder {
                 weights.insert(name.clone(), gpu.upload(name, &v)?);
             }
         }
-        Ok(GpuDecoder { cfg, weights, convs })
+        Ok(GpuDecoder { cfg, weights, convs, spare: RefCell::new(None), plans_built: Cell::new(0) })
     }
 
-    /// Bytes of weights on the GPU, and how many conv kernels are stored as f16.
+    /// Bytes of weights on the GPU, and how many weight tensors of rank >= 2 are stored as f16.
     pub fn weight_bytes(&self) -> (usize, usize) {
         let bytes = self.weights.values().map(|b| b.len * 4).sum::<usize>() + self.convs.values().map(ConvWeight::bytes).sum::<usize>();
         (bytes, self.convs.values().filter(|c| c.f16).count())
@@ -81,6 +86,7 @@ impl GpuDecoder {
 
     /// Record the decoder for latents (batch, latent_channels, h, w).
     pub fn plan(&self, gpu: &Gpu, batch: usize, h: usize, w: usize) -> Result<DecoderPlan> {
+        self.plans_built.set(self.plans_built.get() + 1);
         let [_, oc, oh, ow] = self.cfg.output_shape(&[batch, self.cfg.latent_channels(), h, w])?;
         let input = gpu.zeros("decoder.latent", batch * self.cfg.latent_channels() * h * w)?;
         let output = gpu.zeros("decoder.image", batch * oc * oh * ow)?;
@@ -116,6 +122,32 @@ impl GpuDecoder {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn decode(&self, gpu: &Gpu, plan: &DecoderPlan, z: &[f32]) -> Result<Vec<f32>> {
         pollster::block_on(self.decode_async(gpu, plan, z))
+    }
+
+    /// Plans recorded so far.
+    pub fn plans_built(&self) -> usize {
+        self.plans_built.get()
+    }
+
+    /// Decode latents (batch, latent_channels, h, w) with the previous call's plan when it has
+    /// the same sizes, else a new one (a live preview decodes every step). The plan is taken
+    /// out while it runs: a second decode at the same time (the final image while a preview is
+    /// in flight) records its own instead of sharing buffers.
+    pub async fn decode_reusing_async(&self, gpu: &Gpu, batch: usize, h: usize, w: usize, z: &[f32]) -> Result<Vec<f32>> {
+        let spare = self.spare.borrow_mut().take();
+        let plan = match spare {
+            Some(p) if (p.batch, p.h, p.w) == (batch, h, w) => p,
+            _ => self.plan(gpu, batch, h, w)?,
+        };
+        let out = self.decode_async(gpu, &plan, z).await;
+        *self.spare.borrow_mut() = Some(plan);
+        out
+    }
+
+    /// [`Self::decode_reusing_async`], blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_reusing(&self, gpu: &Gpu, batch: usize, h: usize, w: usize, z: &[f32]) -> Result<Vec<f32>> {
+        pollster::block_on(self.decode_reusing_async(gpu, batch, h, w, z))
     }
 
     /// [`Self::decode`] without blocking (the browser).

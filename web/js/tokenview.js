@@ -312,8 +312,8 @@ export function renderMacsChart(svg, denseLayout, sparseLayout, { denseLabel, sp
     const r2 = el('rect', { x: x0 + 1, y: top + plotH - hs, width: bw, height: hs, fill: colours[b.segment] || colours.dense });
     r2.append(Object.assign(document.createElementNS(SVG_NS, 'title'), { textContent: `block ${i} ${sparseLabel}: ${formatMacs(b.macs)} MACs` }));
     el('text', { x: x0, y: top + plotH + 12, 'text-anchor': 'middle' }, String(i));
-    // The kind under each bar while there is room for it (an XL/2's 28 blocks: colour and the
-    // bar's tooltip say it instead).
+    // The kind under each bar while there is room for it (an XL/2's 28 blocks: the bar's colour
+    // says it instead).
     if (count <= 14) el('text', { x: x0, y: top + plotH + 24, 'text-anchor': 'middle' }, KIND_LABEL[b.kind] || b.kind);
   });
   const sum = (l) => l.reduce((a, b) => a + b.macs, 0);

@@ -87,14 +87,7 @@ impl ConvWeight {
 
     /// Rounded to f16 (exact when every value is an f16 value, see [`ConvWeight::fits_f16`]).
     pub fn f16(gpu: &Gpu, name: &str, v: &[f32]) -> Result<Self> {
-        let words: Vec<u32> = v
-            .chunks(2)
-            .map(|c| {
-                let lo = half::f16::from_f32(c[0]).to_bits() as u32;
-                let hi = c.get(1).map_or(0, |x| half::f16::from_f32(*x).to_bits() as u32);
-                lo | (hi << 16)
-            })
-            .collect();
+        let words = super::le_words(&crate::gguf::encode(v, crate::gguf::TensorType::F16)?);
         Ok(ConvWeight { buf: gpu.upload(name, &words)?, f16: true, len: v.len() })
     }
 

@@ -240,7 +240,7 @@ pub fn linear_with(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: us
     let constants = [("WFMT", fmt), ("EPI", code as f64)];
     let params = [rows as u32, n as u32, k as u32, t as u32, stride as u32, offset as u32];
     // Software adapters (lavapipe, SwiftShader) run barrier-free kernels: the register-blocked
-    // one (linear_soft.wgsl) where K % 4 == 0 in f32 arithmetic, ~1.5-2.7x the tiled kernel on
+    // one (linear_soft.wgsl) where K % 4 == 0 in f32 arithmetic, 1.6-2.8x the tiled kernel on
     // lavapipe at every measured shape (docs/BENCHMARKS.md); otherwise the direct entry for
     // matrix-vector shapes (adaLN, timestep MLP: 85 -> 2.5 ms), the tiled one above 16 rows.
     let (kernel, groups) = if gpu.software && k.is_multiple_of(4) && precision == Precision::F32 {
