@@ -40,35 +40,7 @@ impl Layout {
     pub fn is_sparse(&self) -> bool {
         matches!(self, Layout::Sparse(_))
     }
-
-    /// Checkpoint prefixes of every block, in forward order (as the official code's `module_name`).
-    /// For a dense layout: `blocks.{i}`.
-    pub fn block_names(&self) -> Vec<String> {
-        match self {
-            Layout::Dense { depth } => (0..*depth).map(|i| format!("blocks.{i}")).collect(),
-            Layout::Sparse(s) => {
-                let mut names = Vec::with_capacity(self.depth());
-                for i in 0..s.num_poolingformer {
-                    names.push(format!("poolingformer_blocks.{i}"));
-                }
-                for k in 0..s.num_sdtm {
-                    for (kind, &count) in SDTM_KINDS.iter().zip(s.group.iter()) {
-                        for j in 0..count {
-                            names.push(format!("dumbbell_blocks.{k}.{kind}.{j}"));
-                        }
-                    }
-                }
-                for i in 0..s.num_top {
-                    names.push(format!("normal_blocks.{i}"));
-                }
-                names
-            }
-        }
-    }
 }
-
-/// Sub-block lists of an SDTM, in forward order and with their checkpoint names.
-pub const SDTM_KINDS: [&str; 4] = ["token_merge_blocks", "semantic_blocks", "token_recover_blocks", "normal_blocks"];
 
 /// Full architecture of one model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -287,7 +259,6 @@ impl Config {
         }
     }
 
-    /// "sparsedit" or "dit".
     /// Check model inputs x (B, c_in, I, I) by its dims, t (B, finite) and y (B, valid labels);
     /// returns B. Shared by the CPU and GPU models.
     pub fn check_inputs(&self, x_dims: &[usize], t: &[f32], y: &[i64]) -> Result<usize> {
@@ -309,6 +280,20 @@ impl Config {
         Ok(b)
     }
 
+    /// Checkpoint prefixes of every block in forward order (the official `module_name`s), from
+    /// the block walk ([`Config::blocks`]).
+    pub fn block_names(&self) -> Vec<String> {
+        self.blocks(self.grid()).into_iter().map(|b| b.prefix).collect()
+    }
+
+    /// A sparse grid side a forward pass can run at: `grid >= 1` when the model uses the grid.
+    pub fn check_grid(&self, grid: usize) -> Result<()> {
+        if self.uses_grid() && grid == 0 {
+            return Err(Error::arg("sparse grid size must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// Whether a forward pass depends on the sparse grid side: a SparseDiT, or a DiT with a
     /// pooled middle.
     pub fn uses_grid(&self) -> bool {
@@ -327,6 +312,7 @@ impl Config {
         self.pooled_middle.filter(|_| grid >= 1 && grid < self.grid())
     }
 
+    /// "sparsedit" or "dit".
     pub fn arch_name(&self) -> &'static str {
         if self.layout.is_sparse() {
             "sparsedit"
@@ -372,8 +358,13 @@ impl Config {
             if self.semantic_size == 0 {
                 return bad("semantic size 0".into());
             }
-            if s.num_sdtm > 0 && s.group[0] == 0 && s.group[1] + s.group[2] > 0 {
-                // Without a merge block the sparse tokens are the pooled ones; that is still valid.
+            // Without a merge block the sparse tokens are the pooled ones (still valid); without a
+            // recover block a module would end on sparse tokens.
+            if s.num_sdtm > 0 && s.group[2] == 0 {
+                return bad(format!(
+                    "SDTM group {:?} has no token_recover block: each dumbbell_blocks.k must end on the dense tokens",
+                    s.group
+                ));
             }
         }
         Ok(())
@@ -503,7 +494,7 @@ mod tests {
     #[test]
     fn block_names_follow_official_order() {
         let cfg = Config::preset("sparsedit-xl2-256").unwrap();
-        let names = cfg.layout.block_names();
+        let names = cfg.block_names();
         assert_eq!(names[0], "poolingformer_blocks.0");
         assert_eq!(names[1], "dumbbell_blocks.0.token_merge_blocks.0");
         assert_eq!(names[4], "dumbbell_blocks.0.semantic_blocks.2");

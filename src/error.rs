@@ -42,9 +42,16 @@ pub enum Error {
     /// A checkpoint file could not be read (pickle, safetensors).
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
-    /// WebGPU: no adapter, a device error, device lost, a limit exceeded.
+    /// WebGPU: no adapter, a device error, a limit exceeded.
     #[error("GPU: {0}")]
     Gpu(String),
+    /// The GPU device was lost (driver reset, tab in the background, out of memory): the
+    /// engine must be created again. The text says why, as the browser or driver reported it.
+    #[error("{0}")]
+    DeviceLost(String),
+    /// A run was stopped on request (the sampler's step callback said stop).
+    #[error("cancelled")]
+    Cancelled,
     /// An error from the candle tensor library (should not happen on valid inputs).
     #[error("tensor op: {0}")]
     Candle(#[from] candle_core::Error),
@@ -73,6 +80,32 @@ impl KeyMismatch {
 }
 
 impl Error {
+    /// The kind of error as one snake_case word (what the page's error handler switches on).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Gguf(_) => "gguf",
+            Error::UnsupportedType(_) => "unsupported_type",
+            Error::Keys { .. } => "keys",
+            Error::Shape { .. } => "shape",
+            Error::Architecture(_) => "architecture",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Checkpoint { .. } => "checkpoint",
+            Error::Gpu(_) => "gpu",
+            Error::DeviceLost(_) => "device_lost",
+            Error::Cancelled => "cancelled",
+            Error::Candle(_) => "tensor",
+        }
+    }
+
+    /// A GPU error with `context` in front; a device loss stays a device loss.
+    pub(crate) fn gpu_context(self, context: impl fmt::Display) -> Self {
+        match self {
+            e @ (Error::DeviceLost(_) | Error::Cancelled) => e,
+            e => Error::Gpu(format!("{context}: {e}")),
+        }
+    }
+
     pub(crate) fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
         Error::Io { path: path.to_string(), source }
     }

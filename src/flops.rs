@@ -38,7 +38,8 @@
 //! `normal_blocks.i` 4.087 G, `final_layer` 13.271 M, and the 67.632 G total (with the
 //! uniform-matrix product).
 
-use crate::config::{Config, GridSchedule, Layout, FREQ_DIM};
+use crate::blocks::BlockKind;
+use crate::config::{Config, GridSchedule, FREQ_DIM};
 use serde::Serialize;
 
 /// Training diffusion steps T that [`GridSchedule::grid_at`] rates are defined over (DiT: 1000).
@@ -163,67 +164,48 @@ pub fn count_macs(cfg: &Config, grid: Option<usize>) -> MacReport {
     ];
     let mut detail = Vec::new();
     let mut reference = 0u64;
-    // Tokens of the hidden state between top-level modules.
-    let mut tokens = n;
-
-    match &cfg.layout {
-        Layout::Dense { depth } => {
-            // Training-free pooled middle: its blocks run on s*s tokens; pooling in and nearest
-            // upsampling out are counted by their outputs' size as SparseDiT's (fvcore).
-            let s_side = grid.unwrap_or(cfg.semantic_size);
-            let pm = cfg.pooled_middle_at(s_side);
-            let s = (s_side * s_side) as u64;
-            for i in 0..*depth {
-                let t = if pm.is_some_and(|pm| pm.contains(i)) { s } else { tokens };
-                let (l, a) = k.dense(t);
-                modules.push(ModuleMacs::new(format!("blocks.{i}"), l, a));
+    let mut pooling = 0u64; // SDTM down-sampling, fvcore counts its input: N * C per module
+    let mut sdtm: Option<(usize, Cost)> = None; // the SDTM being summed into its module row
+    let specs = cfg.blocks(grid.unwrap_or(cfg.semantic_size));
+    for spec in &specs {
+        let (t_in, t_out) = (spec.in_tokens() as u64, spec.tokens() as u64);
+        let cost = match spec.kind {
+            BlockKind::Dit | BlockKind::Pooled | BlockKind::Semantic | BlockKind::Normal => k.dense(t_out),
+            BlockKind::Poolingformer => {
+                reference += n * n * c;
+                k.poolingformer(n)
             }
-            if pm.is_some() {
-                modules.push(ModuleMacs::new("pooled_middle.pool_and_upsample", n * c + n * c, 0));
-            }
-        }
-        Layout::Sparse(sl) => {
-            let s_side = grid.unwrap_or(cfg.semantic_size) as u64;
-            let s = s_side * s_side;
-            for i in 0..sl.num_poolingformer {
-                let (l, a) = k.poolingformer(tokens);
-                reference += tokens * tokens * c;
-                modules.push(ModuleMacs::new(format!("poolingformer_blocks.{i}"), l, a));
-            }
-            let mut pooling = 0u64;
-            for b in 0..sl.num_sdtm {
-                // down_sample: the full feature map (`tokens`) is pooled to s x s.
-                let dense = tokens;
-                pooling += dense * c;
-                let mut x = s;
-                let mut sdtm: Cost = (0, 0);
-                let mut push = |kind: &str, j: usize, cost: Cost| {
-                    detail.push(ModuleMacs::new(format!("dumbbell_blocks.{b}.{kind}.{j}"), cost.0, cost.1));
-                    sdtm = add(sdtm, cost);
+            BlockKind::Merge => k.merge(t_out, n),
+            BlockKind::Recover => k.recover(t_in, n),
+        };
+        match spec.sdtm {
+            None => modules.push(ModuleMacs::new(spec.prefix.clone(), cost.0, cost.1)),
+            Some(m) => {
+                if spec.pool_before {
+                    pooling += n * c;
+                }
+                detail.push(ModuleMacs::new(spec.prefix.clone(), cost.0, cost.1));
+                let sum = match sdtm {
+                    Some((k, sum)) if k == m => sum,
+                    _ => (0, 0),
                 };
-                for j in 0..sl.group[0] {
-                    push("token_merge_blocks", j, k.merge(x, dense));
+                sdtm = Some((m, add(sum, cost)));
+                // the module's row follows its last block
+                if specs.get(spec.index + 1).and_then(|next| next.sdtm) != Some(m) {
+                    modules.push(ModuleMacs::new(format!("dumbbell_blocks.{m}"), sum.0 + cost.0, sum.1 + cost.1));
                 }
-                for j in 0..sl.group[1] {
-                    push("semantic_blocks", j, k.dense(x));
-                }
-                for j in 0..sl.group[2] {
-                    push("token_recover_blocks", j, k.recover(x, dense));
-                    x = dense;
-                }
-                for j in 0..sl.group[3] {
-                    push("normal_blocks", j, k.dense(x));
-                }
-                tokens = x;
-                modules.push(ModuleMacs::new(format!("dumbbell_blocks.{b}"), sdtm.0, sdtm.1));
             }
-            for i in 0..sl.num_top {
-                let (l, a) = k.dense(tokens);
-                modules.push(ModuleMacs::new(format!("normal_blocks.{i}"), l, a));
-            }
-            modules.push(ModuleMacs::new("down_sample.pooling", pooling, 0));
         }
     }
+    if specs.iter().any(|s| s.kind == BlockKind::Pooled) {
+        // Training-free pooled middle: pooling in and nearest upsampling out, counted by their
+        // outputs' size as SparseDiT's (fvcore).
+        modules.push(ModuleMacs::new("pooled_middle.pool_and_upsample", n * c + n * c, 0));
+    }
+    if cfg.layout.is_sparse() {
+        modules.push(ModuleMacs::new("down_sample.pooling", pooling, 0));
+    }
+    let tokens = n; // every model ends on the dense tokens
 
     let out = p * p * cfg.out_channels() as u64;
     let final_layer = 2 * c * c + k.norm(tokens) + tokens * c * out;
@@ -286,6 +268,13 @@ impl MacReport {
         ));
         s
     }
+}
+
+/// MACs of the transformer blocks alone (no embedders, final layer or pooling) of one forward
+/// pass at batch 1 and sparse grid `grid`: what the token view and the page's comparison add up.
+pub fn block_macs(cfg: &Config, grid: usize) -> u64 {
+    let report = count_macs(cfg, Some(grid));
+    cfg.blocks(grid).iter().filter_map(|b| report.get(&b.prefix)).map(|m| m.total()).sum()
 }
 
 /// MACs of a whole sample: one model evaluation per entry of `timesteps` (original training

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{Config, Layout, SparseLayout, SDTM_KINDS};
+use crate::blocks::{BlockWeights, SDTM_PARTS};
+use crate::config::{Config, Layout, SparseLayout};
 use crate::error::{Error, Result};
 use crate::model::TensorMap;
 
@@ -245,11 +246,11 @@ pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
     } else if !(pool.is_empty() && sdtm.is_empty() && top.is_empty()) {
         let num_sdtm = contiguous_count(&sdtm, "dumbbell_blocks")?;
         let mut group = [0usize; 4];
-        for (g, kind) in group.iter_mut().zip(SDTM_KINDS) {
+        for (g, (kind, _)) in group.iter_mut().zip(SDTM_PARTS) {
             *g = contiguous_count(&indices(map, &format!("dumbbell_blocks.0.{kind}")), kind)?;
         }
         for k in 1..num_sdtm {
-            for (g, kind) in group.iter().zip(SDTM_KINDS) {
+            for (g, (kind, _)) in group.iter().zip(SDTM_PARTS) {
                 let c = indices(map, &format!("dumbbell_blocks.{k}.{kind}")).len();
                 if c != *g {
                     return Err(Error::arch(format!("dumbbell_blocks.{k} has {c} {kind}, dumbbell_blocks.0 has {g}")));
@@ -317,8 +318,8 @@ pub fn dit_to_sparsedit(dense: &TensorMap, dense_cfg: &Config, layout: SparseLay
         }
     }
     let get = |name: &str| dense.get(name).ok_or_else(|| Error::Keys { missing: vec![name.to_string()], unexpected: vec![] });
-    for (i, target) in cfg.layout.block_names().iter().enumerate() {
-        let src = format!("blocks.{i}");
+    for spec in cfg.blocks(cfg.grid()) {
+        let (target, src) = (&spec.prefix, format!("blocks.{}", spec.index));
         let copy = |out: &mut TensorMap, suffix: &str| -> Result<()> {
             out.insert(format!("{target}.{suffix}"), get(&format!("{src}.{suffix}"))?.clone());
             Ok(())
@@ -328,30 +329,24 @@ pub fn dit_to_sparsedit(dense: &TensorMap, dense_cfg: &Config, layout: SparseLay
         }
         let qkv_w = get(&format!("{src}.attn.qkv.weight"))?;
         let qkv_b = get(&format!("{src}.attn.qkv.bias"))?;
-        let kind = if target.starts_with("poolingformer_blocks") {
-            "pool"
-        } else if target.contains("token_merge_blocks") || target.contains("token_recover_blocks") {
-            "cross"
-        } else {
-            "self"
-        };
-        match kind {
-            "pool" => {
+        let weights = spec.kind.weights();
+        match weights {
+            BlockWeights::Poolingformer => {
                 out.insert(format!("{target}.attn.v.weight"), qkv_w.narrow(0, 2 * c, c)?);
                 out.insert(format!("{target}.attn.v.bias"), qkv_b.narrow(0, 2 * c, c)?);
             }
-            "cross" => {
+            BlockWeights::Merge | BlockWeights::Recover => {
                 out.insert(format!("{target}.attn.q.weight"), qkv_w.narrow(0, 0, c)?);
                 out.insert(format!("{target}.attn.q.bias"), qkv_b.narrow(0, 0, c)?);
                 out.insert(format!("{target}.attn.kv.weight"), qkv_w.narrow(0, c, 2 * c)?);
                 out.insert(format!("{target}.attn.kv.bias"), qkv_b.narrow(0, c, 2 * c)?);
             }
-            _ => {
+            BlockWeights::Dit => {
                 copy(&mut out, "attn.qkv.weight")?;
                 copy(&mut out, "attn.qkv.bias")?;
             }
         }
-        if target.contains("token_recover_blocks") {
+        if weights == BlockWeights::Recover {
             let dev = qkv_w.device();
             out.insert(format!("{target}.merged_layer1.weight"), Tensor::zeros((c, c), DType::F32, dev)?);
             out.insert(format!("{target}.merged_layer1.bias"), Tensor::zeros(c, DType::F32, dev)?);

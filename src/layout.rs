@@ -11,7 +11,8 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, Layout, SDTM_KINDS};
+use crate::blocks::{BlockKind, Segment};
+use crate::config::Config;
 use crate::flops::count_macs;
 use crate::model::adaptive_pool_window;
 
@@ -23,9 +24,9 @@ pub struct BlockLayout {
     pub name: String,
     /// `dit`, `poolingformer`, `merge`, `semantic`, `recover`, `normal`, or `pooled` (a plain DiT
     /// block run on pooled tokens: the training-free pooled middle).
-    pub kind: &'static str,
+    pub kind: BlockKind,
     /// `dense` (a plain DiT), `bottom`, `middle` or `top`.
-    pub segment: &'static str,
+    pub segment: Segment,
     /// Tokens this block computes (its query / output tokens).
     pub tokens: usize,
     /// `dense` (n×n), `sparse` (s×s pooled) or `global` (one pooled token for attention).
@@ -55,63 +56,30 @@ pub fn pooling_windows(n: usize, s: usize) -> Vec<[usize; 4]> {
 /// Every block of `cfg` in forward order at sparse grid side `grid` (ignored for dense models).
 pub fn block_layouts(cfg: &Config, grid: usize) -> Vec<BlockLayout> {
     let n = cfg.grid();
-    let dense_tokens = n * n;
     let macs = count_macs(cfg, Some(grid));
-    let macs_of = |name: &str| macs.detail.iter().chain(macs.modules.iter()).find(|m| m.name == name).map_or(0, |m| m.total());
-    let mut out = Vec::new();
-    let mut push = |name: String, kind: &'static str, segment: &'static str, tokens: usize, grid_kind: &'static str, side: usize, windows: Vec<[usize; 4]>| {
-        let m = macs_of(&name);
-        out.push(BlockLayout { index: out.len(), name, kind, segment, tokens, grid: grid_kind, side, windows, macs: m });
-    };
-    match &cfg.layout {
-        Layout::Dense { depth } => match cfg.pooled_middle_at(grid) {
-            None => {
-                for i in 0..*depth {
-                    push(format!("blocks.{i}"), "dit", "dense", dense_tokens, "dense", n, vec![]);
-                }
+    cfg.blocks(grid)
+        .into_iter()
+        .map(|spec| {
+            let (grid_kind, side, windows) = if spec.kind == BlockKind::Poolingformer {
+                ("global", 1, vec![])
+            } else if spec.sparse() {
+                ("sparse", spec.side, pooling_windows(n, spec.side))
+            } else {
+                ("dense", n, vec![])
+            };
+            BlockLayout {
+                index: spec.index,
+                macs: macs.get(&spec.prefix).map_or(0, |m| m.total()),
+                tokens: spec.tokens(),
+                name: spec.prefix,
+                kind: spec.kind,
+                segment: spec.segment,
+                grid: grid_kind,
+                side,
+                windows,
             }
-            // Training-free pooled middle: the same DiT blocks, the middle ones on s x s tokens.
-            Some(pm) => {
-                let s = grid;
-                for i in 0..*depth {
-                    if pm.contains(i) {
-                        push(format!("blocks.{i}"), "pooled", "middle", s * s, "sparse", s, pooling_windows(n, s));
-                    } else {
-                        // plain DiT blocks (not a Poolingformer bottom / SparseDiT top)
-                        push(format!("blocks.{i}"), "dit", "dense", dense_tokens, "dense", n, vec![]);
-                    }
-                }
-            }
-        },
-        Layout::Sparse(sl) => {
-            let s = grid;
-            for i in 0..sl.num_poolingformer {
-                push(format!("poolingformer_blocks.{i}"), "poolingformer", "bottom", dense_tokens, "global", 1, vec![]);
-            }
-            for b in 0..sl.num_sdtm {
-                // Tokens of the hidden state as the SDTM's sub-blocks go (as in `flops`).
-                let mut sparse = true;
-                for (kind_idx, &count) in sl.group.iter().enumerate() {
-                    for j in 0..count {
-                        let name = format!("dumbbell_blocks.{b}.{}.{j}", SDTM_KINDS[kind_idx]);
-                        let kind = ["merge", "semantic", "recover", "normal"][kind_idx];
-                        if kind_idx == 2 {
-                            sparse = false; // recover outputs the dense grid again
-                        }
-                        if sparse {
-                            push(name, kind, "middle", s * s, "sparse", s, pooling_windows(n, s));
-                        } else {
-                            push(name, kind, "middle", dense_tokens, "dense", n, vec![]);
-                        }
-                    }
-                }
-            }
-            for i in 0..sl.num_top {
-                push(format!("normal_blocks.{i}"), "normal", "top", dense_tokens, "dense", n, vec![]);
-            }
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -124,7 +92,7 @@ mod tests {
         let l = block_layouts(&cfg, 4);
         let tokens: Vec<usize> = l.iter().map(|b| b.tokens).collect();
         assert_eq!(tokens, [64, 16, 16, 16, 64, 16, 16, 16, 64, 64]);
-        let kinds: Vec<&str> = l.iter().map(|b| b.kind).collect();
+        let kinds: Vec<&str> = l.iter().map(|b| b.kind.name()).collect();
         assert_eq!(kinds, ["poolingformer", "merge", "semantic", "semantic", "recover", "merge", "semantic", "semantic", "recover", "normal"]);
         assert_eq!(l[1].windows.len(), 16);
         assert_eq!(l[1].windows[0], [0, 2, 0, 2]);
@@ -150,6 +118,6 @@ mod tests {
         let cfg = Config::tiny(false);
         let l = block_layouts(&cfg, 4);
         assert_eq!(l.len(), 10);
-        assert!(l.iter().all(|b| b.tokens == 64 && b.kind == "dit" && b.macs > 0));
+        assert!(l.iter().all(|b| b.tokens == 64 && b.kind == BlockKind::Dit && b.macs > 0));
     }
 }

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::config::{Config, Layout, FREQ_DIM, SDTM_KINDS};
+use crate::blocks::{BlockKind, BlockSpec, BlockWeights};
+use crate::config::{Config, FREQ_DIM};
 use crate::error::{Error, Result};
 
 /// LayerNorm eps of every norm in DiT.
@@ -406,18 +407,25 @@ impl TokenRecoverBlock {
     }
 }
 
-/// One Sparse-Dense Token Module (`dumbbell_blocks.k`).
-pub struct Sdtm {
-    pub token_merge_blocks: Vec<TokenMergeBlock>,
-    pub semantic_blocks: Vec<DitBlock>,
-    pub token_recover_blocks: Vec<TokenRecoverBlock>,
-    pub normal_blocks: Vec<DitBlock>,
+/// One block with its weights, of the kind its [`BlockSpec`] names.
+pub enum Block {
+    /// `blocks.i`, `semantic_blocks.j`, `normal_blocks.j` (and a pooled-middle block).
+    Dit(DitBlock),
+    Poolingformer(PoolingformerBlock),
+    Merge(TokenMergeBlock),
+    Recover(TokenRecoverBlock),
 }
 
-/// The block sequence of a model.
-pub enum Blocks {
-    Dense(Vec<DitBlock>),
-    Sparse { poolingformer_blocks: Vec<PoolingformerBlock>, dumbbell_blocks: Vec<Sdtm>, normal_blocks: Vec<DitBlock> },
+impl Block {
+    fn load(w: &mut WeightLoader, spec: &BlockSpec, cfg: &Config) -> Result<Block> {
+        let p = &spec.prefix;
+        Ok(match spec.kind.weights() {
+            BlockWeights::Dit => Block::Dit(DitBlock::load(w, p, cfg)?),
+            BlockWeights::Poolingformer => Block::Poolingformer(PoolingformerBlock::load(w, p, cfg)?),
+            BlockWeights::Merge => Block::Merge(TokenMergeBlock::load(w, p, cfg)?),
+            BlockWeights::Recover => Block::Recover(TokenRecoverBlock::load(w, p, cfg)?),
+        })
+    }
 }
 
 /// A DiT or SparseDiT with f32 weights on the CPU.
@@ -431,7 +439,8 @@ pub struct Model {
     t_mlp2: Linear,
     /// `y_embedder.embedding_table.weight`: (classes [+1], C).
     y_table: Tensor,
-    blocks: Blocks,
+    /// Every block in forward order, one per [`Config::blocks`] entry.
+    blocks: Vec<Block>,
     final_ada: Linear,
     final_linear: Linear,
 }
@@ -441,6 +450,7 @@ pub struct Model {
 pub struct BlockTrace {
     /// Official checkpoint prefix, e.g. `dumbbell_blocks.0.token_merge_blocks.0`.
     pub name: String,
+    pub kind: BlockKind,
     /// Tokens the block computes: N dense, S sparse.
     pub tokens: usize,
     /// Grid side the tokens live on (n dense, s sparse; 1 for the Poolingformer's global token).
@@ -454,6 +464,21 @@ impl Model {
     pub fn from_tensors(cfg: Config, tensors: TensorMap) -> Result<Model> {
         cfg.validate()?;
         let mut w = WeightLoader::new(tensors);
+        let model = Self::load(cfg, &mut w)?;
+        w.finish()?;
+        Ok(model)
+    }
+
+    /// The (name, shape) of every tensor the architecture `cfg` reads, in loading order.
+    pub fn expected_tensors(cfg: &Config) -> Result<Vec<(String, Vec<usize>)>> {
+        cfg.validate()?;
+        let mut w = WeightLoader::new(TensorMap::new());
+        Self::load(cfg.clone(), &mut w)?;
+        Ok(w.expected())
+    }
+
+    /// Take every tensor of `cfg` from `w` (missing or mis-shaped ones are recorded there).
+    fn load(cfg: Config, w: &mut WeightLoader) -> Result<Model> {
         let c = cfg.hidden_size;
         let p = cfg.patch_size;
         let cin = cfg.in_channels;
@@ -464,50 +489,14 @@ impl Model {
         let n_tok = cfg.num_tokens();
         let pos = w.take("pos_embed", &[1, n_tok, c]);
         let pos_embed = if pos.rank() == 3 { pos.squeeze(0)? } else { pos };
-        let t_mlp0 = Linear::load(&mut w, "t_embedder.mlp.0", FREQ_DIM, c)?;
-        let t_mlp2 = Linear::load(&mut w, "t_embedder.mlp.2", c, c)?;
+        let t_mlp0 = Linear::load(w, "t_embedder.mlp.0", FREQ_DIM, c)?;
+        let t_mlp2 = Linear::load(w, "t_embedder.mlp.2", c, c)?;
         let rows = cfg.num_classes + cfg.class_null as usize;
         let y_table = w.take("y_embedder.embedding_table.weight", &[rows, c]);
-        let blocks = match cfg.layout {
-            Layout::Dense { depth } => {
-                Blocks::Dense((0..depth).map(|i| DitBlock::load(&mut w, &format!("blocks.{i}"), &cfg)).collect::<Result<_>>()?)
-            }
-            Layout::Sparse(s) => {
-                let poolingformer_blocks = (0..s.num_poolingformer)
-                    .map(|i| PoolingformerBlock::load(&mut w, &format!("poolingformer_blocks.{i}"), &cfg))
-                    .collect::<Result<_>>()?;
-                let mut dumbbell_blocks = Vec::with_capacity(s.num_sdtm);
-                for k in 0..s.num_sdtm {
-                    let pre = |kind: &str, j: usize| format!("dumbbell_blocks.{k}.{kind}.{j}");
-                    dumbbell_blocks.push(Sdtm {
-                        token_merge_blocks: (0..s.group[0])
-                            .map(|j| TokenMergeBlock::load(&mut w, &pre(SDTM_KINDS[0], j), &cfg))
-                            .collect::<Result<_>>()?,
-                        semantic_blocks: (0..s.group[1])
-                            .map(|j| DitBlock::load(&mut w, &pre(SDTM_KINDS[1], j), &cfg))
-                            .collect::<Result<_>>()?,
-                        token_recover_blocks: (0..s.group[2])
-                            .map(|j| TokenRecoverBlock::load(&mut w, &pre(SDTM_KINDS[2], j), &cfg))
-                            .collect::<Result<_>>()?,
-                        normal_blocks: (0..s.group[3])
-                            .map(|j| DitBlock::load(&mut w, &pre(SDTM_KINDS[3], j), &cfg))
-                            .collect::<Result<_>>()?,
-                    });
-                }
-                let normal_blocks =
-                    (0..s.num_top).map(|i| DitBlock::load(&mut w, &format!("normal_blocks.{i}"), &cfg)).collect::<Result<_>>()?;
-                Blocks::Sparse { poolingformer_blocks, dumbbell_blocks, normal_blocks }
-            }
-        };
-        let final_ada = Linear::load(&mut w, "final_layer.adaLN_modulation.1", c, 2 * c)?;
-        let final_linear = Linear::load(&mut w, "final_layer.linear", c, p * p * cfg.out_channels())?;
-        w.finish()?;
+        let blocks = cfg.blocks(cfg.grid()).iter().map(|spec| Block::load(w, spec, &cfg)).collect::<Result<_>>()?;
+        let final_ada = Linear::load(w, "final_layer.adaLN_modulation.1", c, 2 * c)?;
+        let final_linear = Linear::load(w, "final_layer.linear", c, p * p * cfg.out_channels())?;
         Ok(Model { cfg, x_embedder, pos_embed, t_mlp0, t_mlp2, y_table, blocks, final_ada, final_linear })
-    }
-
-    /// Check labels against the label table (see [`Config::check_labels`]).
-    pub fn check_labels(&self, y: &[i64]) -> Result<()> {
-        self.cfg.check_labels(y)
     }
 
     /// Turn the training-free pooled middle on (`Some`) or off; checked against the layout.
@@ -554,103 +543,46 @@ impl Model {
         let y_emb = self.y_table.index_select(&y_idx, 0)?;
         let silu_c = (t_emb + y_emb)?.silu()?;
 
+        cfg.check_grid(grid)?;
         let want_attn = trace.is_some();
-        let mut record = |name: String, tokens: usize, grid: usize, attention: Option<Tensor>| {
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push(BlockTrace { name, tokens, grid, attention });
-            }
-        };
-
-        match &self.blocks {
-            Blocks::Dense(blocks) => {
-                // Training-free pooled middle (`PooledMiddle`): blocks start..end run on the
-                // s x s pooled tokens; their update comes back to the dense tokens by nearest
-                // upsampling, h += up(middle(pool(h)) - pool(h)).
-                let pm = cfg.pooled_middle_at(grid);
-                let s = grid;
-                let mut middle: Option<(Tensor, Tensor)> = None; // (pool(h), running x): (B, S, C) each
-                let pool = match pm {
-                    Some(_) => Some(adaptive_avg_pool_matrix(n, s, &dev)?), // (S, N)
-                    None => None,
+        // The block walk. `h` is the running hidden state (B, T, C), T = spec.in_tokens();
+        // `dense` (B, N, C) is what it was when last pooled: an SDTM's dense input (its merge
+        // blocks' keys, its recover blocks' merge partner) or the base a pooled middle's update
+        // goes back onto; `pooled` (B, S, C) is pool(dense).
+        let specs = cfg.blocks(grid);
+        let mut dense = h.clone();
+        let mut pooled = h.clone();
+        let mut pool: Option<Tensor> = None; // (S, N) adaptive_avg_pool matrix, built on first use
+        for (spec, block) in specs.iter().zip(&self.blocks) {
+            if spec.pool_before {
+                let m = match &pool {
+                    Some(m) => m,
+                    None => pool.insert(adaptive_avg_pool_matrix(n, grid, &dev)?),
                 };
-                for (i, blk) in blocks.iter().enumerate() {
-                    match (pm, &pool) {
-                        (Some(pm), Some(pool)) if pm.contains(i) => {
-                            let (base, x) = match middle.take() {
-                                Some(bx) => bx,
-                                None => {
-                                    let base = pool.broadcast_matmul(&h)?; // (B, S, C)
-                                    (base.clone(), base)
-                                }
-                            };
-                            let x = blk.forward(&x, &silu_c)?;
-                            record(format!("blocks.{i}"), s * s, s, None);
-                            if i + 1 == pm.end {
-                                let delta = (x - &base)?; // (B, S, C)
-                                let up = nearest_upsample_index(s, n, &dev)?; // (N,)
-                                h = (h + delta.index_select(&up, 1)?)?;
-                            } else {
-                                middle = Some((base, x));
-                            }
-                        }
-                        _ => {
-                            h = blk.forward(&h, &silu_c)?;
-                            record(format!("blocks.{i}"), n_tok, n, None);
-                        }
-                    }
-                }
+                dense = h;
+                pooled = m.broadcast_matmul(&dense)?; // (B, S, C)
+                h = pooled.clone();
             }
-            Blocks::Sparse { poolingformer_blocks, dumbbell_blocks, normal_blocks } => {
-                if grid == 0 {
-                    return Err(Error::arg("sparse grid size must be at least 1"));
+            let mut probs = None;
+            h = match block {
+                Block::Dit(blk) => blk.forward(&h, &silu_c)?,
+                Block::Poolingformer(blk) => blk.forward(&h, &silu_c)?,
+                Block::Merge(blk) => blk.forward(&h, &dense, &silu_c, want_attn.then_some(&mut probs))?,
+                Block::Recover(blk) => {
+                    // nearest upsampling from the block's input grid (identity from n to n)
+                    let up = nearest_upsample_index(spec.in_side, n, &dev)?; // (N,)
+                    blk.forward(&h, &dense, &up, &silu_c, want_attn.then_some(&mut probs))?
                 }
-                for (i, blk) in poolingformer_blocks.iter().enumerate() {
-                    h = blk.forward(&h, &silu_c)?;
-                    record(format!("poolingformer_blocks.{i}"), n_tok, 1, None);
-                }
-                let s = grid;
-                let pool = adaptive_avg_pool_matrix(n, s, &dev)?; // (S, N)
-                let up_index = nearest_upsample_index(s, n, &dev)?; // (N,)
-                let identity_index = nearest_upsample_index(n, n, &dev)?; // (N,)
-                for (k, sdtm) in dumbbell_blocks.iter().enumerate() {
-                    let dense = h; // (B, N, C): what the recover blocks merge with
-                    let mut x = pool.broadcast_matmul(&dense)?; // (B, S, C)
-                    for (j, blk) in sdtm.token_merge_blocks.iter().enumerate() {
-                        let mut probs = None;
-                        x = blk.forward(&x, &dense, &silu_c, want_attn.then_some(&mut probs))?;
-                        record(format!("dumbbell_blocks.{k}.token_merge_blocks.{j}"), s * s, s, probs);
-                    }
-                    for (j, blk) in sdtm.semantic_blocks.iter().enumerate() {
-                        x = blk.forward(&x, &silu_c)?;
-                        record(format!("dumbbell_blocks.{k}.semantic_blocks.{j}"), s * s, s, None);
-                    }
-                    let mut tokens_on_dense = false;
-                    for (j, blk) in sdtm.token_recover_blocks.iter().enumerate() {
-                        let mut probs = None;
-                        // A second recover block gets the first one's dense output as its
-                        // "sparse" input (S = N): nearest upsampling is then the identity.
-                        let index = if tokens_on_dense { &identity_index } else { &up_index };
-                        x = blk.forward(&x, &dense, index, &silu_c, want_attn.then_some(&mut probs))?;
-                        tokens_on_dense = true;
-                        record(format!("dumbbell_blocks.{k}.token_recover_blocks.{j}"), n_tok, n, probs);
-                    }
-                    for (j, blk) in sdtm.normal_blocks.iter().enumerate() {
-                        x = blk.forward(&x, &silu_c)?;
-                        let (tk, g) = if tokens_on_dense { (n_tok, n) } else { (s * s, s) };
-                        record(format!("dumbbell_blocks.{k}.normal_blocks.{j}"), tk, g, None);
-                    }
-                    if x.dim(1)? != n_tok {
-                        return Err(Error::arch(format!(
-                            "dumbbell_blocks.{k} ends on {} tokens, not the dense {n_tok}: it needs a token_recover block",
-                            x.dim(1)?
-                        )));
-                    }
-                    h = x;
-                }
-                for (i, blk) in normal_blocks.iter().enumerate() {
-                    h = blk.forward(&h, &silu_c)?;
-                    record(format!("normal_blocks.{i}"), n_tok, n, None);
-                }
+            };
+            if spec.unpool_after {
+                // pooled middle: h = dense + up(middle(pool(dense)) - pool(dense))
+                let up = nearest_upsample_index(grid, n, &dev)?; // (N,)
+                h = (&dense + (h - &pooled)?.index_select(&up, 1)?)?;
+            }
+            if let Some(tr) = trace.as_deref_mut() {
+                // The Poolingformer's attention is one global token.
+                let side = if spec.kind == BlockKind::Poolingformer { 1 } else { spec.side };
+                tr.push(BlockTrace { name: spec.prefix.clone(), kind: spec.kind, tokens: spec.tokens(), grid: side, attention: probs });
             }
         }
 
@@ -782,7 +714,7 @@ pub fn sincos_pos_embed(c: usize, n: usize) -> Vec<f32> {
     out
 }
 
-/// Convenience: a single-element-per-row view of a tensor as Vec<f32> (for tests and the CLI).
+/// The values of a tensor of any shape and dtype, flattened row-major, as f32.
 pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
 }

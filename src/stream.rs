@@ -88,11 +88,6 @@ impl PackStream {
         self.received
     }
 
-    /// The parsed header and architecture, once enough bytes have arrived.
-    pub fn header(&self) -> Option<(&GgufHeader, &Config)> {
-        self.header.as_ref().map(|(h, c)| (h, c))
-    }
-
     /// Feed the next bytes of the file.
     pub fn push(&mut self, chunk: &[u8], sink: &mut dyn TensorSink) -> Result<()> {
         if let Some(e) = &self.failed {

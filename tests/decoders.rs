@@ -179,13 +179,7 @@ mod cli {
     }
 
     /// The CPU always; the GPU when an adapter exists (always in CI).
-    fn backends() -> Vec<&'static str> {
-        let mut b = vec!["cpu"];
-        if common::gpu_or_skip().is_some() {
-            b.push("gpu");
-        }
-        b
-    }
+    use common::backends;
 
     #[test]
     fn taesd_convert_decode_round_trip() {

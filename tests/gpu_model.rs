@@ -232,7 +232,8 @@ fn layout_matches_trace_and_sampler_reports_attention() {
         assert_eq!(s.pred_x0.map(|p| p.len()), Some(2 * chw));
         assert_eq!(s.attention.len(), 4, "2 SDTMs x (merge + recover)");
         for a in s.attention {
-            let kind = layout[a.block].kind;
+            let kind = layout[a.block].kind.name();
+            assert_eq!(kind, a.kind.name(), "{}", a.name);
             assert!(kind == "merge" || kind == "recover", "{} is a {kind}", a.name);
             assert_eq!(layout[a.block].name, a.name);
             let (tq, tk) = if kind == "merge" { (9, 36) } else { (36, 9) };
@@ -267,7 +268,7 @@ fn training_free_pooled_middle_on_gpu_matches_cpu_pytorch_and_layout() {
         let layout = block_layouts(&cpu.cfg, s);
         let tokens: Vec<usize> = layout.iter().map(|b| b.tokens).collect();
         assert_eq!(tokens, [64, 64, s * s, s * s, s * s, 64], "s = {s}");
-        assert_eq!(layout.iter().map(|b| b.kind).collect::<Vec<_>>(), ["dit", "dit", "pooled", "pooled", "pooled", "dit"]);
+        assert_eq!(layout.iter().map(|b| b.kind.name()).collect::<Vec<_>>(), ["dit", "dit", "pooled", "pooled", "pooled", "dit"]);
         assert_eq!(trace.iter().map(|b| b.tokens).collect::<Vec<_>>(), tokens, "s = {s}");
     }
     let Some(gpu) = gpu() else { return };

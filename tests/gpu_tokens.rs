@@ -12,7 +12,7 @@ use common::random_nonzero as random;
 use candle_core::{Device, Tensor};
 use sparsedit::diffusion::{Diffusion, Guidance, SamplerKind, VarianceType};
 use sparsedit::gpu::ops::tokens::{
-    adaptive_avg_pool, coefficients, condition, mean_tokens, patchify, residual_broadcast, sampler_step, unpatchify, upsample_nearest,
+    adaptive_avg_pool, condition, mean_tokens, patchify, residual_broadcast, sampler_step, unpatchify, upsample_nearest,
     SamplerStepParams,
 };
 use sparsedit::gpu::{Dispatch, Gpu, GpuBuf};
@@ -267,16 +267,16 @@ fn sampler_step_matches_diffusion_step() {
 #[test]
 fn step_coefficients_are_consistent() {
     let d = Diffusion::new("ddim10").unwrap();
-    let k = coefficients(&d, 5).unwrap();
+    let k = d.coefficients(5).unwrap();
     let ac = d.alphas_cumprod[5];
     assert_eq!(k.alpha_bar, ac as f32);
     assert_eq!(k.alpha_bar_prev, d.alphas_cumprod[4] as f32);
     assert_eq!(k.sqrt_recip_ac, (1.0 / ac).sqrt() as f32);
     assert_eq!(k.max_log, k.fixed_log);
-    let k0 = coefficients(&d, 0).unwrap();
+    let k0 = d.coefficients(0).unwrap();
     assert_eq!(k0.fixed_log, k0.min_log);
     assert_eq!(k0.alpha_bar_prev, 1.0);
-    assert!(coefficients(&d, 10).is_err());
+    assert!(d.coefficients(10).is_err());
     assert!(SamplerStepParams::new(&d, 10, SamplerKind::Ddpm, VarianceType::FixedLarge, 1, 4, 4, None).is_err());
 }
 

@@ -46,12 +46,6 @@ pub struct DecoderPlan {
     _pool: Vec<GpuBuf>,
 }
 
-impl DecoderPlan {
-    pub fn dispatch_count(&self) -> usize {
-        self.dispatches.len()
-    }
-}
-
 impl GpuDecoder {
     /// Upload a decoder's tensors (checked first as [`Decoder::from_tensors`] checks them).
     pub fn load(gpu: &Gpu, cfg: DecoderConfig, tensors: TensorMap) -> Result<Self> {

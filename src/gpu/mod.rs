@@ -15,6 +15,7 @@ pub mod decoder;
 pub mod model;
 pub mod sample;
 pub mod ops;
+pub mod weights;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -151,10 +152,19 @@ impl Gpu {
         format!("{} ({:?}, {:?})", self.adapter.name, self.adapter.backend, self.adapter.device_type)
     }
 
+    /// `e`, or the device loss behind it when the device was lost (a failed map or poll after
+    /// a loss should say so).
+    fn lost_or(&self, e: Error) -> Error {
+        match self.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(l) => Error::DeviceLost(l),
+            None => e,
+        }
+    }
+
     /// Fail with the first asynchronous device error or a device loss, if any happened.
     pub fn check(&self) -> Result<()> {
         if let Some(l) = self.lost.lock().ok().and_then(|l| l.clone()) {
-            return Err(Error::Gpu(l));
+            return Err(Error::DeviceLost(l));
         }
         if let Some(e) = self.errors.lock().ok().and_then(|mut v| if v.is_empty() { None } else { Some(v.remove(0)) }) {
             return Err(Error::Gpu(e));
@@ -185,7 +195,7 @@ impl Gpu {
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         });
-        self.check().map_err(|e| Error::Gpu(format!("shader {name}: {e}")))?;
+        self.check().map_err(|e| e.gpu_context(format!("shader {name}")))?;
         let layout = pipeline.get_bind_group_layout(0);
         let k = Rc::new(Kernel { name: name.to_string(), pipeline, layout });
         self.pipelines.borrow_mut().insert(key, k.clone());
@@ -273,7 +283,7 @@ impl Gpu {
             layout: &kernel.layout,
             entries: &entries,
         });
-        self.check().map_err(|e| Error::Gpu(format!("{label} ({}): {e}", kernel.name)))?;
+        self.check().map_err(|e| e.gpu_context(format!("{label} ({})", kernel.name)))?;
         Ok(Dispatch { kernel: kernel.clone(), bind_group, groups, label: label.to_string() })
     }
 
@@ -309,7 +319,7 @@ impl Gpu {
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            .map_err(|e| self.lost_or(Error::Gpu(format!("waiting for the GPU: {e}"))))?;
         self.check()
     }
 
@@ -366,7 +376,7 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
         #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
-        rx.await.map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
+        rx.await.map_err(|e| self.lost_or(Error::Gpu(format!("reading timestamps: {e}"))))?;
         let ticks: Vec<u64> = {
             let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping timestamps: {e}")))?;
             bytemuck::cast_slice::<u8, u64>(&view).to_vec()
@@ -403,8 +413,8 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        rx.await.map_err(|e| Error::Gpu(format!("reading a GPU buffer back: {e}")))?;
+            .map_err(|e| self.lost_or(Error::Gpu(format!("waiting for the GPU: {e}"))))?;
+        rx.await.map_err(|e| self.lost_or(Error::Gpu(format!("reading a GPU buffer back: {e}"))))?;
         let data = {
             let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping a GPU buffer: {e}")))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()

@@ -1,196 +1,417 @@
-//! DiT / SparseDiT on the GPU: weights uploaded once ([`GpuModel`]), and a [`Plan`] per
-//! (batch, sparse grid) holding every activation buffer and the recorded dispatches of one
-//! forward pass, replayed each denoising step as a single submission.
+//! DiT / SparseDiT on the GPU, block for block beside the CPU model (`model.rs`).
 //!
-//! The dispatch order mirrors `model::Model::forward_traced` block for block; the CPU model is
-//! the reference the GPU output is tested against.
+//! [`GpuModel`] holds the weights, uploaded once: one type per block kind ([`DitBlock`],
+//! [`PoolingformerBlock`], [`TokenMergeBlock`], [`TokenRecoverBlock`]) whose `record` is the
+//! CPU block's `forward`, line for line, as recorded dispatches. A [`Plan`] is one forward pass
+//! for a (batch, sparse grid): the block walk of [`Config::blocks`] recorded over
+//! [`Activations`] (allocated once per batch and shared by the plans of every grid), replayed
+//! each denoising step as one submission. The CPU model is the reference the GPU output is
+//! tested against.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::config::{Config, Layout, FREQ_DIM, SDTM_KINDS};
+use crate::blocks::{BlockKind, BlockWeights};
+use crate::config::{Config, FREQ_DIM};
 use crate::error::{Error, Result};
-use crate::gguf::{self, Gguf, GgufHeader, TensorInfo, TensorType};
+use crate::gguf::{Gguf, TensorType};
 use crate::gpu::ops::attention::{attention, attention_probs, AttnShape};
 use crate::gpu::ops::tokens;
-use crate::gpu::ops::{layernorm_modulate, linear_with, Epilogue, GpuLinear, GpuWeight, Precision};
+use crate::gpu::ops::{layernorm_modulate, linear_with, Epilogue, GpuLinear, Precision};
+use crate::gpu::weights::{lin, table};
+pub use crate::gpu::weights::{EncodedMap, GpuStreamSink, WeightSource};
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
-use crate::model::{timestep_embedding, TensorMap};
+use crate::model::timestep_embedding;
 use crate::pack;
-use crate::stream::TensorSink;
 
-/// Where weights come from: encoded bytes per tensor, as in a pack.
-pub trait WeightSource {
-    /// (type, encoded bytes, PyTorch shape) of tensor `name`.
-    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)>;
-    /// Tensor `name` decoded to f32, with its shape.
-    fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let (ty, bytes, shape) = self.encoded(name)?;
-        let n = shape.iter().product();
-        Ok((gguf::decode(&bytes, ty, n)?, shape))
-    }
-    /// The (N, K) weight `name` of a linear layer on the GPU, in its stored format, with its
-    /// shape. Default: upload [`Self::encoded`]; a streamed pack has it uploaded already.
-    fn gpu_weight(&self, gpu: &Gpu, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
-        upload_encoded(gpu, self, name)
-    }
+/// The two halves of a block, and where their adaLN vectors sit in its modulation (B, 6C):
+/// `[shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp]` (the CPU `Modulation`).
+#[derive(Clone, Copy)]
+enum Half {
+    /// Attention (multi-head self-attention in the official names).
+    Msa,
+    Mlp,
 }
 
-/// Upload tensor `name` of `src` as a linear weight (the default of [`WeightSource::gpu_weight`]).
-fn upload_encoded<S: WeightSource + ?Sized>(gpu: &Gpu, src: &S, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
-    let (ty, bytes, shape) = src.encoded(name)?;
-    let elems = shape.iter().product();
-    Ok((GpuWeight::upload(gpu, name, ty, &bytes, elems)?, shape))
-}
-
-fn missing(name: &str) -> Error {
-    Error::Keys { missing: vec![name.to_string()], unexpected: vec![] }
-}
-
-impl WeightSource for Gguf<'_> {
-    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)> {
-        let info = self.header.tensor(name).ok_or_else(|| missing(name))?;
-        Ok((info.ty, Cow::Borrowed(self.tensor_data(info)), info.shape.clone()))
-    }
-}
-
-/// f32 tensors encoded on the fly with `quant` for 2-D linear weights (as `convert` would).
-pub struct EncodedMap<'a> {
-    pub tensors: &'a TensorMap,
-    pub quant: TensorType,
-}
-
-impl WeightSource for EncodedMap<'_> {
-    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)> {
-        let t = self.tensors.get(name).ok_or_else(|| missing(name))?;
-        let shape = t.dims().to_vec();
-        let ty = pack::storage_type(name, &shape, self.quant);
-        let values = crate::model::to_vec_f32(t)?;
-        Ok((ty, Cow::Owned(gguf::encode(&values, ty)?), shape))
-    }
-}
-
-fn lin(gpu: &Gpu, src: &dyn WeightSource, name: &str, k_in: usize, n_out: usize) -> Result<GpuLinear> {
-    let (weight, shape) = src.gpu_weight(gpu, &format!("{name}.weight"))?;
-    if shape != [n_out, k_in] {
-        return Err(Error::Shape { name: format!("{name}.weight"), expected: vec![n_out, k_in], found: shape });
-    }
-    let (bias, bshape) = src.f32(&format!("{name}.bias"))?;
-    if bshape != [n_out] {
-        return Err(Error::Shape { name: format!("{name}.bias"), expected: vec![n_out], found: bshape });
-    }
-    GpuLinear::from_weight(gpu, name, weight, n_out, k_in, &bias)
-}
-
-/// A pack arriving in chunks ([`crate::stream::PackStream`]): every linear weight goes into its
-/// GPU buffer the moment its bytes are complete (then its host copy is dropped); biases,
-/// tables, the patch-embedding kernel and the position table — a small part of the bytes —
-/// wait on the host until [`GpuModel::load`] builds the model from this sink.
-pub struct GpuStreamSink {
-    gpu: Rc<Gpu>,
-    uploaded: HashMap<String, (GpuWeight, Vec<usize>)>,
-    host: HashMap<String, (TensorType, Vec<u8>, Vec<usize>)>,
-    /// Bytes of tensor data on the GPU / kept on the host so far.
-    pub gpu_bytes: usize,
-    pub host_bytes: usize,
-}
-
-impl GpuStreamSink {
-    pub fn new(gpu: Rc<Gpu>) -> Self {
-        GpuStreamSink { gpu, uploaded: HashMap::new(), host: HashMap::new(), gpu_bytes: 0, host_bytes: 0 }
-    }
-
-    /// Linear weights are the 2-D `*.weight` tensors other than the label table.
-    fn is_linear_weight(info: &TensorInfo) -> bool {
-        info.shape.len() == 2 && info.name.ends_with(".weight") && info.name != "y_embedder.embedding_table.weight"
-    }
-}
-
-impl TensorSink for GpuStreamSink {
-    fn header(&mut self, header: &GgufHeader, _cfg: &Config) -> Result<()> {
-        // Refuse early what could never fit one binding (the pack has not been downloaded yet).
-        let max = self.gpu.limits.max_storage_buffer_binding_size as usize;
-        if let Some(t) = header.tensors.iter().find(|t| t.nbytes > max) {
-            return Err(Error::Gpu(format!("tensor '{}' ({} bytes) exceeds this GPU's storage binding limit of {max} bytes", t.name, t.nbytes)));
+impl Half {
+    fn shift(self, c: usize) -> usize {
+        match self {
+            Half::Msa => 0,
+            Half::Mlp => 3 * c,
         }
+    }
+}
+
+/// Records the dispatches of one forward pass over a plan's activations: the CPU model's tensor
+/// ops, one call each (`linear`, `modulate(layer_norm(..))`, `attention`).
+struct Recorder<'a> {
+    gpu: &'a Gpu,
+    precision: Precision,
+    a: &'a Activations,
+    /// Batch rows B, hidden width C, heads H.
+    b: usize,
+    c: usize,
+    heads: usize,
+    d: Vec<Dispatch>,
+    /// Cross-attention maps being captured (the token view), when asked for.
+    captures: Option<Vec<AttentionCapture>>,
+}
+
+impl Recorder<'_> {
+    /// y (B*t, out) = epilogue(x (B*t, in) W^T + b); `t` rows per batch element.
+    fn linear(&mut self, lin: &GpuLinear, x: &GpuBuf, t: usize, y: &GpuBuf, epi: Epilogue) -> Result<()> {
+        self.d.push(linear_with(self.gpu, &lin.name, lin, x, self.b * t, y, epi, self.precision)?);
         Ok(())
     }
 
-    fn tensor(&mut self, info: &TensorInfo, bytes: Vec<u8>) -> Result<()> {
-        if Self::is_linear_weight(info) {
-            let elems = info.elem_count().ok_or_else(|| Error::gguf(format!("tensor '{}': shape overflows", info.name)))?;
-            let w = GpuWeight::upload(&self.gpu, &info.name, info.ty, &bytes, elems)?;
-            self.gpu_bytes += bytes.len();
-            self.uploaded.insert(info.name.clone(), (w, info.shape.clone()));
-        } else {
-            self.host_bytes += bytes.len();
-            self.host.insert(info.name.clone(), (info.ty, bytes, info.shape.clone()));
+    /// The block's modulation mods (B, 6C) = adaLN(SiLU(c)).
+    fn modulation(&mut self, ada: &GpuLinear) -> Result<()> {
+        let (cond, mods) = (&self.a.cond, &self.a.mods);
+        self.linear(ada, cond, 1, mods, Epilogue::Store)
+    }
+
+    /// out (B, t, C) = modulate(layer_norm(x), shift, scale) of `half`.
+    fn modulate(&mut self, label: String, x: &GpuBuf, t: usize, half: Half, out: &GpuBuf) -> Result<()> {
+        let (c, shift) = (self.c, half.shift(self.c));
+        self.d.push(layernorm_modulate(self.gpu, &label, x, self.b * t, c, t, &self.a.mods, 6 * c, shift, shift + c, out)?);
+        Ok(())
+    }
+
+    /// x += gate of `half` * lin(v): the adaLN-Zero gated residual, in the linear's epilogue.
+    fn gated(&mut self, lin: &GpuLinear, v: &GpuBuf, t: usize, x: &GpuBuf, half: Half) -> Result<()> {
+        let (c, mods) = (self.c, &self.a.mods);
+        let epi = Epilogue::GatedResidual { mods, tokens: t, stride: 6 * c, offset: half.shift(c) + 2 * c };
+        self.d.push(linear_with(self.gpu, &lin.name, lin, v, self.b * t, x, epi, self.precision)?);
+        Ok(())
+    }
+
+    /// out = softmax(q k^T / sqrt(d)) v over the heads. A cross-attention's head-averaged map
+    /// is captured too when the plan captures them (the token view).
+    fn attention(&mut self, block: &str, shape: &AttnShape, q: &GpuBuf, kv: &GpuBuf, out: &GpuBuf, cross: bool) -> Result<()> {
+        self.d.push(attention(self.gpu, &format!("{block}.attn"), shape, q, kv, out)?);
+        if let (true, Some(caps)) = (cross, &mut self.captures) {
+            caps.push(capture(self.gpu, &mut self.d, block, shape, q, kv)?);
         }
-        self.gpu.check()
+        Ok(())
     }
 }
 
-impl WeightSource for GpuStreamSink {
-    fn encoded(&self, name: &str) -> Result<(TensorType, Cow<'_, [u8]>, Vec<usize>)> {
-        let (ty, bytes, shape) = self.host.get(name).ok_or_else(|| missing(name))?;
-        Ok((*ty, Cow::Borrowed(bytes.as_slice()), shape.clone()))
-    }
-
-    fn gpu_weight(&self, gpu: &Gpu, name: &str) -> Result<(GpuWeight, Vec<usize>)> {
-        match self.uploaded.get(name) {
-            Some((w, shape)) => Ok((w.clone(), shape.clone())),
-            None => upload_encoded(gpu, self, name),
-        }
-    }
-}
-
-fn table(gpu: &Gpu, src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<GpuBuf> {
-    let (v, s) = src.f32(name)?;
-    if s != shape {
-        return Err(Error::Shape { name: name.to_string(), expected: shape.to_vec(), found: s });
-    }
-    gpu.upload(name, &v)
-}
-
-/// One block's weights; `name` is its checkpoint prefix.
-pub struct GpuBlock {
-    pub name: String,
-    pub kind: BlockKind,
-    ada: GpuLinear,
-    /// DiT: qkv; merge / recover: q. Poolingformer: v.
-    q_or_qkv: GpuLinear,
-    /// merge / recover: kv.
-    kv: Option<GpuLinear>,
-    proj: GpuLinear,
+/// `mlp.fc1`, GELU (tanh), `mlp.fc2`.
+struct Mlp {
     fc1: GpuLinear,
     fc2: GpuLinear,
-    merged: Option<(GpuLinear, GpuLinear)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockKind {
-    /// Ordinary DiT block (dense `blocks`, `semantic_blocks`, `normal_blocks`).
-    Dit,
-    Poolingformer,
-    TokenMerge,
-    TokenRecover,
+impl Mlp {
+    fn load(gpu: &Gpu, src: &dyn WeightSource, p: &str, cfg: &Config) -> Result<Self> {
+        let (c, m) = (cfg.hidden_size, cfg.mlp_hidden);
+        Ok(Mlp { fc1: lin(gpu, src, &format!("{p}.mlp.fc1"), c, m)?, fc2: lin(gpu, src, &format!("{p}.mlp.fc2"), m, c)? })
+    }
+
+    /// x (B, t, C) += gate_mlp * MLP(modulate(LN(x), shift_mlp, scale_mlp))
+    fn residual(&self, r: &mut Recorder, block: &str, x: &GpuBuf, t: usize) -> Result<()> {
+        let (normed, wide) = (&r.a.normed, &r.a.wide);
+        r.modulate(format!("{block}.norm2"), x, t, Half::Mlp, normed)?;
+        r.linear(&self.fc1, normed, t, wide, Epilogue::Gelu)?; // (B, t, M)
+        r.gated(&self.fc2, wide, t, x, Half::Mlp)
+    }
+}
+
+/// Ordinary DiT block (`blocks.i`, `semantic_blocks.j`, `normal_blocks.j`).
+pub struct DitBlock {
+    name: String,
+    qkv: GpuLinear,
+    proj: GpuLinear,
+    mlp: Mlp,
+    ada: GpuLinear,
+}
+
+impl DitBlock {
+    fn load(gpu: &Gpu, src: &dyn WeightSource, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(DitBlock {
+            name: p.to_string(),
+            qkv: lin(gpu, src, &format!("{p}.attn.qkv"), c, 3 * c)?,
+            proj: lin(gpu, src, &format!("{p}.attn.proj"), c, c)?,
+            mlp: Mlp::load(gpu, src, p, cfg)?,
+            ada: lin(gpu, src, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+        })
+    }
+
+    /// x: (B, t, C), updated in place.
+    fn record(&self, r: &mut Recorder, x: &GpuBuf, t: usize) -> Result<()> {
+        let (normed, wide, att) = (&r.a.normed, &r.a.wide, &r.a.att);
+        r.modulation(&self.ada)?;
+        r.modulate(format!("{}.norm1", self.name), x, t, Half::Msa, normed)?;
+        r.linear(&self.qkv, normed, t, wide, Epilogue::Store)?; // (B, t, 3C)
+        r.attention(&self.name, &AttnShape::packed_qkv(r.b, t, r.c, r.heads), wide, wide, att, false)?;
+        r.gated(&self.proj, att, t, x, Half::Msa)?;
+        self.mlp.residual(r, &self.name, x, t)
+    }
+}
+
+/// Poolingformer block: attention replaced by the global mean of V.
+pub struct PoolingformerBlock {
+    name: String,
+    v: GpuLinear,
+    proj: GpuLinear,
+    mlp: Mlp,
+    ada: GpuLinear,
+}
+
+impl PoolingformerBlock {
+    fn load(gpu: &Gpu, src: &dyn WeightSource, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(PoolingformerBlock {
+            name: p.to_string(),
+            v: lin(gpu, src, &format!("{p}.attn.v"), c, c)?,
+            proj: lin(gpu, src, &format!("{p}.attn.proj"), c, c)?,
+            mlp: Mlp::load(gpu, src, p, cfg)?,
+            ada: lin(gpu, src, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+        })
+    }
+
+    /// x: (B, t, C), updated in place.
+    fn record(&self, r: &mut Recorder, x: &GpuBuf, t: usize) -> Result<()> {
+        let (normed, att, pooled, pooled_proj) = (&r.a.normed, &r.a.att, &r.a.pooled, &r.a.pooled_proj);
+        let (gpu, b, c, name) = (r.gpu, r.b, r.c, &self.name);
+        r.modulation(&self.ada)?;
+        r.modulate(format!("{name}.norm1"), x, t, Half::Msa, normed)?;
+        // The official code multiplies a uniform t x t softmax by V: every token gets mean(V).
+        r.linear(&self.v, normed, t, att, Epilogue::Store)?; // (B, t, C)
+        r.d.push(tokens::mean_tokens(gpu, &format!("{name}.attn.mean"), att, b, t, c, pooled)?); // (B, C)
+        r.linear(&self.proj, pooled, 1, pooled_proj, Epilogue::Store)?; // (B, C), broadcast to every token
+        r.d.push(tokens::residual_broadcast(gpu, &format!("{name}.residual"), x, b, t, c, &r.a.mods, 6 * c, 2 * c, pooled_proj)?);
+        self.mlp.residual(r, name, x, t)
+    }
+}
+
+/// Cross-attention projections `attn.q`, `attn.kv` (k first, then v), `attn.proj`.
+struct CrossAttention {
+    q: GpuLinear,
+    kv: GpuLinear,
+    proj: GpuLinear,
+}
+
+impl CrossAttention {
+    fn load(gpu: &Gpu, src: &dyn WeightSource, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(CrossAttention {
+            q: lin(gpu, src, &format!("{p}.attn.q"), c, c)?,
+            kv: lin(gpu, src, &format!("{p}.attn.kv"), c, 2 * c)?,
+            proj: lin(gpu, src, &format!("{p}.attn.proj"), c, c)?,
+        })
+    }
+
+    /// kv (B, tk, 2C) from the normalised keys/values side hkv (B, tk, C).
+    fn keys_values(&self, r: &mut Recorder, hkv: &GpuBuf, tk: usize) -> Result<()> {
+        let kv = &r.a.kv;
+        r.linear(&self.kv, hkv, tk, kv, Epilogue::Store)
+    }
+
+    /// x (B, tq, C) += gate_msa * proj(attention(q(hq), kv)), with kv from [`Self::keys_values`].
+    fn gated_residual(&self, r: &mut Recorder, block: &str, hq: &GpuBuf, tq: usize, tk: usize, x: &GpuBuf) -> Result<()> {
+        let (q, kv, att) = (&r.a.q, &r.a.kv, &r.a.att);
+        r.linear(&self.q, hq, tq, q, Epilogue::Store)?; // (B, tq, C)
+        r.attention(block, &AttnShape::cross(r.b, tq, tk, r.c, r.heads), q, kv, att, true)?;
+        r.gated(&self.proj, att, tq, x, Half::Msa)
+    }
+}
+
+/// SDTM token-merge block: sparse queries gather from the dense tokens.
+pub struct TokenMergeBlock {
+    name: String,
+    attn: CrossAttention,
+    mlp: Mlp,
+    ada: GpuLinear,
+}
+
+impl TokenMergeBlock {
+    fn load(gpu: &Gpu, src: &dyn WeightSource, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(TokenMergeBlock {
+            name: p.to_string(),
+            attn: CrossAttention::load(gpu, src, p, cfg)?,
+            mlp: Mlp::load(gpu, src, p, cfg)?,
+            ada: lin(gpu, src, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+        })
+    }
+
+    /// sparse: (B, st, C) updated in place; dense: (B, nt, C).
+    fn record(&self, r: &mut Recorder, sparse: &GpuBuf, st: usize, dense: &GpuBuf, nt: usize) -> Result<()> {
+        let (normed, normed_kv) = (&r.a.normed, &r.a.normed_kv);
+        let name = &self.name;
+        r.modulation(&self.ada)?;
+        // Both inputs share norm1 and the msa shift/scale.
+        r.modulate(format!("{name}.norm1.q"), sparse, st, Half::Msa, normed)?;
+        r.modulate(format!("{name}.norm1.kv"), dense, nt, Half::Msa, normed_kv)?;
+        self.attn.keys_values(r, normed_kv, nt)?;
+        self.attn.gated_residual(r, name, normed, st, nt, sparse)?;
+        self.mlp.residual(r, name, sparse, st)
+    }
+}
+
+/// SDTM token-recover block: sparse tokens back to the dense grid.
+pub struct TokenRecoverBlock {
+    name: String,
+    merged_layer1: GpuLinear,
+    merged_layer2: GpuLinear,
+    attn: CrossAttention,
+    mlp: Mlp,
+    ada: GpuLinear,
+}
+
+impl TokenRecoverBlock {
+    fn load(gpu: &Gpu, src: &dyn WeightSource, p: &str, cfg: &Config) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(TokenRecoverBlock {
+            name: p.to_string(),
+            merged_layer1: lin(gpu, src, &format!("{p}.merged_layer1"), c, c)?,
+            merged_layer2: lin(gpu, src, &format!("{p}.merged_layer2"), c, c)?,
+            attn: CrossAttention::load(gpu, src, p, cfg)?,
+            mlp: Mlp::load(gpu, src, p, cfg)?,
+            ada: lin(gpu, src, &format!("{p}.adaLN_modulation.1"), c, 6 * c)?,
+        })
+    }
+
+    /// sparse: (B, s*s, C), dense: (B, n*n, C) -> out (B, n*n, C). `out` may be the `sparse`
+    /// input itself (a second recover block reads the first one's output, s = n): the sparse
+    /// side is read before `out` is written.
+    #[allow(clippy::too_many_arguments)]
+    fn record(&self, r: &mut Recorder, sparse: &GpuBuf, s: usize, dense: &GpuBuf, n: usize, out: &GpuBuf) -> Result<()> {
+        let (normed, normed_kv, up) = (&r.a.normed, &r.a.normed_kv, &r.a.att);
+        let (gpu, b, c, name) = (r.gpu, r.b, r.c, &self.name);
+        let (st, nt) = (s * s, n * n);
+        // up (B, N, C): nearest upsampling (a copy when s = n).
+        r.d.push(tokens::upsample_nearest(gpu, &format!("{name}.upsample"), sparse, b, s, n, c, up)?);
+        r.modulation(&self.ada)?;
+        r.modulate(format!("{name}.norm1.kv"), sparse, st, Half::Msa, normed_kv)?;
+        self.attn.keys_values(r, normed_kv, st)?; // (B, st, 2C)
+        // merged = merged_layer1(up) + merged_layer2(dense): (B, N, C) into `out`
+        r.linear(&self.merged_layer1, up, nt, out, Epilogue::Store)?;
+        r.linear(&self.merged_layer2, dense, nt, out, Epilogue::Accumulate)?;
+        r.modulate(format!("{name}.norm1.q"), out, nt, Half::Msa, normed)?;
+        self.attn.gated_residual(r, name, normed, nt, st, out)?;
+        self.mlp.residual(r, name, out, nt)
+    }
+}
+
+/// One block with its weights on the GPU, of the kind its [`crate::blocks::BlockSpec`] names
+/// (the CPU `model::Block`).
+pub enum GpuBlock {
+    Dit(DitBlock),
+    Poolingformer(PoolingformerBlock),
+    Merge(TokenMergeBlock),
+    Recover(TokenRecoverBlock),
 }
 
 /// Weights of a whole model on the GPU.
 pub struct GpuModel {
     pub cfg: Config,
+    /// `x_embedder.proj` as a linear layer on flattened (c_in, p, p) patches.
     x_embedder: GpuLinear,
+    /// (N, C)
     pos_embed: GpuBuf,
     t_mlp0: GpuLinear,
     t_mlp2: GpuLinear,
+    /// (classes [+1], C)
     y_table: GpuBuf,
-    /// Every block in forward order.
-    pub blocks: Vec<GpuBlock>,
+    /// Every block in forward order, one per [`Config::blocks`] entry.
+    blocks: Vec<GpuBlock>,
     final_ada: GpuLinear,
     final_linear: GpuLinear,
     /// Arithmetic of every linear layer in plans built from now on (F32 after `load`).
     pub precision: Precision,
+}
+
+/// Every activation buffer of a forward pass, shapes in comments (T = the most tokens any block
+/// sees, N or S). Allocated once per batch and shared by the plans of every grid whose sizes
+/// fit, as the plans of a run replay one at a time.
+pub struct Activations {
+    pub batch: usize,
+    /// Largest sparse grid side the buffers hold.
+    max_grid: usize,
+    /// (B, c_in, I, I) input latent.
+    pub x_in: GpuBuf,
+    /// (B, 256) sinusoidal timestep features, written by the host each step.
+    pub t_freq: GpuBuf,
+    /// (B) labels as u32.
+    pub labels: GpuBuf,
+    patches: GpuBuf,   // (B, N, c_in p^2)
+    t_hidden: GpuBuf,  // (B, C)
+    t_emb: GpuBuf,     // (B, C)
+    cond: GpuBuf,      // (B, C) = SiLU(t_emb + y_emb)
+    mods: GpuBuf,      // (B, 6C) adaLN of the current block
+    dense: [GpuBuf; 2], // (B, N, C) the residual stream and an SDTM's output
+    sparse: GpuBuf,    // (B, S, C) pooled tokens
+    pooled_base: GpuBuf, // (B, S, C) pool(h) entering a training-free pooled middle
+    normed: GpuBuf,    // (B, T, C) modulated LN output (queries side)
+    normed_kv: GpuBuf, // (B, T, C) keys/values side
+    wide: GpuBuf,      // (B, T, max(3C, M)): qkv or the MLP hidden
+    q: GpuBuf,         // (B, T, C)
+    kv: GpuBuf,        // (B, T, 2C)
+    att: GpuBuf,       // (B, T, C) attention output before proj; a recover block's upsampling
+    pooled: GpuBuf,    // (B, C) Poolingformer mean of V
+    pooled_proj: GpuBuf, // (B, C)
+    fmods: GpuBuf,     // (B, 2C) final adaLN
+    out_tokens: GpuBuf, // (B, N, p^2 c_out)
+    /// (B, c_out, I, I) output.
+    pub out: GpuBuf,
+}
+
+impl Activations {
+    fn new(gpu: &Gpu, cfg: &Config, batch: usize, max_grid: usize) -> Result<Activations> {
+        let (c, p, m, b) = (cfg.hidden_size, cfg.patch_size, cfg.mlp_hidden, batch);
+        let (cin, co, i, nt) = (cfg.in_channels, cfg.out_channels(), cfg.input_size, cfg.num_tokens());
+        let st = max_grid * max_grid;
+        let tmax = nt.max(st);
+        let buf = |label: &str, len: usize| gpu.zeros(label, len);
+        Ok(Activations {
+            batch,
+            max_grid,
+            x_in: buf("x", b * cin * i * i)?,
+            t_freq: buf("t_freq", b * FREQ_DIM)?,
+            labels: buf("labels", b)?,
+            patches: buf("patches", b * nt * cin * p * p)?,
+            t_hidden: buf("t_hidden", b * c)?,
+            t_emb: buf("t_emb", b * c)?,
+            cond: buf("silu_c", b * c)?,
+            mods: buf("mods", b * 6 * c)?,
+            dense: [buf("dense_a", b * nt * c)?, buf("dense_b", b * nt * c)?],
+            sparse: buf("sparse", b * st * c)?,
+            pooled_base: buf("pooled_base", if cfg.pooled_middle.is_some() { b * st * c } else { 1 })?,
+            normed: buf("normed", b * tmax * c)?,
+            normed_kv: buf("normed_kv", b * tmax * c)?,
+            wide: buf("wide", b * tmax * (3 * c).max(m))?,
+            q: buf("q", b * tmax * c)?,
+            kv: buf("kv", b * tmax * 2 * c)?,
+            att: buf("att", b * tmax * c)?,
+            pooled: buf("pooled", b * c)?,
+            pooled_proj: buf("pooled_proj", b * c)?,
+            fmods: buf("final_mods", b * 2 * c)?,
+            out_tokens: buf("out_tokens", b * nt * p * p * co)?,
+            out: buf("out", b * co * i * i)?,
+        })
+    }
+}
+
+impl Activations {
+    /// Whether these buffers hold a forward pass at (`batch`, `grid`) of `cfg`.
+    fn fits(&self, cfg: &Config, batch: usize, grid: usize) -> bool {
+        let pooled = cfg.pooled_middle.is_none() || self.pooled_base.len >= self.sparse.len;
+        self.batch == batch && grid <= self.max_grid && pooled
+    }
+}
+
+impl GpuBlock {
+    fn load(gpu: &Gpu, src: &dyn WeightSource, spec: &crate::blocks::BlockSpec, cfg: &Config) -> Result<GpuBlock> {
+        let p = &spec.prefix;
+        Ok(match spec.kind.weights() {
+            BlockWeights::Dit => GpuBlock::Dit(DitBlock::load(gpu, src, p, cfg)?),
+            BlockWeights::Poolingformer => GpuBlock::Poolingformer(PoolingformerBlock::load(gpu, src, p, cfg)?),
+            BlockWeights::Merge => GpuBlock::Merge(TokenMergeBlock::load(gpu, src, p, cfg)?),
+            BlockWeights::Recover => GpuBlock::Recover(TokenRecoverBlock::load(gpu, src, p, cfg)?),
+        })
+    }
 }
 
 impl GpuModel {
@@ -198,7 +419,7 @@ impl GpuModel {
     /// their stored format (f32, f16, q8_0, q4_0) and are dequantised in the kernel.
     pub fn load(gpu: &Gpu, cfg: Config, src: &dyn WeightSource) -> Result<GpuModel> {
         cfg.validate()?;
-        let (c, p, cin, m) = (cfg.hidden_size, cfg.patch_size, cfg.in_channels, cfg.mlp_hidden);
+        let (c, p, cin) = (cfg.hidden_size, cfg.patch_size, cfg.in_channels);
         let (conv, cshape) = src.f32("x_embedder.proj.weight")?;
         if cshape != [c, cin, p, p] {
             return Err(Error::Shape { name: "x_embedder.proj.weight".into(), expected: vec![c, cin, p, p], found: cshape });
@@ -208,40 +429,7 @@ impl GpuModel {
         let pos_embed = table(gpu, src, "pos_embed", &[1, cfg.num_tokens(), c])?;
         let rows = cfg.num_classes + cfg.class_null as usize;
         let y_table = table(gpu, src, "y_embedder.embedding_table.weight", &[rows, c])?;
-        let mut blocks = Vec::new();
-        for name in cfg.layout.block_names() {
-            let kind = if name.starts_with("poolingformer_blocks") {
-                BlockKind::Poolingformer
-            } else if name.contains(&format!(".{}.", SDTM_KINDS[0])) {
-                BlockKind::TokenMerge
-            } else if name.contains(&format!(".{}.", SDTM_KINDS[2])) {
-                BlockKind::TokenRecover
-            } else {
-                BlockKind::Dit
-            };
-            let l = |sfx: &str, k: usize, n: usize| lin(gpu, src, &format!("{name}.{sfx}"), k, n);
-            let (q_or_qkv, kv) = match kind {
-                BlockKind::Dit => (l("attn.qkv", c, 3 * c)?, None),
-                BlockKind::Poolingformer => (l("attn.v", c, c)?, None),
-                _ => (l("attn.q", c, c)?, Some(l("attn.kv", c, 2 * c)?)),
-            };
-            let merged = if kind == BlockKind::TokenRecover {
-                Some((l("merged_layer1", c, c)?, l("merged_layer2", c, c)?))
-            } else {
-                None
-            };
-            blocks.push(GpuBlock {
-                ada: l("adaLN_modulation.1", c, 6 * c)?,
-                proj: l("attn.proj", c, c)?,
-                fc1: l("mlp.fc1", c, m)?,
-                fc2: l("mlp.fc2", m, c)?,
-                q_or_qkv,
-                kv,
-                merged,
-                name,
-                kind,
-            });
-        }
+        let blocks = cfg.blocks(cfg.grid()).iter().map(|spec| GpuBlock::load(gpu, src, spec, &cfg)).collect::<Result<_>>()?;
         Ok(GpuModel {
             x_embedder,
             pos_embed,
@@ -286,207 +474,114 @@ impl GpuModel {
     /// cross-attention maps of every merge and recover block (the token view). Without it the
     /// plan has no extra dispatch or buffer: tracing costs nothing when off.
     pub fn plan_with(&self, gpu: &Gpu, batch: usize, grid: usize, capture_attention: bool) -> Result<Plan> {
+        self.plan_over(gpu, None, batch, grid, capture_attention)
+    }
+
+    /// As [`GpuModel::plan_with`] for `other`'s batch, sharing `other`'s activation buffers when
+    /// they hold this grid (the plans of one sampling run, one per grid of its schedule).
+    pub fn plan_sharing(&self, gpu: &Gpu, other: &Plan, grid: usize, capture_attention: bool) -> Result<Plan> {
+        self.plan_over(gpu, Some(&other.activations), other.batch, grid, capture_attention)
+    }
+
+    fn plan_over(&self, gpu: &Gpu, share: Option<&Rc<Activations>>, batch: usize, grid: usize, capture_attention: bool) -> Result<Plan> {
         let cfg = &self.cfg;
         if batch == 0 {
             return Err(Error::arg("batch must be at least 1"));
         }
-        if cfg.uses_grid() && grid == 0 {
-            return Err(Error::arg("sparse grid size must be at least 1"));
-        }
-        let pooled_middle = cfg.pooled_middle_at(grid);
-        let (c, p, n, m) = (cfg.hidden_size, cfg.patch_size, cfg.grid(), cfg.mlp_hidden);
-        let (cin, co, i) = (cfg.in_channels, cfg.out_channels(), cfg.input_size);
-        let nt = n * n;
-        let s = if cfg.layout.is_sparse() || pooled_middle.is_some() { grid } else { n };
-        let st = s * s;
-        let tmax = nt.max(st);
-        let b = batch;
-        let buf = |label: &str, len: usize| gpu.zeros(label, len);
-        // Activations, allocated once per (batch, grid). Shapes in comments.
-        let x_in = buf("x", b * cin * i * i)?; // (B, c_in, I, I)
-        let t_freq = buf("t_freq", b * FREQ_DIM)?; // (B, 256)
-        let labels = buf("labels", b)?; // (B) u32
-        let patches = buf("patches", b * nt * cin * p * p)?; // (B, N, c_in p^2)
-        let t_hidden = buf("t_hidden", b * c)?; // (B, C)
-        let t_emb = buf("t_emb", b * c)?; // (B, C)
-        let cond = buf("silu_c", b * c)?; // (B, C) = SiLU(t_emb + y_emb)
-        let mods = buf("mods", b * 6 * c)?; // (B, 6C) adaLN of the current block
-        let dense = [buf("dense_a", b * nt * c)?, buf("dense_b", b * nt * c)?]; // (B, N, C) ping-pong
-        let sparse = buf("sparse", b * st * c)?; // (B, S, C)
-        // (B, S, C) the pooled tokens entering a training-free pooled middle (its residual's base)
-        let pooled_base = if pooled_middle.is_some() { Some(buf("pooled_base", b * st * c)?) } else { None };
-        let normed = buf("normed", b * tmax * c)?; // (B, T, C) modulated LN output
-        let normed_kv = buf("normed_kv", b * tmax * c)?; // (B, T, C) keys/values side
-        let wide = buf("wide", b * tmax * (3 * c).max(m))?; // (B, T, 3C) qkv or (B, T, M) MLP hidden
-        let q = buf("q", b * tmax * c)?; // (B, T, C)
-        let kv = buf("kv", b * tmax * 2 * c)?; // (B, T, 2C)
-        let att = buf("att", b * tmax * c)?; // (B, T, C) attention output before proj
-        let pooled = buf("pooled", b * c)?; // (B, C) Poolingformer mean of V
-        let pooled_proj = buf("pooled_proj", b * c)?; // (B, C)
-        let fmods = buf("final_mods", b * 2 * c)?; // (B, 2C)
-        let out_tokens = buf("out_tokens", b * nt * p * p * co)?; // (B, N, p^2 c_out)
-        let out = buf("out", b * co * i * i)?; // (B, c_out, I, I)
+        cfg.check_grid(grid)?;
+        let specs = cfg.blocks(grid);
+        let max_grid = specs.iter().filter(|s| s.sparse()).map(|s| s.side).max().unwrap_or(1);
+        let a = match share {
+            Some(a) if a.fits(cfg, batch, max_grid) => a.clone(),
+            _ => Rc::new(Activations::new(gpu, cfg, batch, max_grid.max(cfg.grid()))?),
+        };
+        let (c, p, n) = (cfg.hidden_size, cfg.patch_size, cfg.grid());
+        let (co, i, nt, b) = (cfg.out_channels(), cfg.input_size, cfg.num_tokens(), batch);
+        let mut r = Recorder {
+            gpu,
+            precision: self.precision,
+            a: &a,
+            b,
+            c,
+            heads: cfg.num_heads,
+            d: Vec::new(),
+            captures: capture_attention.then(Vec::new),
+        };
 
-        let mut d: Vec<Dispatch> = Vec::new();
-        let mut traces = Vec::new();
-        let mut captures: Vec<AttentionCapture> = Vec::new();
-        // Embeddings.
-        d.push(tokens::patchify(gpu, "x_embedder.patchify", &x_in, b, cin, i, p, &patches)?);
-        d.push(linear_with(gpu, "x_embedder.proj", &self.x_embedder, &patches, b * nt, &dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt }, self.precision)?);
-        d.push(linear_with(gpu, "t_embedder.mlp.0", &self.t_mlp0, &t_freq, b, &t_hidden, Epilogue::Silu, self.precision)?);
-        d.push(linear_with(gpu, "t_embedder.mlp.2", &self.t_mlp2, &t_hidden, b, &t_emb, Epilogue::Store, self.precision)?);
+        // Embeddings: h (B, N, C) = x_embedder(patchify(x)) + pos_embed; cond (B, C) =
+        // SiLU(t_embedder(t) + y_embedder(y)).
+        r.d.push(tokens::patchify(gpu, "x_embedder.patchify", &a.x_in, b, cfg.in_channels, i, p, &a.patches)?);
+        r.linear(&self.x_embedder, &a.patches, nt, &a.dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt })?;
+        r.linear(&self.t_mlp0, &a.t_freq, 1, &a.t_hidden, Epilogue::Silu)?;
+        r.linear(&self.t_mlp2, &a.t_hidden, 1, &a.t_emb, Epilogue::Store)?;
         let rows = cfg.num_classes + cfg.class_null as usize;
-        d.push(tokens::condition(gpu, "y_embedder", &t_emb, &self.y_table, &labels, b, c, rows, &cond)?);
+        r.d.push(tokens::condition(gpu, "y_embedder", &a.t_emb, &self.y_table, &a.labels, b, c, rows, &a.cond)?);
 
-        // The two halves of a block that every kind shares: gated MLP on x (B*T rows).
-        let mlp = |d: &mut Vec<Dispatch>, blk: &GpuBlock, x: &GpuBuf, t: usize| -> Result<()> {
-            d.push(layernorm_modulate(gpu, &format!("{}.norm2", blk.name), x, b * t, c, t, &mods, 6 * c, 3 * c, 4 * c, &normed)?);
-            d.push(linear_with(gpu, &format!("{}.mlp.fc1", blk.name), &blk.fc1, &normed, b * t, &wide, Epilogue::Gelu, self.precision)?);
-            d.push(linear_with(gpu, &format!("{}.mlp.fc2", blk.name), &blk.fc2, &wide, b * t, x, Epilogue::GatedResidual { mods: &mods, tokens: t, stride: 6 * c, offset: 5 * c }, self.precision)?);
-            Ok(())
-        };
-        let gated = |t: usize| Epilogue::GatedResidual { mods: &mods, tokens: t, stride: 6 * c, offset: 2 * c };
-        let dit_block = |d: &mut Vec<Dispatch>, blk: &GpuBlock, x: &GpuBuf, t: usize| -> Result<()> {
-            d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
-            d.push(layernorm_modulate(gpu, &format!("{}.norm1", blk.name), x, b * t, c, t, &mods, 6 * c, 0, c, &normed)?);
-            d.push(linear_with(gpu, &format!("{}.attn.qkv", blk.name), &blk.q_or_qkv, &normed, b * t, &wide, Epilogue::Store, self.precision)?);
-            d.push(attention(gpu, &format!("{}.attn", blk.name), &AttnShape::packed_qkv(b, t, c, cfg.num_heads), &wide, &wide, &att)?);
-            d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * t, x, gated(t), self.precision)?);
-            mlp(d, blk, x, t)
-        };
-
-        let mut cur = 0usize; // index of the dense buffer holding the residual stream
-        let mut bi = 0usize;
-        let blocks = &self.blocks;
-        let mut next_block = || -> Result<&GpuBlock> {
-            let blk = blocks.get(bi).ok_or_else(|| Error::arch("block list shorter than the layout"))?;
-            bi += 1;
-            Ok(blk)
-        };
-        match cfg.layout {
-            Layout::Dense { depth } => {
-                for i in 0..depth {
-                    let blk = next_block()?;
-                    match (pooled_middle, &pooled_base) {
-                        // Training-free pooled middle (config::PooledMiddle): pool on entry, run
-                        // the middle blocks on s x s tokens, add their update back on exit.
-                        (Some(pm), Some(base)) if pm.contains(i) => {
-                            if i == pm.start {
-                                d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool", &dense[cur], b, n, s, c, &sparse)?);
-                                d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool_base", &dense[cur], b, n, s, c, base)?);
-                            }
-                            dit_block(&mut d, blk, &sparse, st)?;
-                            traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
-                            if i + 1 == pm.end {
-                                d.push(tokens::pooled_residual(gpu, "pooled_middle.upsample", &dense[cur], &sparse, base, b, s, n, c)?);
-                            }
-                        }
-                        _ => {
-                            dit_block(&mut d, blk, &dense[cur], nt)?;
-                            traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
-                        }
-                    }
+        // The block walk (as `Model::forward_traced`). `h` names the buffer holding the running
+        // tokens: dense[0], dense[1] or sparse; `entry` the dense buffer at the last pooling (an
+        // SDTM's dense input, or the tokens a pooled middle's update goes back onto).
+        const SPARSE: usize = 2;
+        let bufs = [&a.dense[0], &a.dense[1], &a.sparse];
+        let (mut h, mut entry) = (0usize, 0usize);
+        let mut traces = Vec::with_capacity(specs.len());
+        for (spec, block) in specs.iter().zip(&self.blocks) {
+            let s = spec.side;
+            if spec.pool_before {
+                entry = h;
+                let label = match spec.sdtm {
+                    Some(k) => format!("dumbbell_blocks.{k}.pool"),
+                    None => "pooled_middle.pool".to_string(),
+                };
+                r.d.push(tokens::adaptive_avg_pool(gpu, &label, bufs[entry], b, n, s, c, &a.sparse)?);
+                if spec.kind == BlockKind::Pooled {
+                    r.d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool_base", bufs[entry], b, n, s, c, &a.pooled_base)?);
+                }
+                h = SPARSE;
+            }
+            match block {
+                GpuBlock::Dit(blk) => blk.record(&mut r, bufs[h], spec.tokens())?,
+                GpuBlock::Poolingformer(blk) => blk.record(&mut r, bufs[h], spec.tokens())?,
+                GpuBlock::Merge(blk) => blk.record(&mut r, bufs[h], spec.tokens(), bufs[entry], nt)?,
+                GpuBlock::Recover(blk) => {
+                    let out = 1 - entry; // the SDTM's output: the other dense buffer
+                    blk.record(&mut r, bufs[h], spec.in_side, bufs[entry], n, bufs[out])?;
+                    h = out;
                 }
             }
-            Layout::Sparse(sl) => {
-                for _ in 0..sl.num_poolingformer {
-                    let blk = next_block()?;
-                    let x = &dense[cur];
-                    d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
-                    d.push(layernorm_modulate(gpu, &format!("{}.norm1", blk.name), x, b * nt, c, nt, &mods, 6 * c, 0, c, &normed)?);
-                    d.push(linear_with(gpu, &format!("{}.attn.v", blk.name), &blk.q_or_qkv, &normed, b * nt, &att, Epilogue::Store, self.precision)?);
-                    d.push(tokens::mean_tokens(gpu, &format!("{}.attn.mean", blk.name), &att, b, nt, c, &pooled)?);
-                    d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &pooled, b, &pooled_proj, Epilogue::Store, self.precision)?);
-                    d.push(tokens::residual_broadcast(gpu, &format!("{}.residual", blk.name), x, b, nt, c, &mods, 6 * c, 2 * c, &pooled_proj)?);
-                    mlp(&mut d, blk, x, nt)?;
-                    traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: 1 });
-                }
-                for k in 0..sl.num_sdtm {
-                    let dn = &dense[cur]; // the dense tokens entering the module
-                    let out_dense = &dense[1 - cur];
-                    d.push(tokens::adaptive_avg_pool(gpu, &format!("dumbbell_blocks.{k}.pool"), dn, b, n, s, c, &sparse)?);
-                    for _ in 0..sl.group[0] {
-                        let blk = next_block()?;
-                        d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
-                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.q", blk.name), &sparse, b * st, c, st, &mods, 6 * c, 0, c, &normed)?);
-                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.kv", blk.name), dn, b * nt, c, nt, &mods, 6 * c, 0, c, &normed_kv)?);
-                        d.push(linear_with(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * st, &q, Epilogue::Store, self.precision)?);
-                        let kvl = blk.kv.as_ref().ok_or_else(|| Error::arch("merge block without kv"))?;
-                        d.push(linear_with(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * nt, &kv, Epilogue::Store, self.precision)?);
-                        let shape = AttnShape::cross(b, st, nt, c, cfg.num_heads);
-                        d.push(attention(gpu, &format!("{}.attn", blk.name), &shape, &q, &kv, &att)?);
-                        if capture_attention {
-                            captures.push(capture(gpu, &mut d, &blk.name, &shape, &q, &kv)?);
-                        }
-                        d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * st, &sparse, gated(st), self.precision)?);
-                        mlp(&mut d, blk, &sparse, st)?;
-                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
-                    }
-                    for _ in 0..sl.group[1] {
-                        let blk = next_block()?;
-                        dit_block(&mut d, blk, &sparse, st)?;
-                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: st, grid: s });
-                    }
-                    // Recover: x = merged + gate * CrossAttn(LN(merged) -> LN(sparse)); the
-                    // "sparse" input of a second recover block is the first one's dense output.
-                    let mut on_dense = false;
-                    for _ in 0..sl.group[2] {
-                        let blk = next_block()?;
-                        let (m1, m2) = blk.merged.as_ref().ok_or_else(|| Error::arch("recover block without merged layers"))?;
-                        let (src, src_t, src_grid) = if on_dense { (out_dense, nt, n) } else { (&sparse, st, s) };
-                        // On the dense grid (src_grid = n) nearest upsampling is a copy.
-                        d.push(tokens::upsample_nearest(gpu, &format!("{}.upsample", blk.name), src, b, src_grid, n, c, &att)?);
-                        // The sparse side must survive until its keys/values are computed, and the
-                        // output goes to out_dense: normalise the source first.
-                        d.push(linear_with(gpu, &format!("{}.adaLN_modulation.1", blk.name), &blk.ada, &cond, b, &mods, Epilogue::Store, self.precision)?);
-                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.kv", blk.name), src, b * src_t, c, src_t, &mods, 6 * c, 0, c, &normed_kv)?);
-                        let kvl = blk.kv.as_ref().ok_or_else(|| Error::arch("recover block without kv"))?;
-                        d.push(linear_with(gpu, &format!("{}.attn.kv", blk.name), kvl, &normed_kv, b * src_t, &kv, Epilogue::Store, self.precision)?);
-                        d.push(linear_with(gpu, &format!("{}.merged_layer1", blk.name), m1, &att, b * nt, out_dense, Epilogue::Store, self.precision)?);
-                        d.push(linear_with(gpu, &format!("{}.merged_layer2", blk.name), m2, dn, b * nt, out_dense, Epilogue::Accumulate, self.precision)?);
-                        d.push(layernorm_modulate(gpu, &format!("{}.norm1.q", blk.name), out_dense, b * nt, c, nt, &mods, 6 * c, 0, c, &normed)?);
-                        d.push(linear_with(gpu, &format!("{}.attn.q", blk.name), &blk.q_or_qkv, &normed, b * nt, &q, Epilogue::Store, self.precision)?);
-                        let shape = AttnShape::cross(b, nt, src_t, c, cfg.num_heads);
-                        d.push(attention(gpu, &format!("{}.attn", blk.name), &shape, &q, &kv, &att)?);
-                        if capture_attention {
-                            captures.push(capture(gpu, &mut d, &blk.name, &shape, &q, &kv)?);
-                        }
-                        d.push(linear_with(gpu, &format!("{}.attn.proj", blk.name), &blk.proj, &att, b * nt, out_dense, gated(nt), self.precision)?);
-                        mlp(&mut d, blk, out_dense, nt)?;
-                        on_dense = true;
-                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
-                    }
-                    if !on_dense {
-                        return Err(Error::arch(format!("dumbbell_blocks.{k} has no token_recover block: it would end on sparse tokens")));
-                    }
-                    for _ in 0..sl.group[3] {
-                        let blk = next_block()?;
-                        dit_block(&mut d, blk, out_dense, nt)?;
-                        traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
-                    }
-                    cur = 1 - cur;
-                }
-                for _ in 0..sl.num_top {
-                    let blk = next_block()?;
-                    dit_block(&mut d, blk, &dense[cur], nt)?;
-                    traces.push(PlanBlock { name: blk.name.clone(), kind: blk.kind, tokens: nt, grid: n });
-                }
+            if spec.unpool_after {
+                // pooled middle: dense += up(middle(pool(dense)) - pool(dense))
+                r.d.push(tokens::pooled_residual(gpu, "pooled_middle.upsample", bufs[entry], &a.sparse, &a.pooled_base, b, s, n, c)?);
+                h = entry;
             }
+            let grid_side = if spec.kind == BlockKind::Poolingformer { 1 } else { s };
+            traces.push(PlanBlock { name: spec.prefix.clone(), kind: spec.kind, tokens: spec.tokens(), grid: grid_side });
         }
-        // Final layer.
-        d.push(linear_with(gpu, "final_layer.adaLN_modulation.1", &self.final_ada, &cond, b, &fmods, Epilogue::Store, self.precision)?);
-        d.push(layernorm_modulate(gpu, "final_layer.norm_final", &dense[cur], b * nt, c, nt, &fmods, 2 * c, 0, c, &normed)?);
-        d.push(linear_with(gpu, "final_layer.linear", &self.final_linear, &normed, b * nt, &out_tokens, Epilogue::Store, self.precision)?);
-        d.push(tokens::unpatchify(gpu, "unpatchify", &out_tokens, b, n, p, co, &out)?);
-        Ok(Plan { batch: b, grid: s, dispatches: d, x_in, t_freq, labels, out, blocks: traces, attention: captures })
+        if h == SPARSE {
+            return Err(Error::arch("the block walk ends on the sparse tokens"));
+        }
+
+        // Final layer: adaLN (shift, scale), LN, linear to p*p*c_out per token, unpatchify.
+        r.linear(&self.final_ada, &a.cond, 1, &a.fmods, Epilogue::Store)?; // (B, 2C)
+        r.d.push(layernorm_modulate(gpu, "final_layer.norm_final", bufs[h], b * nt, c, nt, &a.fmods, 2 * c, 0, c, &a.normed)?);
+        r.linear(&self.final_linear, &a.normed, nt, &a.out_tokens, Epilogue::Store)?; // (B, N, p^2 c_out)
+        r.d.push(tokens::unpatchify(gpu, "unpatchify", &a.out_tokens, b, n, p, co, &a.out)?);
+        let Recorder { d, captures, .. } = r;
+        Ok(Plan {
+            batch: b,
+            grid,
+            dispatches: d,
+            x_in: a.x_in.clone(),
+            t_freq: a.t_freq.clone(),
+            labels: a.labels.clone(),
+            out: a.out.clone(),
+            blocks: traces,
+            attention: captures.unwrap_or_default(),
+            activations: a,
+        })
     }
 
-    /// Check labels against the label table (see [`Config::check_labels`]).
-    pub fn check_labels(&self, y: &[i64]) -> Result<()> {
-        self.cfg.check_labels(y)
-    }
-
-    /// Write the inputs of a forward pass into the plan's buffers.
+    /// Write the inputs of a forward pass into the plan's buffers (`x` may be left to a copy
+    /// already recorded, as the GPU sampler does).
     pub fn write_inputs(&self, gpu: &Gpu, plan: &Plan, x: Option<&[f32]>, t: &[f32], y: &[i64]) -> Result<()> {
         let cfg = &self.cfg;
         let want = plan.batch * cfg.in_channels * cfg.input_size * cfg.input_size;
@@ -502,7 +597,7 @@ impl GpuModel {
         if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
             return Err(Error::arg(format!("timestep {bad} is not finite")));
         }
-        self.check_labels(y)?;
+        cfg.check_labels(y)?;
         gpu.write(&plan.t_freq, &timestep_embedding(t))?;
         let labels: Vec<u32> = y.iter().map(|&v| v as u32).collect();
         gpu.write(&plan.labels, &labels)
@@ -555,7 +650,7 @@ impl Plan {
     }
 }
 
-/// What one block of a plan computes (the token view's static data).
+/// What one block of a plan computes (the CPU `model::BlockTrace` without the map).
 #[derive(Clone, Debug)]
 pub struct PlanBlock {
     pub name: String,
@@ -580,4 +675,6 @@ pub struct Plan {
     pub blocks: Vec<PlanBlock>,
     /// Attention maps of merge / recover blocks, when the plan was built to capture them.
     pub attention: Vec<AttentionCapture>,
+    /// The buffers the dispatches read and write (shared with other plans of the same batch).
+    activations: Rc<Activations>,
 }

@@ -29,6 +29,8 @@ pub struct StepAttention {
     /// Index of the block in forward order.
     pub block: usize,
     pub name: String,
+    /// Merge or recover.
+    pub kind: crate::blocks::BlockKind,
     /// Query and key token counts (merge: s² x N; recover: N x s²).
     pub tq: usize,
     pub tk: usize,
@@ -70,7 +72,7 @@ pub async fn sample_gpu(
     if n == 0 || z.len() != n * chw {
         return Err(Error::arg(format!("latent has {} values for {n} labels of {chw}", z.len())));
     }
-    model.check_labels(y)?;
+    cfg.check_labels(y)?;
     let rows = if guidance.is_some() { 2 * n } else { n };
     let mut labels = y.to_vec();
     if let Some(g) = guidance {
@@ -86,8 +88,13 @@ pub async fn sample_gpu(
     for (iter, i) in (0..total).rev().enumerate() {
         let t_orig = sampler.diffusion.timestep_map[i];
         let grid = schedule.grid_at(t_orig as f64, NUM_TRAIN_TIMESTEPS, cfg.num_tokens());
-        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(grid) {
-            e.insert(model.plan_with(gpu, rows, grid, opts.trace)?);
+        if !plans.contains_key(&grid) {
+            // Plans of later grids share the first plan's activation buffers.
+            let plan = match plans.values().next() {
+                Some(first) => model.plan_sharing(gpu, first, grid, opts.trace)?,
+                None => model.plan_with(gpu, rows, grid, opts.trace)?,
+            };
+            plans.insert(grid, plan);
         }
         let plan = &plans[&grid];
         model.write_inputs(gpu, plan, None, &vec![t_orig as f32; rows], &labels)?;
@@ -109,8 +116,9 @@ pub async fn sample_gpu(
             for cap in &plan.attention {
                 let mut probs = gpu.read_async(&cap.buf).await?;
                 probs.truncate(cap.tq * cap.tk); // first image of the batch
-                let block = plan.blocks.iter().position(|b| b.name == cap.block).unwrap_or(usize::MAX);
-                attention.push(StepAttention { block, name: cap.block.clone(), tq: cap.tq, tk: cap.tk, probs });
+                let block = plan.blocks.iter().position(|b| b.name == cap.block).ok_or_else(|| Error::arch(format!("captured map of an unknown block {}", cap.block)))?;
+                let kind = plan.blocks[block].kind;
+                attention.push(StepAttention { block, name: cap.block.clone(), kind, tq: cap.tq, tk: cap.tk, probs });
             }
         }
         let go_on = on_step(&GpuStep { iter, total, timestep: t_orig, grid, pred_x0: pred.as_deref(), attention: &attention })?;

@@ -92,6 +92,16 @@ pub fn gpu_or_skip() -> Option<sparsedit::gpu::Gpu> {
     }
 }
 
+/// The `--backend` values a CLI test runs: `cpu`, and `gpu` when there is an adapter (always in
+/// CI, where a missing adapter fails the test, as in [`gpu_or_skip`]).
+pub fn backends() -> Vec<&'static str> {
+    let mut b = vec!["cpu"];
+    if gpu_or_skip().is_some() {
+        b.push("gpu");
+    }
+    b
+}
+
 /// Seeded uniform values in (-amp, amp), never closer to zero than 1e-3 (no accidental zeros).
 pub fn random_nonzero(seed: u64, n: usize, amp: f32) -> Vec<f32> {
     use rand::{Rng, SeedableRng};

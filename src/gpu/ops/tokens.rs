@@ -216,10 +216,6 @@ pub fn pooled_residual(gpu: &Gpu, label: &str, h: &GpuBuf, x: &GpuBuf, base: &Gp
 
 pub use crate::diffusion::StepCoefficients;
 
-/// [`StepCoefficients`] of step `i` of `d` (the CPU sampler's own, see `Diffusion::coefficients`).
-pub fn coefficients(d: &Diffusion, i: usize) -> Result<StepCoefficients> {
-    d.coefficients(i)
-}
 
 /// Everything [`sampler_step`] needs for one step.
 #[derive(Clone, Debug, PartialEq)]
@@ -264,7 +260,7 @@ impl SamplerStepParams {
         spatial: usize,
         guidance: Option<Guidance>,
     ) -> Result<SamplerStepParams> {
-        let k = coefficients(d, i)?;
+        let k = d.coefficients(i)?;
         let learned = var == VarianceType::LearnedRange;
         let (ddim, eta) = match kind {
             SamplerKind::Ddpm => (false, 0.0),
