@@ -27,14 +27,18 @@ run() {
   timeout 150 "$B" "$@" 2>&1 | tee -a "$OUT/bench.md"
   echo | tee -a "$OUT/bench.md"
 }
+# `bench` samples on the default respacing ("K" now, "ddimK" when recorded): the same work, K
+# steps at a fixed grid, either way.
 run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quant f32
 run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quant q8_0
 run bench --preset sparsedit-xl2-512 --backend gpu --steps 5 --repeats 3 --quant q8_0
 run bench --preset sparsedit-tiny --backend gpu --steps 10 --repeats 5
 # Training-free pooled middle vs plain DiT-XL/2 (random q8_0 weights): sampling time per run.
+# Respacing ddim10, the CLI's DDIM default when docs/BENCHMARKS.md was recorded (now "10", as the
+# official sample.py; 10 steps either way), passed by name so the runs stay the same.
 "$B" random-pack --preset dit-xl2-256 --quant q8_0 -o /tmp/dit-xl2-256-random.gguf > /dev/null 2>&1
-run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --latent-out /tmp/z-dense.safetensors
-run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --backend gpu --pooled-middle default --semantic-size 8 --latent-out /tmp/z-pooled.safetensors
+run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --respacing ddim10 --backend gpu --latent-out /tmp/z-dense.safetensors
+run sample --model /tmp/dit-xl2-256-random.gguf --class 207 --steps 10 --respacing ddim10 --backend gpu --pooled-middle default --semantic-size 8 --latent-out /tmp/z-pooled.safetensors
 # Latent decoders at the published sizes (random weights), 32x32 latent -> 256 px, on the GPU:
 # f32 and f16 packs (f16 conv weights stay f16 on the GPU); `--repeats 5` prints the median of 5
 # decodes after the first (which loads the weights and compiles the pipelines).

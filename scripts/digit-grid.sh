@@ -8,12 +8,16 @@ cd "$(dirname "$0")/.."
 PACK=${1:-web/models/sparsedit-tiny-q8_0.gguf}
 OUT=${2:-docs/grid.png}
 shift $(( $# > 2 ? 2 : $# )) || true
+# docs/grid.png was drawn with respacing ddim50, the CLI's DDIM default then (it is "50" now, as
+# the official sample.py): passed by name so the grid stays reproducible. RESPACING= (empty) takes
+# the sampler's default instead (e.g. with --steps among the extra args).
+RESPACING=${RESPACING-ddim50}
 B=${SPARSEDIT:-target/release/sparsedit}
 [ -x "$B" ] || cargo build --release --locked --bin sparsedit
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for k in 0 1 2 3 4 5 6 7 8 9; do
-  "$B" sample --model "$PACK" --class "$k" --num 8 --seed 0 --backend cpu --out "$tmp/row$k.png" "$@" > /dev/null 2>&1
+  "$B" sample --model "$PACK" --class "$k" --num 8 --seed 0 --backend cpu --out "$tmp/row$k.png" ${RESPACING:+--respacing "$RESPACING"} "$@" > /dev/null 2>&1
 done
 python3 - "$tmp" "$OUT" <<'PY'
 import sys

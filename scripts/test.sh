@@ -27,7 +27,7 @@ fi
 # (Fixtures are committed; tests/fixtures/gen.py regenerates them with PyTorch.)
 cargo test --locked --all-targets 2>&1
 
-# Browser tests (issue 5): the Trunk-built page (dist/) in Debian's chromium, WebGPU through its
+# Browser tests: the Trunk-built page (dist/) in Debian's chromium, WebGPU through its
 # bundled SwiftShader, driven by playwright-core (npm; it never downloads a browser).
 # SPARSEDIT_SKIP_BROWSER=1 skips them (CI never sets it).
 if [ "${SPARSEDIT_SKIP_BROWSER:-}" = 1 ]; then

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+use crate::blocks::BlockWeights;
 use crate::config::{Config, GridSchedule, Layout, SparseLayout};
 use crate::diffusion::{default_respacing, Guidance, Sampler, SamplerKind, SeededNoise};
 use crate::error::{Error, Result};
@@ -40,19 +41,19 @@ pub fn random_tensors(cfg: &Config, seed: u64) -> Result<TensorMap> {
     linear(&mut put, "t_embedder.mlp.0", crate::config::FREQ_DIM, c, 1.0)?;
     linear(&mut put, "t_embedder.mlp.2", c, c, 1.0)?;
     put("y_embedder.embedding_table.weight".into(), vec![cfg.num_classes + cfg.class_null as usize, c], 1.0)?;
-    for name in cfg.layout.block_names() {
-        let b = |s: &str| format!("{name}.{s}");
-        if name.starts_with("poolingformer_blocks") {
-            linear(&mut put, &b("attn.v"), c, c, 1.0)?;
-        } else if name.contains("token_merge_blocks") || name.contains("token_recover_blocks") {
-            linear(&mut put, &b("attn.q"), c, c, 1.0)?;
-            linear(&mut put, &b("attn.kv"), c, 2 * c, 1.0)?;
-            if name.contains("token_recover_blocks") {
-                linear(&mut put, &b("merged_layer1"), c, c, 0.5)?;
-                linear(&mut put, &b("merged_layer2"), c, c, 0.5)?;
+    for spec in cfg.blocks(cfg.grid()) {
+        let b = |s: &str| format!("{}.{s}", spec.prefix);
+        match spec.kind.weights() {
+            BlockWeights::Poolingformer => linear(&mut put, &b("attn.v"), c, c, 1.0)?,
+            BlockWeights::Dit => linear(&mut put, &b("attn.qkv"), c, 3 * c, 1.0)?,
+            BlockWeights::Merge | BlockWeights::Recover => {
+                linear(&mut put, &b("attn.q"), c, c, 1.0)?;
+                linear(&mut put, &b("attn.kv"), c, 2 * c, 1.0)?;
             }
-        } else {
-            linear(&mut put, &b("attn.qkv"), c, 3 * c, 1.0)?;
+        }
+        if spec.kind.weights() == BlockWeights::Recover {
+            linear(&mut put, &b("merged_layer1"), c, c, 0.5)?;
+            linear(&mut put, &b("merged_layer2"), c, c, 0.5)?;
         }
         linear(&mut put, &b("attn.proj"), c, c, 1.0)?;
         linear(&mut put, &b("mlp.fc1"), c, m, 1.0)?;
@@ -116,7 +117,7 @@ pub fn bench_model(gpu: Option<&Gpu>, cfg: &Config, tensors: &TensorMap, opts: &
     let t = vec![500.0f32; rows];
     let y: Vec<i64> = (0..rows).map(|i| if i < b { (i % cfg.num_classes) as i64 } else { cfg.num_classes as i64 }).collect();
     let macs = count_macs(cfg, Some(s)).total() * rows as u64;
-    let respacing = default_respacing(opts.steps, true);
+    let respacing = default_respacing(opts.steps);
     let sampler = Sampler::new(&respacing, SamplerKind::Ddim { eta: 0.0 }, cfg.learn_sigma)?;
     let guidance = Some(Guidance { scale: 4.0, guided_channels: 3, null_label: cfg.num_classes as i64 });
     let z: Vec<f32> = SeededNoise::new(2).normal(xlen / 2);

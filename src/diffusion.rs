@@ -78,14 +78,11 @@ pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<Vec<usize>> {
     Ok(steps)
 }
 
-/// The default respacing for a sampler with `steps` steps: `"ddimK"` for DDIM where an integer
-/// stride gives exactly K steps, else the evenly strided `"K"` (DDPM, as DiT's sample.py).
-pub fn default_respacing(steps: usize, ddim: bool) -> String {
-    if ddim && space_timesteps(NUM_TRAIN_TIMESTEPS, &format!("ddim{steps}")).is_ok() {
-        format!("ddim{steps}")
-    } else {
-        steps.to_string()
-    }
+/// The default respacing for `steps` steps: `"K"`, K evenly strided timesteps from 0 to 999, for
+/// DDPM and DDIM alike, as the official sample.py builds its diffusion (`create_diffusion(str(K))`).
+/// `"ddimK"` (DDIM's integer stride: 0, 1000/K, ...) is there when asked for by name.
+pub fn default_respacing(steps: usize) -> String {
+    steps.to_string()
 }
 
 /// Variance of the reverse process.
@@ -463,11 +460,20 @@ mod tests {
         assert_eq!(t.len(), 250);
         assert_eq!(t[1], 4);
         assert_eq!(*t.last().unwrap(), 999);
-        assert!(space_timesteps(1000, "ddim7").is_err() || space_timesteps(1000, "ddim7").unwrap().len() == 7);
+        // ddimK: the first stride with exactly K steps (143 for 7), an error when none has.
+        assert_eq!(space_timesteps(1000, "ddim7").unwrap(), vec![0, 143, 286, 429, 572, 715, 858]);
+        let e = space_timesteps(1000, "ddim999").unwrap_err().to_string();
+        assert!(e.contains("cannot create exactly 999 steps"), "{e}");
         assert!(space_timesteps(1000, "0").is_err());
         assert!(space_timesteps(1000, "x").is_err());
-        assert_eq!(default_respacing(10, true), "ddim10");
-        assert_eq!(default_respacing(10, false), "10");
+    }
+
+    #[test]
+    fn default_respacing_is_the_official_k_for_both_samplers() {
+        // sample.py: create_diffusion(str(K)), also for DDIM; ddim7 (no t = 999) only by name.
+        assert_eq!(default_respacing(10), "10");
+        let d = Diffusion::new(&default_respacing(7)).unwrap();
+        assert_eq!(d.timestep_map, vec![0, 166, 333, 500, 666, 832, 999]);
     }
 
     #[test]

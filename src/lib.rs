@@ -1,6 +1,8 @@
 //! sparsedit: SparseDiT (token-sparsified Diffusion Transformer) and DiT.
 //!
 //! - [`config`]: architectures and presets (XL/2 ... tiny), sparse grid schedules.
+//! - [`blocks`]: the block walk: every block in forward order, the one place that spells it.
+//! - [`engine`]: one engine for the CLI and the page: backend, request checks, sampling driver.
 //! - [`model`]: the exact CPU reference forward pass on candle-core (f32).
 //! - [`decoder`]: latent decoders (TAESD, SD-VAE) on the CPU.
 //! - [`diffusion`]: DiT's Gaussian diffusion: respacing, DDPM (learned range), DDIM, CFG.
@@ -11,9 +13,11 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+pub mod blocks;
 pub mod config;
 pub mod decoder;
 pub mod diffusion;
+pub mod engine;
 pub mod error;
 pub mod flops;
 pub mod gguf;

@@ -1,5 +1,7 @@
-//! The browser boundary: one `#[wasm_bindgen]` newtype, [`Engine`], over the engine. Errors
-//! become JS `Error`s with the library's one-line message; panics are reported to the console
+//! The browser boundary: one `#[wasm_bindgen]` newtype, [`Engine`], over the library's
+//! [`crate::engine::Engine`] (the same request checks and sampling driver as the CLI). Errors
+//! become JS `Error`s with the library's one-line message and a `kind` (the snake_case of
+//! [`Error::kind`], e.g. `device_lost`, `invalid_argument`); panics are reported to the console
 //! by `console_error_panic_hook` (and the page shows the rejected promise), never silently.
 //!
 //! JS contract (the page in `web/` relies on it):
@@ -14,6 +16,8 @@
 //!   finish_load(): ModelInfo              // throws on truncation, size or sha256 mismatch, wrong tensors
 //!   model_info(): ModelInfo | null
 //!   layout(grid: number): BlockInfo[]     // token view at sparse grid side `grid` (dense models ignore it)
+//!   run_plan(opts): { grids: number[], timesteps: number[], macs }  // what generate(opts) would run:
+//!                                         // the grid and timestep of each step, MACs of all blocks
 //!   generate(opts, on_step: (step) => void): Promise<result>
 //!   cancel(): void                        // the running generate stops after its current step
 //!   block_times(grid: number): Promise<{name, ms}[] | null>   // GPU ms per block (timestamp queries)
@@ -28,16 +32,18 @@
 //! BlockInfo = { index, name, kind: "dit"|"poolingformer"|"merge"|"semantic"|"recover"|"normal"|"pooled",
 //!               segment: "dense"|"bottom"|"middle"|"top", tokens, grid: "dense"|"sparse"|"global",
 //!               side, windows: [[r0, r1, c0, c1], ...], macs }
-//! opts   = { label, seed, steps, sampler: "ddim"|"ddpm", eta, cfg, sparsity: "dense"|"fixed"|"schedule",
-//!            grid, r_min, r_max, num, trace, preview }   (all optional)
+//! opts   = { label, seed, steps, sampler: "ddim"|"ddpm", eta, cfg, cfg_all_channels, respacing,
+//!            sparsity: "dense"|"fixed"|"schedule", grid, r_min, r_max, num, trace, preview }
+//!            (all optional; respacing defaults to `steps`, as the official sample.py)
 //! step   = { iter, total, timestep, grid, ms, pred_x0?: Float32Array,
 //!            attention?: [{ block, name, kind: "merge"|"recover", q, k, probs: Float32Array }] }
 //! result = { image: Float32Array, channels, size, ms_total, ms_steps: number[], grids: number[], cancelled,
+//!            (after a cancel, image is the partly denoised latent)
 //!            decoded?: { image: Float32Array (in [-1, 1]), channels: 3, size: 8 * size, ms, decoder } }
 //! DecoderInfo = { arch: "taesd"|"sdvae", latent_channels, out_channels, upscale, params, bytes, sha256,
 //!                 backend: "webgpu"|"cpu", gpu_bytes: number | null, f16_weights }
 //! ```
-//! A device loss makes `generate` reject with a message starting `GPU device lost`.
+//! A device loss makes `generate` (or any GPU call) reject with an error of kind `device_lost`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -46,39 +52,50 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
 use crate::config::{Config, GridSchedule, PooledMiddle};
-use crate::diffusion::{default_respacing, Guidance, Sampler, SamplerKind, SeededNoise, NUM_TRAIN_TIMESTEPS};
+use crate::decoder::{Decoder, DecoderConfig};
+use crate::diffusion::SamplerKind;
+use crate::engine::{Engine as Core, Net, SampleRequest};
 use crate::error::Error;
-use crate::gpu::model::{GpuModel, GpuStreamSink};
-use crate::gpu::sample::{sample_gpu, SampleOptions};
+use crate::gpu::decoder::GpuDecoder;
+use crate::gpu::model::GpuStreamSink;
+use crate::gpu::sample::StepAttention;
 use crate::gpu::Gpu;
 use crate::layout::block_layouts;
-use crate::model::{to_vec_f32, Model};
-use crate::stream::{KeepAll, PackStream, TensorSink};
-use crate::decoder::{Decoder, DecoderConfig};
-use crate::gpu::decoder::GpuDecoder;
+use crate::stream::{sha256_hex, KeepAll, PackStream, TensorSink};
 
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-fn js_err(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
+/// A JS `Error` with the library's message and its `kind` (the page switches on the kind, never
+/// on the text).
+fn js_err(e: impl Into<Error>) -> JsValue {
+    let e: Error = e.into();
+    let err = js_sys::Error::new(&e.to_string());
+    // Setting a property on a fresh Error object cannot fail.
+    let _ = js_sys::Reflect::set(&err, &"kind".into(), &e.kind().into());
+    err.into()
 }
 
-fn to_js<T: Serialize>(v: &T) -> Result<JsValue, JsError> {
-    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
+/// An error of the boundary's own (no model loaded, a run in progress): an invalid call.
+fn call_err(msg: impl Into<String>) -> JsValue {
+    js_err(Error::InvalidArgument(msg.into()))
 }
 
-enum Net {
-    Gpu(GpuModel),
-    Cpu(Model),
+fn to_js<T: Serialize>(v: &T) -> Result<JsValue, JsValue> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(Error::arg(format!("to JS: {e}"))))
 }
 
 struct Loaded {
-    net: Net,
-    cfg: Config,
+    engine: Core,
     info: ModelInfo,
+}
+
+impl Loaded {
+    fn cfg(&self) -> &Config {
+        self.engine.cfg()
+    }
 }
 
 enum Sink {
@@ -155,6 +172,8 @@ struct GenerateOptions {
     sampler: String,
     eta: f64,
     cfg: f64,
+    cfg_all_channels: bool,
+    respacing: Option<String>,
     sparsity: String,
     grid: usize,
     r_min: f64,
@@ -173,6 +192,8 @@ impl Default for GenerateOptions {
             sampler: "ddim".into(),
             eta: 0.0,
             cfg: 4.0,
+            cfg_all_channels: false,
+            respacing: None,
             sparsity: "fixed".into(),
             grid: 0,
             r_min: 0.6,
@@ -181,6 +202,45 @@ impl Default for GenerateOptions {
             trace: false,
             preview: true,
         }
+    }
+}
+
+/// Most images one page run samples (the page's batch control; memory of a browser tab).
+const MAX_IMAGES: usize = 16;
+
+impl GenerateOptions {
+    fn from_js(opts: JsValue) -> Result<GenerateOptions, Error> {
+        if opts.is_undefined() || opts.is_null() {
+            return Ok(GenerateOptions::default());
+        }
+        serde_wasm_bindgen::from_value(opts).map_err(|e| Error::arg(format!("generate options: {e}")))
+    }
+
+    /// The engine's request for a model of `cfg` (checked by the engine, as the CLI's is).
+    fn request(&self, cfg: &Config) -> Result<SampleRequest, Error> {
+        if !(1..=MAX_IMAGES).contains(&self.num) {
+            return Err(Error::arg(format!("number of images {} is outside 1..={MAX_IMAGES}", self.num)));
+        }
+        let schedule = match self.sparsity.as_str() {
+            "dense" => GridSchedule::Fixed(cfg.grid()),
+            "fixed" => GridSchedule::Fixed(if self.grid == 0 { cfg.semantic_size } else { self.grid }),
+            "schedule" => GridSchedule::Timestep { r_min: self.r_min, r_max: self.r_max },
+            other => return Err(Error::arg(format!("sparsity {other:?} is not dense, fixed or schedule"))),
+        };
+        Ok(SampleRequest {
+            label: self.label,
+            num: self.num,
+            steps: self.steps,
+            sampler: SamplerKind::parse(&self.sampler, self.eta)?,
+            respacing: self.respacing.clone().filter(|r| !r.trim().is_empty()),
+            cfg_scale: self.cfg,
+            guide_all_channels: self.cfg_all_channels,
+            seed: self.seed,
+            schedule: Some(schedule),
+            latent: None,
+            preview: self.preview,
+            trace: self.trace,
+        })
     }
 }
 
@@ -193,55 +253,18 @@ struct StepOut {
     ms: f64,
 }
 
-/// Calls the page's `on_step` and keeps the per-step timings of a run.
-struct Reporter {
-    on_step: js_sys::Function,
-    cancel: Rc<Cell<bool>>,
-    last: f64,
-    ms_steps: Vec<f64>,
-    grids: Vec<usize>,
-    cancelled: bool,
-}
-
-impl Reporter {
-    /// Report one finished step; returns whether to go on.
-    fn step(&mut self, s: StepOut, pred: Option<&[f32]>, attention: JsValue) -> Result<bool, String> {
-        let t = now_ms();
-        let s = StepOut { ms: t - self.last, ..s };
-        self.last = t;
-        self.ms_steps.push(s.ms);
-        self.grids.push(s.grid);
-        let step = to_js(&s).map_err(|_| "step report".to_string())?;
-        if let Some(p) = pred {
-            js_sys::Reflect::set(&step, &"pred_x0".into(), &js_sys::Float32Array::from(p).into()).map_err(|_| "step report")?;
-        }
-        if !attention.is_undefined() {
-            js_sys::Reflect::set(&step, &"attention".into(), &attention).map_err(|_| "step report")?;
-        }
-        self.on_step
-            .call1(&JsValue::NULL, &step)
-            .map_err(|e| format!("on_step threw: {}", e.as_string().unwrap_or_else(|| format!("{e:?}"))))?;
-        if self.cancel.get() {
-            self.cancelled = true;
-        }
-        Ok(!self.cancelled)
-    }
-}
-
 /// A step's attention maps as JS objects.
-fn attention_js(maps: &[crate::gpu::sample::StepAttention]) -> Result<JsValue, String> {
+fn attention_js(maps: &[StepAttention]) -> Result<JsValue, JsValue> {
     let arr = js_sys::Array::new();
     for a in maps {
         let obj = js_sys::Object::new();
-        let kind = if a.name.contains("token_merge") { "merge" } else { "recover" };
         let set = |k: &str, v: JsValue| js_sys::Reflect::set(&obj, &k.into(), &v).map(|_| ());
-        set("block", (a.block as f64).into())
-            .and(set("name", a.name.as_str().into()))
-            .and(set("kind", kind.into()))
-            .and(set("q", (a.tq as f64).into()))
-            .and(set("k", (a.tk as f64).into()))
-            .and(set("probs", js_sys::Float32Array::from(a.probs.as_slice()).into()))
-            .map_err(|_| "attention report".to_string())?;
+        set("block", (a.block as f64).into())?;
+        set("name", a.name.as_str().into())?;
+        set("kind", a.kind.name().into())?;
+        set("q", (a.tq as f64).into())?;
+        set("k", (a.tk as f64).into())?;
+        set("probs", js_sys::Float32Array::from(a.probs.as_slice()).into())?;
         arr.push(&obj);
     }
     Ok(arr.into())
@@ -263,7 +286,7 @@ pub struct Engine {
 #[wasm_bindgen]
 impl Engine {
     /// Open WebGPU (when `prefer_gpu` and the browser has it), else use the CPU path.
-    pub async fn create(prefer_gpu: bool) -> Result<Engine, JsError> {
+    pub async fn create(prefer_gpu: bool) -> Result<Engine, JsValue> {
         let (gpu, adapter) = if prefer_gpu {
             match Gpu::new().await {
                 Ok(g) => {
@@ -292,9 +315,9 @@ impl Engine {
 
     /// Start a streamed load (drops any load in progress; the loaded model stays until
     /// `finish_load` succeeds).
-    pub fn begin_load(&self, expected_size: Option<f64>, expected_sha256: Option<String>) -> Result<(), JsError> {
+    pub fn begin_load(&self, expected_size: Option<f64>, expected_sha256: Option<String>) -> Result<(), JsValue> {
         let size = match expected_size {
-            Some(s) if !(s.is_finite() && s >= 0.0 && s.fract() == 0.0) => return Err(js_err(format!("expected size {s} is not a byte count"))),
+            Some(s) if !(s.is_finite() && s >= 0.0 && s.fract() == 0.0) => return Err(call_err(format!("expected size {s} is not a byte count"))),
             Some(s) => Some(s as u64),
             None => None,
         };
@@ -309,9 +332,9 @@ impl Engine {
     }
 
     /// Feed the next bytes of the pack.
-    pub fn push(&self, chunk: &[u8]) -> Result<(), JsError> {
+    pub fn push(&self, chunk: &[u8]) -> Result<(), JsValue> {
         let mut inner = self.inner.borrow_mut();
-        let (stream, sink) = inner.loading.as_mut().ok_or_else(|| js_err("push before begin_load"))?;
+        let (stream, sink) = inner.loading.as_mut().ok_or_else(|| call_err("push before begin_load"))?;
         let r = stream.push(chunk, sink.as_dyn());
         if r.is_err() {
             inner.loading = None; // free what was uploaded so far
@@ -324,18 +347,19 @@ impl Engine {
     }
 
     /// Verify the whole pack and build the model; returns its ModelInfo.
-    pub fn finish_load(&self) -> Result<JsValue, JsError> {
+    pub fn finish_load(&self) -> Result<JsValue, JsValue> {
         let mut inner = self.inner.borrow_mut();
-        let (stream, sink) = inner.loading.take().ok_or_else(|| js_err("finish_load before begin_load"))?;
+        let (stream, sink) = inner.loading.take().ok_or_else(|| call_err("finish_load before begin_load"))?;
         let summary = stream.finish().map_err(js_err)?;
         let cfg = summary.cfg.clone();
-        let net = match sink {
+        let engine = match sink {
             Sink::Gpu(s) => {
-                let gpu = inner.gpu.clone().ok_or_else(|| js_err("the GPU went away during the load"))?;
-                Net::Gpu(GpuModel::load(&gpu, cfg.clone(), &s).map_err(js_err)?)
+                let gpu = inner.gpu.clone().ok_or_else(|| call_err("the GPU went away during the load"))?;
+                Core::from_source(Some(gpu), cfg.clone(), &s)
             }
-            Sink::Cpu(s) => Net::Cpu(Model::from_tensors(cfg.clone(), s.into_tensor_map().map_err(js_err)?).map_err(js_err)?),
-        };
+            Sink::Cpu(s) => Core::from_tensors(None, cfg.clone(), s.into_tensor_map().map_err(js_err)?),
+        }
+        .map_err(js_err)?;
         let name = summary.header.meta("general.name").and_then(|v| v.as_str()).unwrap_or("model").to_string();
         let info = ModelInfo {
             arch: cfg.arch_name(),
@@ -351,11 +375,11 @@ impl Engine {
             sha256: summary.sha256,
         };
         let js = to_js(&info)?;
-        inner.loaded = Some(Rc::new(Loaded { net, cfg, info }));
+        inner.loaded = Some(Rc::new(Loaded { engine, info }));
         Ok(js)
     }
 
-    pub fn model_info(&self) -> Result<JsValue, JsError> {
+    pub fn model_info(&self) -> Result<JsValue, JsValue> {
         match &self.inner.borrow().loaded {
             Some(l) => to_js(&l.info),
             None => Ok(JsValue::NULL),
@@ -363,29 +387,41 @@ impl Engine {
     }
 
     /// Per-block token layout at sparse grid side `grid`.
-    pub fn layout(&self, grid: usize) -> Result<JsValue, JsError> {
-        let loaded = self.inner.borrow().loaded.clone().ok_or_else(|| js_err("no model loaded"))?;
-        check_grid(&loaded.cfg, grid).map_err(js_err)?;
-        to_js(&block_layouts(&loaded.cfg, grid))
+    pub fn layout(&self, grid: usize) -> Result<JsValue, JsValue> {
+        let loaded = self.inner.borrow().loaded.clone().ok_or_else(|| call_err("no model loaded"))?;
+        check_grid(loaded.cfg(), grid).map_err(js_err)?;
+        to_js(&block_layouts(loaded.cfg(), grid))
+    }
+
+    /// What `generate(opts)` would run, checked as `generate` checks it: the sparse grid and
+    /// timestep of every step (the noisiest first) and the MACs of all transformer blocks over
+    /// the run, both CFG halves included (`{ grids, timesteps, macs }`).
+    pub fn run_plan(&self, opts: JsValue) -> Result<JsValue, JsValue> {
+        let loaded = self.inner.borrow().loaded.clone().ok_or_else(|| call_err("no model loaded"))?;
+        let cfg = loaded.cfg();
+        let plan = GenerateOptions::from_js(opts).and_then(|o| o.request(cfg)).and_then(|r| r.plan(cfg)).map_err(js_err)?;
+        #[derive(Serialize)]
+        struct RunPlanJs {
+            grids: Vec<usize>,
+            timesteps: Vec<usize>,
+            macs: f64,
+        }
+        let macs = plan.block_macs(cfg) as f64;
+        to_js(&RunPlanJs { grids: plan.grids, timesteps: plan.timesteps, macs })
     }
 
     /// Training-free sparsification of a plain DiT (`config::PooledMiddle`): `spec` is
     /// `"START:END"`, `"default"`, or null / `""` for off. Returns `[start, end]` or null. Fails
     /// for a SparseDiT (it has its own sparse blocks), a bad range, or while a generation runs.
-    pub fn set_pooled_middle(&self, spec: Option<String>) -> Result<JsValue, JsError> {
+    pub fn set_pooled_middle(&self, spec: Option<String>) -> Result<JsValue, JsValue> {
         let mut inner = self.inner.borrow_mut();
-        let loaded = inner.loaded.as_mut().ok_or_else(|| js_err("no model loaded"))?;
-        let l = Rc::get_mut(loaded).ok_or_else(|| js_err("a generation is running: change the sparsity after it ends"))?;
+        let loaded = inner.loaded.as_mut().ok_or_else(|| call_err("no model loaded"))?;
+        let l = Rc::get_mut(loaded).ok_or_else(|| call_err("a generation is running: change the sparsity after it ends"))?;
         let pm = match spec.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(s) => Some(PooledMiddle::parse(s, l.cfg.layout.depth()).map_err(js_err)?),
+            Some(s) => Some(PooledMiddle::parse(s, l.cfg().layout.depth()).map_err(js_err)?),
         };
-        match &mut l.net {
-            Net::Gpu(m) => m.set_pooled_middle(pm),
-            Net::Cpu(m) => m.set_pooled_middle(pm),
-        }
-        .map_err(js_err)?;
-        l.cfg.pooled_middle = pm;
+        l.engine.set_pooled_middle(pm).map_err(js_err)?;
         match pm {
             Some(pm) => to_js(&[pm.start, pm.end]),
             None => Ok(JsValue::NULL),
@@ -396,12 +432,11 @@ impl Engine {
     /// its bytes, checked against `expected_sha256` when given. While one is loaded, `generate`
     /// of a model with as many channels as the decoder's latent also returns the decoded image
     /// (`result.decoded`). Returns DecoderInfo; a failed load keeps the previous decoder.
-    pub fn load_decoder(&self, bytes: &[u8], expected_sha256: Option<String>) -> Result<JsValue, JsError> {
-        use sha2::{Digest, Sha256};
-        let sha256: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    pub fn load_decoder(&self, bytes: &[u8], expected_sha256: Option<String>) -> Result<JsValue, JsValue> {
+        let sha256 = sha256_hex(bytes);
         if let Some(want) = expected_sha256.as_deref().filter(|s| !s.is_empty()) {
             if !want.eq_ignore_ascii_case(&sha256) {
-                return Err(js_err(format!("decoder pack: sha256 {sha256} does not match the expected {want}")));
+                return Err(js_err(Error::gguf(format!("decoder pack: sha256 {sha256} does not match the expected {want}"))));
             }
         }
         let pack = crate::pack::load_decoder_pack_bytes(bytes).map_err(js_err)?;
@@ -452,20 +487,20 @@ impl Engine {
                 (i.gpu.clone(), i.loaded.clone(), i.decoder.clone())
             };
             let run = async {
-                let loaded = loaded.ok_or("no model loaded")?;
-                let d = decoder.ok_or("no latent decoder loaded")?;
-                let (c, size) = (loaded.cfg.in_channels, loaded.cfg.input_size);
+                let loaded = loaded.ok_or_else(|| call_err("no model loaded"))?;
+                let d = decoder.ok_or_else(|| call_err("no latent decoder loaded"))?;
+                let (c, size) = (loaded.cfg().in_channels, loaded.cfg().input_size);
                 if d.cfg.latent_channels() != c {
-                    return Err(format!("the {} decoder takes {} latent channels, the model makes {c}", d.cfg.arch_name(), d.cfg.latent_channels()));
+                    return Err(call_err(format!("the {} decoder takes {} latent channels, the model makes {c}", d.cfg.arch_name(), d.cfg.latent_channels())));
                 }
                 let z = latent.to_vec();
                 if num == 0 || z.len() != num * c * size * size {
-                    return Err(format!("{} latent values for {num} latents of {c}x{size}x{size}", z.len()));
+                    return Err(call_err(format!("{} latent values for {num} latents of {c}x{size}x{size}", z.len())));
                 }
-                let out = decode_for_page(&d, gpu.as_deref(), &z, num, size).await?;
+                let out = decode_for_page(&d, gpu.as_deref(), &z, num, size).await.map_err(js_err)?;
                 out.to_js()
             };
-            run.await.map_err(|e| JsError::new(&e).into())
+            run.await
         })
     }
 
@@ -481,12 +516,12 @@ impl Engine {
         let busy = self.busy.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             if busy.replace(true) {
-                return Err(JsError::new("a generation is already running").into());
+                return Err(call_err("a generation is already running"));
             }
             cancel.set(false);
             let r = generate(inner, cancel, opts, on_step).await;
             busy.set(false);
-            r.map_err(|e| JsError::new(&e).into())
+            r
         })
     }
 
@@ -500,30 +535,32 @@ impl Engine {
                 (i.gpu.clone(), i.loaded.clone())
             };
             let (Some(gpu), Some(loaded)) = (gpu, loaded) else { return Ok(JsValue::NULL) };
-            let Net::Gpu(model) = &loaded.net else { return Ok(JsValue::NULL) };
+            let Net::Gpu(model) = loaded.engine.net() else { return Ok(JsValue::NULL) };
             if !gpu.has_timestamps {
                 return Ok(JsValue::NULL);
             }
             let run = async {
-                check_grid(&loaded.cfg, grid)?;
+                check_grid(loaded.cfg(), grid)?;
                 let plan = model.plan(&gpu, 2, grid)?;
                 let t = [500.0f32, 500.0];
-                let y = [0i64, loaded.cfg.null_label().unwrap_or(0) as i64];
+                let y = [0i64, loaded.cfg().null_label().unwrap_or(0) as i64];
                 model.write_inputs(&gpu, &plan, None, &t, &y)?;
                 gpu.profile_async(&plan.groups()).await
             };
-            let times = run.await.map_err(|e| JsError::new(&e.to_string()))?;
+            let times = run.await.map_err(js_err)?;
             #[derive(Serialize)]
             struct T {
                 name: String,
                 ms: f64,
             }
             let v: Vec<T> = times.into_iter().map(|(name, ms)| T { name, ms }).collect();
-            to_js(&v).map_err(Into::into)
+            to_js(&v)
         })
     }
 }
 
+
+/// The grids the token view and the block timings take: 1..=n.
 fn check_grid(cfg: &Config, grid: usize) -> crate::Result<()> {
     if grid == 0 || grid > cfg.grid() {
         return Err(Error::arg(format!("sparse grid side {grid} is outside 1..={}", cfg.grid())));
@@ -531,111 +568,57 @@ fn check_grid(cfg: &Config, grid: usize) -> crate::Result<()> {
     Ok(())
 }
 
-fn device_lost_first(msg: String) -> String {
-    match msg.find("GPU device lost") {
-        Some(i) if i > 0 => msg[i..].to_string(),
-        _ => msg,
-    }
-}
+/// A JS exception thrown by `on_step`, kept whole so `generate` rejects with it.
+struct Thrown(JsValue);
 
-async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsValue, on_step: js_sys::Function) -> Result<JsValue, String> {
-    let o: GenerateOptions = if opts.is_undefined() || opts.is_null() {
-        GenerateOptions::default()
-    } else {
-        serde_wasm_bindgen::from_value(opts).map_err(|e| format!("generate options: {e}"))?
-    };
-    let (gpu, loaded, decoder) = {
+async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsValue, on_step: js_sys::Function) -> Result<JsValue, JsValue> {
+    let o = GenerateOptions::from_js(opts).map_err(js_err)?;
+    let (loaded, decoder) = {
         let i = inner.borrow();
-        (i.gpu.clone(), i.loaded.clone().ok_or("no model loaded")?, i.decoder.clone())
+        (i.loaded.clone().ok_or_else(|| call_err("no model loaded"))?, i.decoder.clone())
     };
-    let cfg = &loaded.cfg;
-    // Validate everything before any work.
-    if !(1..=1000).contains(&o.steps) {
-        return Err(format!("steps {} is outside 1..=1000", o.steps));
-    }
-    if !(1..=16).contains(&o.num) {
-        return Err(format!("number of images {} is outside 1..=16", o.num));
-    }
-    if !o.cfg.is_finite() || !o.eta.is_finite() || o.eta < 0.0 {
-        return Err("cfg scale and eta must be finite numbers (eta >= 0)".into());
-    }
-    cfg.check_labels(&[o.label]).map_err(|e| e.to_string())?;
-    let schedule = match o.sparsity.as_str() {
-        "dense" => GridSchedule::Fixed(cfg.grid()),
-        "fixed" => GridSchedule::Fixed(if o.grid == 0 { cfg.semantic_size } else { o.grid }),
-        "schedule" => GridSchedule::Timestep { r_min: o.r_min, r_max: o.r_max },
-        other => return Err(format!("sparsity {other:?} is not dense, fixed or schedule")),
-    };
-    schedule.validate().map_err(|e| e.to_string())?;
-    if let GridSchedule::Fixed(s) = schedule {
-        check_grid(cfg, s).map_err(|e| e.to_string())?;
-    }
-    let kind = SamplerKind::parse(&o.sampler, o.eta).map_err(|e| e.to_string())?;
-    let sampler = Sampler::new(&default_respacing(o.steps, matches!(kind, SamplerKind::Ddim { .. })), kind, cfg.learn_sigma).map_err(|e| e.to_string())?;
-    let guidance = if o.cfg > 1.0 {
-        let null = cfg.null_label().ok_or("this model has no null label: use cfg 1")?;
-        Some(Guidance { scale: o.cfg, guided_channels: 3, null_label: null as i64 })
-    } else {
-        None
-    };
-    // Same draws, same order as `sparsedit sample --seed`: the latent first, then per-step noise.
-    let chw = cfg.in_channels * cfg.input_size * cfg.input_size;
-    let mut noise = SeededNoise::new(o.seed);
-    let z = noise.normal(o.num * chw);
-    let y = vec![o.label; o.num];
-    let n_tok = cfg.num_tokens();
+    let cfg = loaded.cfg();
+    let req = o.request(cfg).map_err(js_err)?;
+    // Everything is checked before any work.
+    req.plan(cfg).map_err(js_err)?;
 
     let start = now_ms();
-    let mut rep = Reporter { on_step, cancel, last: start, ms_steps: Vec::new(), grids: Vec::new(), cancelled: false };
-    let image: Vec<f32> = match (&loaded.net, &gpu) {
-        (Net::Gpu(model), Some(gpu)) => {
-            let opts = SampleOptions { preview: o.preview, trace: o.trace };
-            sample_gpu(gpu, model, &sampler, &z, &y, guidance, &schedule, &mut noise, opts, |s| {
-                let attention = if o.trace { attention_js(s.attention).map_err(Error::arg)? } else { JsValue::UNDEFINED };
-                let step = StepOut { iter: s.iter, total: s.total, timestep: s.timestep, grid: s.grid, ms: 0.0 };
-                rep.step(step, s.pred_x0, attention).map_err(Error::arg)
-            })
-            .await
-            .map_err(|e| device_lost_first(e.to_string()))?
-        }
-        (Net::Cpu(model), _) => {
-            // Synchronous: the tiny model takes a few seconds on the CPU.
-            let dev = candle_core::Device::Cpu;
-            let zt = candle_core::Tensor::from_vec(z, (o.num, cfg.in_channels, cfg.input_size, cfg.input_size), &dev).map_err(|e| e.to_string())?;
-            let stop = Cell::new(false);
-            let run = sampler.sample(
-                |x, t, yb| {
-                    if stop.get() {
-                        return Err(Error::arg("cancelled"));
-                    }
-                    model.forward(x, t, yb, schedule.grid_at(t[0] as f64, NUM_TRAIN_TIMESTEPS, n_tok))
-                },
-                &zt,
-                &y,
-                guidance,
-                &mut noise,
-                |s| {
-                    let grid = schedule.grid_at(s.timestep as f64, NUM_TRAIN_TIMESTEPS, n_tok);
-                    let step = StepOut { iter: s.iter, total: s.total, timestep: s.timestep, grid, ms: 0.0 };
-                    let pred = if o.preview { Some(s.pred_x0) } else { None };
-                    if !rep.step(step, pred, JsValue::UNDEFINED).map_err(Error::arg)? {
-                        stop.set(true);
-                    }
-                    Ok(())
-                },
-            );
-            match run {
-                Ok(x) => to_vec_f32(&x).map_err(|e| e.to_string())?,
-                Err(_) if rep.cancelled => Vec::new(),
-                Err(e) => return Err(e.to_string()),
+    let mut last = start;
+    let (mut ms_steps, mut grids) = (Vec::new(), Vec::new());
+    let mut thrown: Option<Thrown> = None;
+    let run = loaded
+        .engine
+        .sample(&req, |s| {
+            let t = now_ms();
+            let out = StepOut { iter: s.iter, total: s.total, timestep: s.timestep, grid: s.grid, ms: t - last };
+            last = t;
+            ms_steps.push(out.ms);
+            grids.push(s.grid);
+            let report = || -> Result<(), JsValue> {
+                let step = to_js(&out)?;
+                if let Some(p) = s.pred_x0 {
+                    js_sys::Reflect::set(&step, &"pred_x0".into(), &js_sys::Float32Array::from(p).into())?;
+                }
+                if req.trace {
+                    js_sys::Reflect::set(&step, &"attention".into(), &attention_js(s.attention)?)?;
+                }
+                on_step.call1(&JsValue::NULL, &step)?;
+                Ok(())
+            };
+            if let Err(e) = report() {
+                thrown = Some(Thrown(e));
+                return Err(Error::Cancelled);
             }
-        }
-        (Net::Gpu(_), None) => return Err("the GPU went away".into()),
-    };
-    let Reporter { ms_steps, grids, cancelled, .. } = rep;
+            Ok(!cancel.get())
+        })
+        .await;
+    if let Some(Thrown(e)) = thrown {
+        return Err(e);
+    }
+    let sampled = run.map_err(js_err)?;
     // The final latents through the decoder, when one fits this model.
-    let decoded = match decoder.filter(|d| d.cfg.latent_channels() == cfg.in_channels && !cancelled && !image.is_empty()) {
-        Some(d) => Some(decode_for_page(&d, gpu.as_deref(), &image, o.num, cfg.input_size).await?),
+    let decoded = match decoder.filter(|d| d.cfg.latent_channels() == cfg.in_channels && !sampled.cancelled) {
+        Some(d) => Some(decode_for_page(&d, loaded.engine.gpu().map(|g| g.as_ref()), &sampled.latent, sampled.shape[0], cfg.input_size).await.map_err(js_err)?),
         None => None,
     };
 
@@ -648,10 +631,10 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
         grids: Vec<usize>,
         cancelled: bool,
     }
-    let out = to_js(&Out { channels: cfg.in_channels, size: cfg.input_size, ms_total: now_ms() - start, ms_steps, grids, cancelled }).map_err(|_| "result".to_string())?;
-    js_sys::Reflect::set(&out, &"image".into(), &js_sys::Float32Array::from(image.as_slice()).into()).map_err(|_| "result")?;
+    let out = to_js(&Out { channels: cfg.in_channels, size: cfg.input_size, ms_total: now_ms() - start, ms_steps, grids, cancelled: sampled.cancelled })?;
+    js_sys::Reflect::set(&out, &"image".into(), &js_sys::Float32Array::from(sampled.latent.as_slice()).into())?;
     if let Some(d) = decoded {
-        js_sys::Reflect::set(&out, &"decoded".into(), &d.to_js()?).map_err(|_| "result")?;
+        js_sys::Reflect::set(&out, &"decoded".into(), &d.to_js()?)?;
     }
     Ok(out)
 }
@@ -666,15 +649,15 @@ struct Decoded {
 }
 
 impl Decoded {
-    fn to_js(&self) -> Result<JsValue, String> {
-        let d = to_js(&serde_json::json!({ "channels": self.channels, "size": self.size, "ms": self.ms, "decoder": self.decoder })).map_err(|_| "decoded image")?;
-        js_sys::Reflect::set(&d, &"image".into(), &js_sys::Float32Array::from(self.image.as_slice()).into()).map_err(|_| "decoded image")?;
+    fn to_js(&self) -> Result<JsValue, JsValue> {
+        let d = to_js(&serde_json::json!({ "channels": self.channels, "size": self.size, "ms": self.ms, "decoder": self.decoder }))?;
+        js_sys::Reflect::set(&d, &"image".into(), &js_sys::Float32Array::from(self.image.as_slice()).into())?;
         Ok(d)
     }
 }
 
 /// Latents (num, C, I, I) through the decoder, to the page's [-1, 1] range.
-async fn decode_for_page(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Decoded, String> {
+async fn decode_for_page(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Decoded, Error> {
     let t0 = now_ms();
     let raw = decode_latents(d, gpu, z, num, size).await?;
     let (a, b) = d.cfg.to_signed_range();
@@ -684,16 +667,15 @@ async fn decode_for_page(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: u
 }
 
 /// Latents (num, C, I, I) -> the decoder's raw images (num, 3, 8I, 8I).
-async fn decode_latents(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Vec<f32>, String> {
+async fn decode_latents(d: &LoadedDecoder, gpu: Option<&Gpu>, z: &[f32], num: usize, size: usize) -> Result<Vec<f32>, Error> {
     let c = d.cfg.latent_channels();
     match (&d.net, gpu) {
         // the plan is reused from call to call (the live preview decodes every step)
-        (DecoderNet::Gpu(dec), Some(g)) => dec.decode_reusing_async(g, num, size, size, z).await.map_err(|e| device_lost_first(e.to_string())),
+        (DecoderNet::Gpu(dec), Some(g)) => dec.decode_reusing_async(g, num, size, size, z).await,
         (DecoderNet::Cpu(dec), _) => {
-            let zt = candle_core::Tensor::from_vec(z.to_vec(), (num, c, size, size), &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
-            let img = dec.decode(&zt).map_err(|e| e.to_string())?;
-            to_vec_f32(&img).map_err(|e| e.to_string())
+            let zt = candle_core::Tensor::from_vec(z.to_vec(), (num, c, size, size), &candle_core::Device::Cpu)?;
+            crate::model::to_vec_f32(&dec.decode(&zt)?)
         }
-        (DecoderNet::Gpu(_), None) => Err("the GPU went away".into()),
+        (DecoderNet::Gpu(_), None) => Err(Error::Gpu("the GPU went away".into())),
     }
 }

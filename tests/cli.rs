@@ -30,13 +30,6 @@ fn forward_on(pack: &Path, case: &str, dir: &Path, tag: &str, backend: &str) -> 
     load_st(&out)
 }
 
-/// The backends to exercise: the CPU reference always, the GPU when an adapter exists (always
-/// in CI, where lavapipe is installed).
-fn backends() -> Vec<&'static str> {
-    let gpu = std::env::var("CI").as_deref() == Ok("true") || sparsedit::gpu::Gpu::new_blocking().is_ok();
-    if gpu { vec!["cpu", "gpu"] } else { vec!["cpu"] }
-}
-
 #[test]
 fn convert_forward_matches_reference_for_every_case() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,15 +106,53 @@ fn sample_reproduces_reference_ddim_from_given_noise() {
         candle_core::safetensors::save(&m, &noise).unwrap();
         for backend in backends() {
             let latent = dir.path().join(format!("{case}-{backend}-sample.safetensors"));
+            // ddim.safetensors was sampled with respacing "ddim10" (the default is "10" since).
             ok(&[
-                "sample", "--model", s(&pack), "--class", &label, "--steps", "10", "--sampler", "ddim", "--cfg", &scale, "--noise",
-                s(&noise), "--latent-out", s(&latent), "--backend", backend,
+                "sample", "--model", s(&pack), "--class", &label, "--steps", "10", "--sampler", "ddim", "--respacing", "ddim10", "--cfg", &scale,
+                "--noise", s(&noise), "--latent-out", s(&latent), "--backend", backend,
             ]);
             let got = load_st(&latent);
             let want = f["sample"].narrow(0, 0, 1).unwrap();
             assert_close(&format!("{case} cli ddim ({backend})"), &f32s(&got["sample"]), &f32s(&want), 1e-3);
         }
     }
+}
+
+#[test]
+fn sample_defaults_match_the_official_ddim() {
+    // No --sampler / --respacing: DDIM on respacing "10" (create_diffusion("10") of the official
+    // sample.py, steps up to t = 999), eta 0; gen.py's ddim_default fixture, row 0 with its label.
+    let dir = tempfile::tempdir().unwrap();
+    for (case, ckpt) in [("sparse_nondiv", "model.pt"), ("sparse_p4_gray", "model.safetensors")] {
+        let pack = convert(case, ckpt, "f32", dir.path());
+        let f = load_st(&fixture_dir(case).join("ddim_default.safetensors"));
+        let label = i64s(&f["y"])[0].to_string();
+        let scale = f32s(&f["cfg_scale"])[0].to_string();
+        let noise = dir.path().join(format!("{case}-z-default.safetensors"));
+        let z0: HashMap<String, Tensor> = [("z".to_string(), f["z"].narrow(0, 0, 1).unwrap())].into_iter().collect();
+        candle_core::safetensors::save(&z0, &noise).unwrap();
+        let want = f32s(&f["sample"].narrow(0, 0, 1).unwrap());
+        for backend in backends() {
+            let latent = dir.path().join(format!("{case}-{backend}-default.safetensors"));
+            let args = ["sample", "--model", s(&pack), "--class", &label, "--steps", "10", "--cfg", &scale, "--noise", s(&noise), "--latent-out", s(&latent), "--backend", backend];
+            let out = sparsedit(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "sparsedit {args:?} failed: {stderr}");
+            assert!(stderr.contains("10 steps (10)"), "the default respacing is \"10\": {stderr}");
+            let got = f32s(&load_st(&latent)["sample"]);
+            let (i, err) = worst(&got, &want);
+            eprintln!("{case} cli default ddim ({backend}): max relative error {err:.3e} at index {i} (got {}, want {})", got[i], want[i]);
+            assert_close(&format!("{case} cli default ddim ({backend})"), &got, &want, 1e-3);
+        }
+    }
+}
+
+/// The index and size of the largest relative error, in `assert_close`'s measure
+/// (|a - b| / max(|b|, rms(want))).
+fn worst(got: &[f32], want: &[f32]) -> (usize, f32) {
+    let rms = (want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt() as f32;
+    let rel = got.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(rms).max(1e-30));
+    rel.enumerate().fold((0, 0.0), |m, (i, e)| if e > m.1 { (i, e) } else { m })
 }
 
 #[test]
@@ -167,12 +198,13 @@ fn gpu_and_cpu_samplers_agree_for_a_seed() {
 fn random_pack_is_seeded_and_loads() {
     // Full-size layouts without the real checkpoints: random weights with the official names.
     let dir = tempfile::tempdir().unwrap();
-    let make = |seed: &str, name: &str| {
+    let make = |seed: &str, quant: &str, name: &str| {
         let p = dir.path().join(name);
-        ok(&["random-pack", "--preset", "sparsedit-tiny", "--quant", "q8_0", "--seed", seed, "-o", s(&p)]);
+        ok(&["random-pack", "--preset", "sparsedit-tiny", "--quant", quant, "--seed", seed, "-o", s(&p)]);
         std::fs::read(&p).unwrap()
     };
-    let (a, b, c) = (make("3", "a.gguf"), make("3", "b.gguf"), make("4", "c.gguf"));
+    // --quant takes any case, as the pack's own type names (Q8_0).
+    let (a, b, c) = (make("3", "q8_0", "a.gguf"), make("3", "Q8_0", "b.gguf"), make("4", "q8_0", "c.gguf"));
     assert_eq!(a, b, "same seed, same pack");
     assert_ne!(a, c, "another seed, other weights");
     let info = ok(&["info", s(&dir.path().join("a.gguf"))]);
@@ -250,10 +282,17 @@ fn bad_input_exits_2_with_one_line() {
     assert!(err.to_lowercase().contains("q5_1"), "{err}");
     let err = fails(&["convert", s(&ckpt), "-o", s(&dir.path().join("x.gguf"))]);
     assert!(err.contains("--heads"), "{err}");
-    let err = fails(&["sample", "--model", s(&pack), "--class", "10", "--steps", "2"]);
-    assert!(err.contains("out of range"), "{err}");
+    let err = fails(&["sample", "--model", s(&pack), "--class", "11", "--steps", "2"]);
+    assert!(err.contains("out of range 0..=10") && err.contains("10 = null label"), "{err}");
+    fails(&["sample", "--model", s(&pack), "--class", "-1", "--steps", "2"]);
+    // The null label is a class like the others (an unconditional sample), as on the page.
+    ok(&["sample", "--model", s(&pack), "--class", "10", "--steps", "2", "--backend", "cpu"]);
     fails(&["sample", "--model", s(&pack), "--class", "1", "--steps", "2", "--schedule", "0.9:0.1"]);
-    fails(&["sample", "--model", s(&pack), "--class", "1", "--steps", "2", "--sampler", "euler"]);
+    let err = fails(&["sample", "--model", s(&pack), "--class", "1", "--steps", "2", "--sampler", "euler"]);
+    assert!(err.contains("'euler'") && err.contains("ddim, ddpm"), "{err}");
+    let err = fails(&["sample", "--model", s(&pack), "--class", "1", "--steps", "2", "--backend", "tpu"]);
+    assert!(err.contains("'tpu'") && err.contains("gpu, cpu, auto"), "{err}");
+    fails(&["sample", "--model", s(&pack), "--steps", "2"]);
     // Wrong input shapes / labels.
     let bad = dir.path().join("bad.safetensors");
     let x = Tensor::ones((1, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use sparsedit::diffusion::{GivenNoise, Guidance, Sampler, SamplerKind, SeededNoise};
+use sparsedit::diffusion::{default_respacing, GivenNoise, Guidance, Sampler, SamplerKind, SeededNoise};
 use sparsedit::import::{dit_to_sparsedit, infer_config, read_checkpoint, ImportOptions};
 use sparsedit::model::Model;
 use sparsedit::config::PooledMiddle;
@@ -157,13 +157,34 @@ fn check_sampler(case: &str, file: &str, kind: SamplerKind, respacing: &str, tol
         })
         .unwrap();
     assert_eq!(steps, want_t.len());
-    assert_close(&format!("{case}/{file}"), &f32s(&sample), &f32s(&f["sample"]), tol);
+    let (got, want) = (f32s(&sample), f32s(&f["sample"]));
+    let (i, err) = worst(&got, &want);
+    eprintln!("{case}/{file} ({respacing}): max relative error {err:.3e} at index {i} (got {}, want {})", got[i], want[i]);
+    assert_close(&format!("{case}/{file}"), &got, &want, tol);
+}
+
+/// The index and size of the largest relative error, in `assert_close`'s measure
+/// (|a - b| / max(|b|, rms(want))).
+fn worst(got: &[f32], want: &[f32]) -> (usize, f32) {
+    let rms = (want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt() as f32;
+    let rel = got.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(rms).max(1e-30));
+    rel.enumerate().fold((0, 0.0), |m, (i, e)| if e > m.1 { (i, e) } else { m })
 }
 
 #[test]
 fn ddim_10_steps_with_cfg() {
     check_sampler("sparse_nondiv", "ddim.safetensors", SamplerKind::Ddim { eta: 0.0 }, "ddim10", 1e-3);
     check_sampler("sparse_p4_gray", "ddim.safetensors", SamplerKind::Ddim { eta: 0.0 }, "ddim10", 1e-3);
+}
+
+#[test]
+fn ddim_default_respacing_matches_the_official_default() {
+    // The official sample.py samples with create_diffusion(str(K)): respacing "K", steps up to
+    // t = 999, for DDIM too (gen.py's ddim_default: respacing "10", eta 0, CFG 4).
+    let respacing = default_respacing(10);
+    assert_eq!(respacing, "10");
+    check_sampler("sparse_nondiv", "ddim_default.safetensors", SamplerKind::Ddim { eta: 0.0 }, &respacing, 1e-3);
+    check_sampler("sparse_p4_gray", "ddim_default.safetensors", SamplerKind::Ddim { eta: 0.0 }, &respacing, 1e-3);
 }
 
 #[test]

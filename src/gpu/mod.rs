@@ -50,6 +50,15 @@ pub struct GpuBuf {
     pub len: usize,
 }
 
+/// What a cached pipeline is built from: its shader, entry point and specialisation constants
+/// (WGSL `override`s, values by their f64 bits).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub constants: Vec<(&'static str, u64)>,
+}
+
 /// Adapter, device, queue and the pipeline cache.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -64,7 +73,7 @@ pub struct Gpu {
     /// there, so ops pick barrier-free variants. `SPARSEDIT_KERNELS=tiled|direct` overrides
     /// (native).
     pub software: bool,
-    pipelines: RefCell<HashMap<String, Rc<Kernel>>>,
+    pipelines: RefCell<HashMap<PipelineKey, Rc<Kernel>>>,
     /// Validation / out-of-memory errors raised asynchronously by the device.
     errors: Arc<Mutex<Vec<String>>>,
     /// Set when the device is lost.
@@ -173,13 +182,13 @@ impl Gpu {
     }
 
     /// The pipeline of `source` specialised with `constants` (WGSL `override`s), built once.
-    pub fn kernel(&self, name: &str, source: &str, constants: &[(&str, f64)]) -> Result<Rc<Kernel>> {
+    pub fn kernel(&self, name: &'static str, source: &str, constants: &[(&'static str, f64)]) -> Result<Rc<Kernel>> {
         self.kernel_entry(name, source, "main", constants)
     }
 
     /// [`Self::kernel`] with entry point `entry`.
-    pub fn kernel_entry(&self, name: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Rc<Kernel>> {
-        let key = format!("{name}:{entry}{constants:?}");
+    pub fn kernel_entry(&self, name: &'static str, source: &str, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Rc<Kernel>> {
+        let key = PipelineKey { shader: name, entry, constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect() };
         if let Some(k) = self.pipelines.borrow().get(&key) {
             return Ok(k.clone());
         }

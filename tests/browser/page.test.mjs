@@ -296,12 +296,67 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       await page.screenshot({ path: path.join(ARTIFACTS, 'token-view.png'), fullPage: true });
     });
 
+    await t.test('the engine\'s run plan: the sparsity hint and the token view before a run follow it', async () => {
+      const plan = (o) => page.evaluate((o) => window.sparsedit.engine.run_plan(o), o);
+      const base = { label: CLASS, seed: SEED, steps: STEPS, sampler: 'ddim', eta: 0, cfg: CFG, num: 1 };
+      // MACs of a fixed grid: every step's forward at s = 4, both CFG halves.
+      const fixed = await plan({ ...base, sparsity: 'fixed', grid: GRID });
+      const perForward = await page.evaluate((g) => Array.from(window.sparsedit.engine.layout(g)).reduce((a, b) => a + b.macs, 0), GRID);
+      assert.deepEqual(fixed.grids, Array(STEPS).fill(GRID));
+      assert.equal(fixed.timesteps.length, STEPS);
+      assert.ok(fixed.timesteps[0] > fixed.timesteps[STEPS - 1], `timesteps in run order: ${fixed.timesteps}`);
+      assert.equal(fixed.macs, perForward * STEPS * 2);
+      const bad = await page.evaluate((o) => {
+        try { window.sparsedit.engine.run_plan(o); return 'no error'; } catch (e) { return e.kind; }
+      }, { ...base, sparsity: 'fixed', grid: 99 });
+      assert.equal(bad, 'invalid_argument');
+      // Timestep-wise: the hint names the first and the last step's grid, as planned.
+      const sched = await plan({ ...base, sparsity: 'schedule', r_min: 0.6, r_max: 0.85 });
+      await page.check('input[name="sparsity"][value="schedule"]');
+      const hint = await page.locator('#sparsity-hint').textContent();
+      assert.match(hint, new RegExp(`s = ${sched.grids[0]} at the noisy start to s = ${sched.grids[STEPS - 1]} at the last`), hint);
+      assert.ok(sched.grids[0] < sched.grids[STEPS - 1], `schedule grids ${sched.grids}`);
+      await page.check('input[name="sparsity"][value="fixed"]');
+      assert.match(await page.locator('#sparsity-hint').textContent(), /^4×4 = 16 sparse tokens/);
+    });
+
+    await t.test('cancel: the run stops, the page shows its last step and the partly denoised latent comes back', async () => {
+      await page.getByTestId('steps').fill(String(STEPS));
+      await page.getByTestId('generate').click();
+      await waitStatus(page, /^(generating: step [1-9]|done|error)/, GENERATE_TIMEOUT);
+      await page.getByTestId('cancel').click();
+      const s = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+      assert.match(s, new RegExp(`^done — cancelled after \\d+ of ${STEPS} steps`), s);
+      const got = await page.evaluate(() => {
+        const r = window.sparsedit.lastResult, info = window.sparsedit.info;
+        const c = document.querySelector('[data-testid="preview"]');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let sum = 0; for (let i = 0; i < d.length; i += 4) sum += d[i];
+        return {
+          cancelled: r.cancelled, length: r.image.length, want: info.in_channels * info.input_size ** 2,
+          finite: Array.from(r.image).every(Number.isFinite), steps: r.ms_steps.length,
+          label: document.querySelector('[data-testid="step"]').textContent, sum,
+        };
+      });
+      assert.equal(got.cancelled, true);
+      assert.ok(got.steps < STEPS, `${got.steps} steps ran`);
+      assert.equal(got.length, got.want, 'the partly denoised latent');
+      assert.ok(got.finite);
+      assert.match(got.label, /cancelled here/);
+      assert.ok(got.sum > 0, 'preview canvas is blank');
+      assert.equal(await page.getByTestId('generate').isDisabled(), false);
+    });
+
     await t.test('compare: dense DiT and SparseDiT side by side', async () => {
       await page.getByTestId('steps').fill('2'); // SwiftShader is slow: two steps per model
       await page.getByTestId('compare').click();
       const s = await waitStatus(page, /^(done — compare|error)/, GENERATE_TIMEOUT);
       await page.screenshot({ path: path.join(ARTIFACTS, 'compare.png'), fullPage: true });
-      assert.match(s, /^done — compare/, s);
+      assert.match(s, /^done — compare:/, s);
+      // the captions' MACs are the engine's run plans (2 steps, CFG on)
+      const caps = await page.evaluate(() => [document.getElementById('cmp-dense-cap').textContent, document.getElementById('cmp-sparse-cap').textContent]);
+      assert.match(caps[0], /^dense DiT: [\d.]+ [KMG]? ?MACs in blocks/, caps[0]);
+      assert.match(caps[1], /^SparseDiT \(s 4\): .* MACs \(\d+ %\)/, caps[1]);
     });
 
     await t.test('no request left 127.0.0.1, no CSP violation, no page error', async () => {
@@ -376,6 +431,14 @@ test('without WebGPU the engine falls back to the CPU path (and still matches th
     console.log(`# CPU path in the browser: ${done}; max |page - CLI| = ${worst.toExponential(3)}`);
     assert.equal(image.length, cli.data.length);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
+    // Cancelled on the CPU path (the sampler runs synchronously there, so from on_step): the
+    // result holds the partly denoised latent, as on WebGPU.
+    const cancelled = await page.evaluate(async (o) => {
+      const engine = window.sparsedit.engine, info = window.sparsedit.info;
+      const r = await engine.generate(o, (step) => { if (step.iter === 0) engine.cancel(); });
+      return { cancelled: r.cancelled, steps: r.ms_steps.length, length: r.image.length, want: info.in_channels * info.input_size ** 2 };
+    }, { label: CLASS, seed: SEED, steps: STEPS, cfg: CFG, sparsity: 'fixed', grid: GRID, num: 1 });
+    assert.deepEqual(cancelled, { cancelled: true, steps: 1, length: cancelled.want, want: cancelled.want });
   });
 });
 

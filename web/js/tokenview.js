@@ -164,7 +164,7 @@ export function renderBlockDetail(el, block, { gpuMs, denseBlock }) {
     ['segment', block.segment],
     ['tokens computed', block.grid === 'sparse' ? `${block.tokens} (${block.side}×${block.side} sparse)` : `${block.tokens}${block.grid === 'global' ? ' (attention through 1 global token)' : ''}`],
     ['MACs', `${formatMacs(block.macs)}${denseBlock && denseBlock.macs !== block.macs ? ` (s = n: ${formatMacs(denseBlock.macs)})` : ''}`],
-    ['GPU time', gpuMs == null ? 'not measured' : `${gpuMs.toFixed(3)} ms`],
+    ['GPU time', gpuMs == null ? 'not measured' : `${gpuMs.toFixed(3)} ms (batch 2: cond + uncond)`],
   ];
   for (const [k, v] of rows) {
     const dt = document.createElement('dt'); dt.textContent = k;

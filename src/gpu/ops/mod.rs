@@ -164,6 +164,20 @@ pub enum Epilogue<'a> {
     Accumulate,
 }
 
+impl Epilogue<'_> {
+    /// The `EPI` specialisation constant of `shaders/linear_common.wgsl` selecting this epilogue.
+    fn code(&self) -> u32 {
+        match self {
+            Epilogue::Store => 0,
+            Epilogue::Gelu => 1,
+            Epilogue::GatedResidual { .. } => 2,
+            Epilogue::AddRows { .. } => 3,
+            Epilogue::Accumulate => 4,
+            Epilogue::Silu => 5,
+        }
+    }
+}
+
 /// Arithmetic precision of the linear kernels. Storage (activations, biases, epilogues) is f32
 /// either way; weights stay in their stored format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,21 +217,18 @@ pub fn linear_with(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: us
     need(&format!("{label} input"), x, rows * k)?;
     need(&format!("{label} output"), y, rows * n)?;
     let dummy;
-    let (code, t, stride, offset, aux) = match epi {
-        Epilogue::Store => (0u32, 1usize, 0usize, 0usize, None),
-        Epilogue::Gelu => (1, 1, 0, 0, None),
-        Epilogue::Silu => (5, 1, 0, 0, None),
-        Epilogue::Accumulate => (4, 1, 0, 0, None),
+    let (t, stride, offset, aux) = match epi {
+        Epilogue::Store | Epilogue::Gelu | Epilogue::Silu | Epilogue::Accumulate => (1usize, 0usize, 0usize, None),
         Epilogue::GatedResidual { mods, tokens, stride, offset } => {
             if tokens == 0 || !rows.is_multiple_of(tokens) || offset + n > stride {
                 return Err(Error::Gpu(format!("{label}: gate slice {offset}+{n} of {stride} over {tokens}-token rows")));
             }
             need(&format!("{label} gate"), mods, rows / tokens * stride)?;
-            (2, tokens, stride, offset, Some(mods))
+            (tokens, stride, offset, Some(mods))
         }
         Epilogue::AddRows { table, tokens } => {
             need(&format!("{label} row table"), table, tokens * n)?;
-            (3, tokens, 0, 0, Some(table))
+            (tokens, 0, 0, Some(table))
         }
     };
     let aux = match aux {
@@ -237,7 +248,7 @@ pub fn linear_with(gpu: &Gpu, label: &str, lin: &GpuLinear, x: &GpuBuf, rows: us
         Precision::F32 => ("linear", LINEAR_WGSL),
         Precision::F16 => ("linear_f16", LINEAR_F16_WGSL),
     };
-    let constants = [("WFMT", fmt), ("EPI", code as f64)];
+    let constants = [("WFMT", fmt), ("EPI", epi.code() as f64)];
     let params = [rows as u32, n as u32, k as u32, t as u32, stride as u32, offset as u32];
     // Software adapters (lavapipe, SwiftShader) run barrier-free kernels: the register-blocked
     // one (linear_soft.wgsl) where K % 4 == 0 in f32 arithmetic, 1.6-2.8x the tiled kernel on

@@ -1,0 +1,80 @@
+//! `convert` (a checkpoint or pack to a GGUF pack, models and latent decoders) and
+//! `dit-to-sparsedit` (a SparseDiT layout initialised from a dense DiT).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use sparsedit::decoder::Decoder;
+use sparsedit::import::{dit_to_sparsedit, infer_config, parse_layout};
+use sparsedit::model::Model;
+use sparsedit::Result;
+
+use super::io::{write_any_pack_file, write_pack_file, PackCfg};
+use super::load::{import_opts, load_any, load_model_tensors, Loaded};
+use super::{DecoderFlags, ImportFlags, Quant};
+
+#[derive(Args)]
+pub(super) struct ConvertArgs {
+    /// Checkpoint: .pt / .pth (state dict, or under 'ema' / 'model'), .safetensors, or a .gguf pack.
+    ckpt: PathBuf,
+    /// Output pack.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Type of the 2-D linear weights: f32, f16, q8_0, q4_0.
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, default_value_t = Quant::F32)]
+    quant: Quant,
+    #[command(flatten)]
+    import: ImportFlags,
+    /// Latent decoders (TAESD, SD-VAE) only.
+    #[command(flatten)]
+    decoder: DecoderFlags,
+    /// Print every tensor's quantization error (default: the 12 worst).
+    #[arg(long)]
+    all_tensors: bool,
+}
+
+#[derive(Args)]
+pub(super) struct DitToSparseArgs {
+    /// Dense DiT checkpoint.
+    ckpt: PathBuf,
+    #[arg(short, long)]
+    out: PathBuf,
+    /// SparseDiT layout POOL,SDTM,a:b:c:d,TOP; default 1,4,1:3:1:1,3 (the released 256 px run).
+    #[arg(long, default_value = "1,4,1:3:1:1,3")]
+    layout: String,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Quant::F32)]
+    quant: Quant,
+    #[command(flatten)]
+    import: ImportFlags,
+}
+
+pub(super) fn convert(a: ConvertArgs) -> Result<()> {
+    let quant = a.quant.into();
+    let name = a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let (cfg, tensors) = match load_any(&a.ckpt, &a.decoder)? {
+        Loaded::Decoder(cfg, tensors) => {
+            // Validate the whole decoder before writing anything.
+            drop(Decoder::from_tensors(cfg.clone(), tensors.clone())?);
+            return write_any_pack_file(&a.out, PackCfg::Decoder(&cfg), &tensors, quant, &name, a.all_tensors);
+        }
+        Loaded::Checkpoint(map) => {
+            let cfg = infer_config(&map, &import_opts(&a.import))?;
+            (cfg, map)
+        }
+        Loaded::ModelPack => load_model_tensors(&a.ckpt, &a.import)?,
+    };
+    // Validate the whole model before writing anything.
+    let check = Model::from_tensors(cfg.clone(), tensors.clone())?;
+    drop(check);
+    write_pack_file(&a.out, &cfg, &tensors, quant, &name, a.all_tensors)
+}
+
+pub(super) fn dit_to_sparse(a: DitToSparseArgs) -> Result<()> {
+    let layout = parse_layout(&a.layout)?;
+    let (dense_cfg, dense) = load_model_tensors(&a.ckpt, &a.import)?;
+    let (cfg, sparse) = dit_to_sparsedit(&dense, &dense_cfg, layout)?;
+    let check = Model::from_tensors(cfg.clone(), sparse.clone())?;
+    drop(check);
+    let name = format!("{}-sparsedit", a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model"));
+    write_pack_file(&a.out, &cfg, &sparse, a.quant.into(), &name, false)
+}

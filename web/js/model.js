@@ -1,0 +1,200 @@
+// The engine and its model: starting (or restarting) the Engine, loading a pack into it from the
+// manifest, a URL or a file, what the page shows about the loaded model, the model cache, and
+// the restart after a lost GPU device.
+
+import { $ } from './dom.js';
+import { state } from './state.js';
+import { setStatus, showError, engineError } from './errors.js';
+import { loadModel, isCached, clearCache, formatBytes } from './loader.js';
+import { controlsForModel, updateButtons } from './controls.js';
+import { resetRunView } from './run.js';
+import { renderTokenView } from './tokenpanel.js';
+import { reloadDecoder } from './decoder.js';
+
+/** A fresh Engine on the backend the "use WebGPU" box asks for; the decoder comes back into it. */
+export async function createEngine() {
+  try { state.engine?.free(); } catch { /* already gone */ }
+  state.engine = null;
+  state.info = null;
+  state.layouts.clear();
+  state.gpuTimes.clear();
+  state.engine = await state.bindings.Engine.create($('prefer-gpu').checked);
+  reloadDecoder();
+  const backend = state.engine.backend();
+  const badge = $('backend');
+  badge.textContent = backend === 'webgpu' ? 'engine: WebGPU' : 'engine: CPU (no WebGPU)';
+  badge.className = `badge ${backend === 'webgpu' ? 'gpu' : 'cpu'}`;
+  badge.title = state.engine.adapter();
+  badge.dataset.backend = backend;
+  badge.setAttribute('data-testid', 'backend');
+  // wgpu reports the device type; a CPU-type WebGPU adapter is a software renderer (SwiftShader)
+  $('adapter-hint').hidden = !(backend === 'webgpu' && /\bCpu\b/.test(badge.title));
+}
+
+// ---------------------------------------------------------------- sources
+
+function sourceLabel(src) {
+  if (src.kind === 'file') return src.file.name;
+  return src.label || src.url;
+}
+
+function manifestSource(m) {
+  return { kind: 'url', url: m.url, size: m.size, sha256: m.sha256, label: m.id };
+}
+
+/** A URL (or a manifest id) as a source: with the manifest's size and hash when it lists it. */
+export function manifestSourceFor(url) {
+  const abs = new URL(url, location.href).href;
+  const m = state.manifest.find((e) => e.url === abs || e.id === url);
+  return m ? manifestSource(m) : { kind: 'url', url: abs, label: abs };
+}
+
+/** The pack picked in the "Bundled pack" list, or null. */
+export function selectedManifestSource() {
+  const m = state.manifest.find((e) => e.id === $('model-select').value);
+  return m ? manifestSource(m) : null;
+}
+
+/** Fills the "Bundled pack" list from the manifest (its default entry selected). */
+export function fillModelSelect() {
+  $('model-select').replaceChildren(...state.manifest.map((m) => {
+    const o = document.createElement('option');
+    o.value = m.id;
+    o.textContent = `${m.id} (${m.arch}, ${m.quant}, ${formatBytes(m.size)})`;
+    o.selected = !!m.default;
+    return o;
+  }));
+}
+
+// ---------------------------------------------------------------- loading
+
+function onProgress(p) {
+  const bar = $('load-progress');
+  if (p.total) {
+    bar.max = p.total;
+    bar.value = Math.min(p.received, p.total);
+  } else {
+    bar.removeAttribute('value');
+  }
+  const rate = `${(p.bps / 1e6).toFixed(1)} MB/s`;
+  const eta = Number.isFinite(p.eta) && !p.done ? ` · ETA ${p.eta < 1 ? '<1' : p.eta.toFixed(0)} s` : '';
+  const where = p.phase === 'cache' ? 'from cache' : p.phase === 'file' ? 'from file' : 'downloaded';
+  $('load-text').textContent =
+    `${formatBytes(p.received)}${p.total ? ` / ${formatBytes(p.total)}` : ''} ${where} · ${rate}${eta}`;
+}
+
+export async function load(source) {
+  if (state.loading || state.generating || !state.engine) return;
+  state.loading = true;
+  updateButtons();
+  setStatus(`loading ${sourceLabel(source)}…`);
+  $('load-progress').value = 0;
+  try {
+    const { info, fromCache } = await loadModel(state.engine, source, { onProgress });
+    state.info = info;
+    state.source = source;
+    modelLoaded();
+    const notCached = info.cacheError ? `, not cached (${info.cacheError}): the weights stay loaded for this session` : '';
+    setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${fromCache ? ', from cache' : ''}${notCached}`);
+  } catch (err) {
+    state.info = loadedInfo();
+    if (!state.info) $('model-badge').textContent = 'no model';
+    await engineError(err, `loading ${sourceLabel(source)}`);
+  } finally {
+    state.loading = false;
+    updateButtons();
+    refreshCachedMark();
+  }
+}
+
+/** The engine's model after a failed load (a failed load keeps the previous one), or null. */
+function loadedInfo() {
+  try { return state.engine?.model_info() ?? null; } catch { return null; }
+}
+
+function modelLoaded() {
+  const info = state.info;
+  state.layouts.clear();
+  state.gpuTimes.clear();
+  state.run = null;
+  state.shown = -1;
+  state.selected = null;
+  $('model-badge').textContent = `${info.name || info.arch} · ${info.arch}`;
+  $('model-info').textContent =
+    `${info.arch === 'sparsedit' ? 'SparseDiT' : 'DiT'} · ${info.depth} blocks · ${info.input_size}×${info.input_size}×${info.in_channels} · ` +
+    `dense grid ${info.dense_grid}×${info.dense_grid} = ${info.dense_grid ** 2} tokens` +
+    `${info.arch === 'sparsedit' ? ` · default sparse grid ${info.default_grid}×${info.default_grid}` : ''} · ` +
+    `${(info.params / 1e6).toFixed(2)} M parameters · ${formatBytes(info.bytes)} · sha256 ${String(info.sha256).slice(0, 12)}…`;
+  controlsForModel(info);
+  resetRunView(info);
+  renderTokenView();
+}
+
+// ---------------------------------------------------------------- cache
+
+export async function refreshCachedMark() {
+  const src = state.source?.kind === 'url' ? state.source : selectedManifestSource();
+  try {
+    $('cached-mark').hidden = !(src && (await isCached(src)));
+  } catch {
+    $('cached-mark').hidden = true;
+  }
+}
+
+export async function clearModelCache() {
+  try {
+    await clearCache();
+    $('load-text').textContent = 'cache cleared';
+  } catch (err) {
+    showError(err, 'clear cache');
+  }
+  refreshCachedMark();
+}
+
+// ---------------------------------------------------------------- restarts
+
+function dropCompareEngine() {
+  try { state.compareEngine?.free(); } catch { /* already gone */ }
+  state.compareEngine = null;
+  state.compareInfo = null;
+}
+
+/** The "use WebGPU" box changed: a new engine on that backend; the model comes back from the cache. */
+export async function switchBackend(box) {
+  if (state.loading || state.generating || state.comparing) {
+    box.checked = !box.checked;
+    return;
+  }
+  const source = state.source;
+  try {
+    dropCompareEngine();
+    setStatus('starting the engine…');
+    await createEngine();
+    updateButtons();
+    if (source) await load(source);
+  } catch (err) {
+    await engineError(err, 'engine start');
+  }
+}
+
+/**
+ * The GPU device was lost (errors.js calls this for a `device_lost` error): a fresh Engine, the
+ * model reloaded (from the cache when possible). Whatever the lost engine was doing is over.
+ */
+export async function recoverFromDeviceLoss() {
+  if (state.recovering) return;
+  state.recovering = true;
+  state.loading = state.generating = state.comparing = false;
+  const source = state.source;
+  try {
+    setStatus('error: GPU device lost — restarting the engine…', 'error');
+    dropCompareEngine();
+    await createEngine();
+    if (source) await load(source);
+  } catch (err) {
+    showError(err, 'restarting the engine');
+  } finally {
+    state.recovering = false;
+    updateButtons();
+  }
+}

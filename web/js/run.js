@@ -1,0 +1,194 @@
+// A generation: generate with its per-step record, the live TAESD preview queue, the step
+// scrubber and what the preview canvas and numbers show for the shown step, and cancel.
+
+import { $ } from './dom.js';
+import { state, newRun } from './state.js';
+import { setStatus, engineError, showError } from './errors.js';
+import { drawBatch } from './render.js';
+import { isSparseModel, readOpts, syncPooledMiddle, updateButtons } from './controls.js';
+import { renderTokenView } from './tokenpanel.js';
+
+export async function generate() {
+  let opts;
+  try {
+    syncPooledMiddle();
+    opts = readOpts();
+  } catch (err) {
+    await engineError(err, 'settings');
+    return;
+  }
+  state.generating = true;
+  updateButtons();
+  const run = newRun(opts, state.info);
+  state.run = run;
+  state.shown = -1;
+  $('st-total').textContent = '…';
+  setStatus(`generating: step 0/${opts.steps}`);
+  try {
+    const result = await state.engine.generate(opts, (step) => {
+      try { onStep(run, step); } catch (err) { console.error('on_step', err); }
+    });
+    run.result = result;
+    run.wall = performance.now() - run.t0;
+    state.lastResult = result;
+    $('st-total').textContent = `${result.ms_total.toFixed(0)} ms (${run.wall.toFixed(0)} ms wall)`;
+    if (state.shown === -1 || state.shown >= run.steps.length - 1) drawShown();
+    setStatus(result.cancelled
+      ? `done — cancelled after ${result.ms_steps.length} of ${opts.steps} steps`
+      : `done in ${result.ms_total.toFixed(0)} ms (${opts.steps} steps, ${(result.ms_total / Math.max(1, result.ms_steps.length)).toFixed(1)} ms/step)`);
+  } catch (err) {
+    await engineError(err, 'generate');
+  } finally {
+    state.generating = false;
+    updateButtons();
+    updateScrubber();
+  }
+}
+
+/** Cancel: the running generate (or compare) stops after its current step. */
+export function cancel() {
+  try {
+    state.engine?.cancel();
+    state.compareEngine?.cancel();
+  } catch (err) {
+    showError(err, 'cancel');
+  }
+}
+
+function onStep(run, step) {
+  if (state.run !== run) return;
+  // Copy what we keep: the arrays may be views the engine reuses.
+  const rec = {
+    iter: step.iter,
+    total: step.total,
+    timestep: step.timestep,
+    grid: step.grid,
+    ms: step.ms ?? 0,
+    pred: step.pred_x0 ? new Float32Array(step.pred_x0) : null, // the clean-image guess x0
+    attention: Array.from(step.attention ?? [], (a) => ({ ...a, probs: new Float32Array(a.probs) })),
+    decoded: null, // pred through the live TAESD preview, once decoded
+  };
+  run.steps.push(rec);
+  setStatus(`generating: step ${step.iter + 1}/${step.total}`);
+  if (rec.pred && wantsLivePreview(run)) requestPreview(run, rec);
+  scheduleDraw();
+}
+
+// ---------------------------------------------------------------- live preview
+
+/**
+ * A TAESD decoder that fits the model, and the box ticked: SD-VAE is for final images only. A
+ * decoder on the CPU path (software adapters) runs on this thread, so it previews only small
+ * latents (≤ 16×16); a 256 px TAESD decode there blocks the page for seconds.
+ */
+function wantsLivePreview(run) {
+  const d = state.decoder?.info;
+  return !!d && d.arch === 'taesd' && d.latent_channels === run.channels && $('live-preview').checked
+    && (d.backend === 'webgpu' || run.size <= 16);
+}
+
+/**
+ * Decodes a step's clean-image guess with TAESD while the sampler goes on. One decode at a time:
+ * a step that arrives meanwhile waits, replacing any older waiting one, so the preview never
+ * lags more than one decode behind and never queues up work. A failed preview is only logged:
+ * the generation it belongs to reports the engine's errors (a lost device included).
+ */
+function requestPreview(run, rec) {
+  if (run.previewBusy) { run.previewNext = rec; return; }
+  run.previewBusy = true;
+  state.engine.decode(rec.pred, run.num)
+    .then((d) => {
+      rec.decoded = { image: new Float32Array(d.image), channels: d.channels, size: d.size, ms: d.ms, decoder: d.decoder };
+      run.previews += 1;
+      if (state.run === run) scheduleDraw();
+    })
+    .catch((err) => console.warn('live preview', err))
+    .finally(() => {
+      run.previewBusy = false;
+      const next = run.previewNext;
+      run.previewNext = null;
+      if (next && state.run === run && !run.result) requestPreview(run, next);
+    });
+}
+
+// ---------------------------------------------------------------- the shown step
+
+function scheduleDraw() {
+  if (state.drawPending) return;
+  state.drawPending = true;
+  requestAnimationFrame(() => {
+    state.drawPending = false;
+    updateScrubber();
+    drawShown();
+  });
+}
+
+/** Index into run.steps of the shown step, -1 when there is none. */
+export function shownIndex() {
+  const run = state.run;
+  if (!run || run.steps.length === 0) return -1;
+  return state.shown < 0 ? run.steps.length - 1 : Math.min(state.shown, run.steps.length - 1);
+}
+
+/**
+ * What the preview shows at step i: after a finished run's last step, its final sample (and
+ * that decoded); else the step's clean-image guess (and its live preview). A cancelled run has
+ * no final sample: its last step's guess stands for the partly denoised latent.
+ */
+export function shownPicture(run, i) {
+  const isFinal = !!run.result && !run.result.cancelled && i === run.steps.length - 1 && state.shown < 0;
+  const src = isFinal ? run.result : run.steps[i];
+  return { isFinal, image: isFinal ? run.result.image : run.steps[i].pred, decoded: src.decoded ?? null };
+}
+
+function updateScrubber() {
+  const run = state.run;
+  const scrub = $('scrub');
+  const count = run ? run.steps.length : 0;
+  scrub.disabled = count === 0;
+  scrub.max = String(Math.max(0, count - 1));
+  scrub.value = String(Math.max(0, shownIndex()));
+  const i = shownIndex();
+  $('scrub-label').textContent = i < 0 ? '–' : `${i + 1}/${run.steps[i].total} · t=${run.steps[i].timestep} · s=${run.steps[i].grid}`;
+}
+
+/** The scrubber moved to step `v` (its last position follows the newest step). */
+export function scrubTo(v) {
+  const run = state.run;
+  if (!run) return;
+  state.shown = !state.generating && v >= run.steps.length - 1 ? -1 : v;
+  updateScrubber();
+  drawShown();
+}
+
+/** Draws the shown step: preview, numbers and the token view. */
+function drawShown() {
+  const run = state.run;
+  const i = shownIndex();
+  if (!run || i < 0) { renderTokenView(); return; }
+  const st = run.steps[i];
+  // A latent model's final sample through the decoder; a step through the live TAESD preview
+  // when it has one, else its raw latent (first 3 channels).
+  const { isFinal, image, decoded } = shownPicture(run, i);
+  if (decoded) drawBatch($('preview'), decoded.image, decoded.channels, decoded.size, run.num);
+  else if (image) drawBatch($('preview'), image, run.channels, run.size, run.num);
+  $('preview').dataset.shows = decoded ? (isFinal ? 'decoded' : 'live-preview') : 'latent';
+  const how = decoded ? `, decoded by ${decoded.decoder} in ${decoded.ms.toFixed(0)} ms` : '';
+  const what = isFinal ? ` (final sample${how})` : decoded ? ` (live preview${how})` : '';
+  const cancelledHere = run.result?.cancelled && i === run.steps.length - 1 ? ' · cancelled here' : '';
+  $('st-step').textContent = `${st.iter + 1} / ${st.total}${what}${cancelledHere}`;
+  $('st-t').textContent = String(st.timestep);
+  $('st-grid').textContent = isSparseModel() || state.pooledRange ? `${st.grid}×${st.grid}` : 'dense';
+  $('st-ms').textContent = `${st.ms.toFixed(1)} ms`;
+  renderTokenView();
+}
+
+/** The view before any run on a newly loaded model: a blank preview of its size, no numbers. */
+export function resetRunView(info) {
+  const preview = $('preview');
+  preview.width = info.input_size;
+  preview.height = info.input_size;
+  preview.getContext('2d').clearRect(0, 0, preview.width, preview.height);
+  for (const id of ['st-step', 'st-t', 'st-grid', 'st-ms', 'st-total']) $(id).textContent = '–';
+  updateScrubber();
+}

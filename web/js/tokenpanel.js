@@ -1,0 +1,99 @@
+// The token view panel for the shown step (before a run: the planned grid): the block strip,
+// the selected block's numbers and attention maps, the MACs chart, and GPU time per block.
+
+import { $ } from './dom.js';
+import { state } from './state.js';
+import { engineError } from './errors.js';
+import { imageCanvas } from './render.js';
+import { renderBlocks, renderBlockDetail, renderAttention, renderMacsChart, formatMacs } from './tokenview.js';
+import { isSparseModel, plannedGrid, updateButtons } from './controls.js';
+import { shownIndex, shownPicture } from './run.js';
+
+/** The engine's BlockInfo[] at grid side `grid`, cached per model and pooled-middle setting. */
+function layoutFor(grid) {
+  if (!state.info) return [];
+  if (!state.layouts.has(grid)) state.layouts.set(grid, state.engine.layout(grid));
+  return state.layouts.get(grid);
+}
+
+function shownGrid() {
+  const i = shownIndex();
+  return i >= 0 ? state.run.steps[i].grid : plannedGrid();
+}
+
+/** The shown step's first image at its native size (drawn under the token grids), or null. */
+function shownImageCanvas() {
+  const run = state.run;
+  const i = shownIndex();
+  if (!run || i < 0) return null;
+  const { image } = shownPicture(run, i);
+  return image ? imageCanvas(image, run.channels, run.size, 0) : null;
+}
+
+export function renderTokenView() {
+  const info = state.info;
+  if (!info) { $('blocks').replaceChildren(); return; }
+  const grid = shownGrid();
+  const layout = layoutFor(grid);
+  const n = info.dense_grid;
+  const image = shownImageCanvas();
+  renderBlocks($('blocks'), layout, { n, image, selected: state.selected, onSelect: selectBlock });
+  const macs = layout.reduce((a, b) => a + b.macs, 0);
+  $('st-macs').textContent = `${formatMacs(macs)} per forward, batch 1`;
+  const denseLayout = layoutFor(n);
+  renderMacsChart($('macs-chart'), denseLayout, layout, {
+    denseLabel: isSparseModel() ? `s = n = ${n} (no pruning)` : 'dense',
+    sparseLabel: isSparseModel() ? `s = ${grid}` : (state.pooledRange && grid < n ? `training-free, s = ${grid}` : 'dense'),
+  });
+  const block = state.selected != null ? layout[state.selected] : null;
+  if (block) {
+    const times = state.gpuTimes.get(grid);
+    const t = times?.find((x) => x.name === block.name) ?? times?.[block.index];
+    renderBlockDetail($('block-detail'), block, { gpuMs: t ? t.ms : null, denseBlock: denseLayout[block.index] });
+    const i = shownIndex();
+    const att = i >= 0 ? state.run.steps[i].attention.find((a) => a.block === block.index) : null;
+    renderAttention($('attn'), att, {
+      block, n, image, query: state.query,
+      onPick: (q, focus) => {
+        state.query = q;
+        renderTokenView();
+        if (focus) $('attn').querySelector('canvas')?.focus();
+      },
+    });
+  } else {
+    $('attn').replaceChildren();
+  }
+}
+
+function selectBlock(index) {
+  if (state.selected !== index) state.query = 0;
+  state.selected = index;
+  renderTokenView();
+}
+
+/**
+ * GPU time per block at the shown grid (the engine's block_times: one forward of batch 2, the
+ * [cond; uncond] pair a guided step runs).
+ */
+export async function measureGpu() {
+  const grid = shownGrid();
+  $('gpu-note').textContent = 'measuring…';
+  $('measure-gpu').disabled = true;
+  try {
+    const times = await state.engine.block_times(grid);
+    if (times == null) {
+      $('gpu-note').textContent = `not available (${state.engine.backend() === 'cpu' ? 'CPU backend' : 'no timestamp queries on this adapter'})`;
+    } else {
+      state.gpuTimes.set(grid, times);
+      const total = times.reduce((a, b) => a + b.ms, 0);
+      $('gpu-note').textContent = `s = ${grid}: ${total.toFixed(2)} ms for all blocks (one forward of batch 2: cond + uncond)`;
+      if (state.selected == null) state.selected = 0;
+      renderTokenView();
+    }
+  } catch (err) {
+    $('gpu-note').textContent = '';
+    await engineError(err, 'GPU timing');
+  } finally {
+    updateButtons();
+  }
+}
