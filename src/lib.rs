@@ -22,6 +22,7 @@ pub mod error;
 pub mod flops;
 pub mod gguf;
 pub mod gpu;
+pub mod grid;
 pub mod import;
 pub mod model;
 pub mod pack;

@@ -1,4 +1,5 @@
 //! GGUF reader/writer: round trips, quantization accuracy, agreement with candle, and corrupt files.
+//! (Long on purpose: one test per way a hostile or truncated pack can be wrong, plus the fuzzers.)
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
