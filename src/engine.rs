@@ -217,7 +217,7 @@ impl SampleRequest {
     }
 }
 
-/// What the driver reports after each denoising step.
+/// What the driver reports after each denoising step (the CPU sampler's and `sample_gpu`'s).
 pub struct Step<'a> {
     /// 0-based step of the run, and the number of steps.
     pub iter: usize,
@@ -356,8 +356,7 @@ impl Engine {
                 let opts = SampleOptions { preview: req.preview, trace: req.trace };
                 sample_gpu(gpu, model, &plan.sampler, &z, &y, plan.guidance, &plan.schedule, &mut noise, opts, |s| {
                     steps_done += 1;
-                    let step = Step { iter: s.iter, total, timestep: s.timestep, grid: plan.grids[s.iter], pred_x0: s.pred_x0, attention: s.attention };
-                    let go_on = on_step(&step)?;
+                    let go_on = on_step(s)?;
                     stopped = !go_on && s.iter + 1 < total;
                     Ok(go_on)
                 })

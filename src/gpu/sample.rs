@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use crate::diffusion::{Guidance, NoiseSource, Sampler, SamplerKind, NUM_TRAIN_TIMESTEPS};
+use crate::engine::Step;
 use crate::error::{Error, Result};
 use crate::gpu::model::{GpuModel, Plan};
 use crate::gpu::ops::tokens::{sampler_step, SamplerStepParams};
@@ -38,19 +39,6 @@ pub struct StepAttention {
     pub probs: Vec<f32>,
 }
 
-/// Per-step report of a GPU sampling run.
-pub struct GpuStep<'a> {
-    pub iter: usize,
-    pub total: usize,
-    pub timestep: usize,
-    /// Sparse grid side used at this step.
-    pub grid: usize,
-    /// Predicted x0 (n, C, H, W), present when previews were asked for.
-    pub pred_x0: Option<&'a [f32]>,
-    /// Attention maps, when tracing.
-    pub attention: &'a [StepAttention],
-}
-
 /// Sample `n = z.len() / (C H W)` latents for labels `y` on the GPU. `on_step` returns whether
 /// to go on: `false` stops after that step and returns the partly denoised latent.
 #[allow(clippy::too_many_arguments)]
@@ -64,7 +52,7 @@ pub async fn sample_gpu(
     schedule: &GridSchedule,
     noise: &mut dyn NoiseSource,
     opts: SampleOptions,
-    mut on_step: impl FnMut(&GpuStep) -> Result<bool>,
+    mut on_step: impl FnMut(&Step) -> Result<bool>,
 ) -> Result<Vec<f32>> {
     let cfg = &model.cfg;
     let chw = cfg.in_channels * cfg.input_size * cfg.input_size;
@@ -87,7 +75,8 @@ pub async fn sample_gpu(
     let spatial = cfg.input_size * cfg.input_size;
     for (iter, i) in (0..total).rev().enumerate() {
         let t_orig = sampler.diffusion.timestep_map[i];
-        let grid = schedule.grid_at(t_orig as f64, NUM_TRAIN_TIMESTEPS, cfg.num_tokens());
+        // (a dense model runs at its dense grid whatever the schedule says)
+        let grid = if cfg.uses_grid() { schedule.grid_at(t_orig as f64, NUM_TRAIN_TIMESTEPS, cfg.num_tokens()) } else { cfg.grid() };
         if !plans.contains_key(&grid) {
             // Plans of later grids share the first plan's activation buffers.
             let plan = match plans.values().next() {
@@ -121,7 +110,7 @@ pub async fn sample_gpu(
                 attention.push(StepAttention { block, name: cap.block.clone(), kind, tq: cap.tq, tk: cap.tk, probs });
             }
         }
-        let go_on = on_step(&GpuStep { iter, total, timestep: t_orig, grid, pred_x0: pred.as_deref(), attention: &attention })?;
+        let go_on = on_step(&Step { iter, total, timestep: t_orig, grid, pred_x0: pred.as_deref(), attention: &attention })?;
         if !go_on {
             break;
         }
