@@ -12,7 +12,7 @@ use common::random_nonzero as random;
 use candle_core::{Device, Tensor};
 use sparsedit::diffusion::{Diffusion, Guidance, SamplerKind, VarianceType};
 use sparsedit::gpu::ops::tokens::{
-    adaptive_avg_pool, condition, mean_tokens, patchify, residual_broadcast, sampler_step, unpatchify, upsample_nearest,
+    adaptive_avg_pool, condition, mean_tokens, patchify, residual_broadcast, sampler_step, unpatchify, upsample_nearest, Resize,
     SamplerStepParams,
 };
 use sparsedit::gpu::{Dispatch, Gpu, GpuBuf};
@@ -157,7 +157,7 @@ fn pooling_and_upsampling_match_the_reference() {
         let want = pool.broadcast_matmul(&dt).unwrap();
         let db = gpu.upload("dense", &dense).unwrap();
         let out = gpu.zeros("sparse", b * s * s * c).unwrap();
-        run(&gpu, adaptive_avg_pool(&gpu, "pool", &db, b, n, s, c, &out).unwrap());
+        run(&gpu, adaptive_avg_pool(&gpu, "pool", &db, Resize { batch: b, from: n, to: s, channels: c }, &out).unwrap());
         assert_close(&format!("adaptive_avg_pool {n} -> {s}"), &gpu.read(&out).unwrap(), &vec_of(&want), TOL);
 
         // Nearest upsampling s -> n, as TokenRecoverBlock (index_select over tokens).
@@ -166,7 +166,7 @@ fn pooling_and_upsampling_match_the_reference() {
         let want = st.index_select(&nearest_upsample_index(s, n, &dev).unwrap(), 1).unwrap();
         let sb = gpu.upload("sparse", &sparse).unwrap();
         let up = gpu.zeros("up", b * n * n * c).unwrap();
-        run(&gpu, upsample_nearest(&gpu, "upsample", &sb, b, s, n, c, &up).unwrap());
+        run(&gpu, upsample_nearest(&gpu, "upsample", &sb, Resize { batch: b, from: s, to: n, channels: c }, &up).unwrap());
         assert_close(&format!("upsample_nearest {s} -> {n}"), &gpu.read(&up).unwrap(), &vec_of(&want), 0.0);
     }
 }
@@ -317,11 +317,12 @@ fn shape_errors_are_reported() {
     let xb = z(200);
     assert!(msg(residual_broadcast(&gpu, "res", &xb, 2, 5, 20, &z(240), 120, 40, &xb)).contains("also"));
     // pooling / upsampling.
-    assert!(msg(adaptive_avg_pool(&gpu, "pool", &z(2 * 36 * 20 - 1), 2, 6, 4, 20, &z(2 * 16 * 20))).contains("pool input"));
-    assert!(msg(adaptive_avg_pool(&gpu, "pool", &z(2 * 36 * 20), 2, 6, 4, 20, &z(10))).contains("pool output"));
-    assert!(msg(adaptive_avg_pool(&gpu, "pool", &z(2 * 36 * 20), 2, 6, 0, 20, &z(10))).contains("empty"));
-    assert!(msg(upsample_nearest(&gpu, "ups", &z(2 * 16 * 20), 2, 4, 6, 20, &z(10))).contains("ups output"));
-    assert!(msg(upsample_nearest(&gpu, "ups", &z(10), 2, 4, 6, 20, &z(2 * 36 * 20))).contains("ups input"));
+    let rs = |from, to| Resize { batch: 2, from, to, channels: 20 };
+    assert!(msg(adaptive_avg_pool(&gpu, "pool", &z(2 * 36 * 20 - 1), rs(6, 4), &z(2 * 16 * 20))).contains("pool input"));
+    assert!(msg(adaptive_avg_pool(&gpu, "pool", &z(2 * 36 * 20), rs(6, 4), &z(10))).contains("pool output"));
+    assert!(msg(adaptive_avg_pool(&gpu, "pool", &z(2 * 36 * 20), rs(6, 0), &z(10))).contains("empty"));
+    assert!(msg(upsample_nearest(&gpu, "ups", &z(2 * 16 * 20), rs(4, 6), &z(10))).contains("ups output"));
+    assert!(msg(upsample_nearest(&gpu, "ups", &z(10), rs(4, 6), &z(2 * 36 * 20))).contains("ups input"));
     // sampler_step: model output of the unguided size for a guided step, too few channels,
     // small noise, aliased x0.
     let d = Diffusion::new("ddim10").unwrap();

@@ -15,7 +15,7 @@ use crate::config::{Config, FREQ_DIM};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorType};
 use crate::gpu::ops::attention::{attention, attention_probs, AttnShape};
-use crate::gpu::ops::tokens;
+use crate::gpu::ops::tokens::{self, Resize};
 use crate::gpu::ops::{layernorm_modulate, linear_with, Epilogue, GpuLinear, Precision};
 use crate::gpu::weights::{lin, table};
 pub use crate::gpu::weights::{EncodedMap, GpuStreamSink, WeightSource};
@@ -282,7 +282,8 @@ impl TokenRecoverBlock {
         let (gpu, b, c, name) = (r.gpu, r.b, r.c, &self.name);
         let (st, nt) = (s * s, n * n);
         // up (B, N, C): nearest upsampling (a copy when s = n).
-        r.d.push(tokens::upsample_nearest(gpu, &format!("{name}.upsample"), sparse, b, s, n, c, up)?);
+        let to_dense = Resize { batch: b, from: s, to: n, channels: c };
+        r.d.push(tokens::upsample_nearest(gpu, &format!("{name}.upsample"), sparse, to_dense, up)?);
         r.modulation(&self.ada)?;
         r.modulate(format!("{name}.norm1.kv"), sparse, st, Half::Msa, normed_kv)?;
         self.attn.keys_values(r, normed_kv, st)?; // (B, st, 2C)
@@ -532,9 +533,10 @@ impl GpuModel {
                     Some(k) => format!("dumbbell_blocks.{k}.pool"),
                     None => "pooled_middle.pool".to_string(),
                 };
-                r.d.push(tokens::adaptive_avg_pool(gpu, &label, bufs[entry], b, n, s, c, &a.sparse)?);
+                let to_sparse = Resize { batch: b, from: n, to: s, channels: c };
+                r.d.push(tokens::adaptive_avg_pool(gpu, &label, bufs[entry], to_sparse, &a.sparse)?);
                 if spec.kind == BlockKind::Pooled {
-                    r.d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool_base", bufs[entry], b, n, s, c, &a.pooled_base)?);
+                    r.d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool_base", bufs[entry], to_sparse, &a.pooled_base)?);
                 }
                 h = SPARSE;
             }
@@ -550,7 +552,8 @@ impl GpuModel {
             }
             if spec.unpool_after {
                 // pooled middle: dense += up(middle(pool(dense)) - pool(dense))
-                r.d.push(tokens::pooled_residual(gpu, "pooled_middle.upsample", bufs[entry], &a.sparse, &a.pooled_base, b, s, n, c)?);
+                let to_dense = Resize { batch: b, from: s, to: n, channels: c };
+                r.d.push(tokens::pooled_residual(gpu, "pooled_middle.upsample", bufs[entry], &a.sparse, &a.pooled_base, to_dense)?);
                 h = entry;
             }
             let grid_side = if spec.kind == BlockKind::Poolingformer { 1 } else { s };

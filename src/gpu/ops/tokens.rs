@@ -156,11 +156,22 @@ pub fn residual_broadcast(
     gpu.dispatch(&kernel, label, &params, &[x, mods, a], groups(label, total, WG)?)
 }
 
-/// out (B, s*s, C) = PyTorch AdaptiveAvgPool2d of the n x n token grid x (B, n*n, C) to s x s
-/// (`model::adaptive_avg_pool_matrix`; overlapping windows when s does not divide n, s may
-/// exceed n).
-#[allow(clippy::too_many_arguments)]
-pub fn adaptive_avg_pool(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, n: usize, s: usize, c: usize, out: &GpuBuf) -> Result<Dispatch> {
+/// A move of a batch of square token grids from one side to another: `batch` grids of
+/// `from` x `from` tokens to `to` x `to` tokens of `channels` each (pooling n -> s, upsampling
+/// s -> n), so the two sides cannot be swapped by argument order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resize {
+    pub batch: usize,
+    pub from: usize,
+    pub to: usize,
+    pub channels: usize,
+}
+
+/// out (B, s*s, C) = PyTorch AdaptiveAvgPool2d of the n x n token grid x (B, n*n, C) to s x s,
+/// n = `r.from`, s = `r.to` (`grid::adaptive_avg_pool_matrix`; overlapping windows when s does
+/// not divide n, s may exceed n).
+pub fn adaptive_avg_pool(gpu: &Gpu, label: &str, x: &GpuBuf, r: Resize, out: &GpuBuf) -> Result<Dispatch> {
+    let Resize { batch, from: n, to: s, channels: c } = r;
     let input = elems(label, "input (B, n, n, C)", &[batch, n, n, c])?;
     let total = elems(label, "output (B, s, s, C)", &[batch, s, s, c])?;
     // Window ends (oi + 1) * n + s - 1 are computed in u32.
@@ -175,10 +186,10 @@ pub fn adaptive_avg_pool(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, n: us
     gpu.dispatch(&kernel, label, &params, &[x, out], groups(label, total, WG)?)
 }
 
-/// out (B, n*n, C) = PyTorch 'nearest' upsampling of the s x s token grid x (B, s*s, C) to n x n
-/// (`model::nearest_source` per axis; the identity when s == n).
-#[allow(clippy::too_many_arguments)]
-pub fn upsample_nearest(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, s: usize, n: usize, c: usize, out: &GpuBuf) -> Result<Dispatch> {
+/// out (B, n*n, C) = PyTorch 'nearest' upsampling of the s x s token grid x (B, s*s, C) to n x n,
+/// s = `r.from`, n = `r.to` (`grid::nearest_source` per axis; the identity when s == n).
+pub fn upsample_nearest(gpu: &Gpu, label: &str, x: &GpuBuf, r: Resize, out: &GpuBuf) -> Result<Dispatch> {
+    let Resize { batch, from: s, to: n, channels: c } = r;
     let input = elems(label, "input (B, s, s, C)", &[batch, s, s, c])?;
     let total = elems(label, "output (B, n, n, C)", &[batch, n, n, c])?;
     need(&format!("{label} input"), x, input)?;
@@ -191,11 +202,11 @@ pub fn upsample_nearest(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, s: usi
     gpu.dispatch(&kernel, label, &params, &[x, out], groups(label, total, WG)?)
 }
 
-/// h (B, n*n, C) += nearest-upsampled (x - base), x and base (B, s*s, C): what the pooled middle
-/// blocks added to the pooled tokens, brought back to every dense token of its cell
-/// (`config::PooledMiddle`; `model::nearest_source` per axis).
-#[allow(clippy::too_many_arguments)]
-pub fn pooled_residual(gpu: &Gpu, label: &str, h: &GpuBuf, x: &GpuBuf, base: &GpuBuf, batch: usize, s: usize, n: usize, c: usize) -> Result<Dispatch> {
+/// h (B, n*n, C) += nearest-upsampled (x - base), x and base (B, s*s, C), s = `r.from`,
+/// n = `r.to`: what the pooled middle blocks added to the pooled tokens, brought back to every
+/// dense token of its cell (`config::PooledMiddle`; `grid::nearest_source` per axis).
+pub fn pooled_residual(gpu: &Gpu, label: &str, h: &GpuBuf, x: &GpuBuf, base: &GpuBuf, r: Resize) -> Result<Dispatch> {
+    let Resize { batch, from: s, to: n, channels: c } = r;
     let pooled = elems(label, "pooled (B, s, s, C)", &[batch, s, s, c])?;
     let total = elems(label, "dense (B, n, n, C)", &[batch, n, n, c])?;
     if s == 0 {
