@@ -47,16 +47,15 @@ impl Backend {
     }
 }
 
-/// The model on its backend.
+/// The model on its backend: the CPU model, or the GPU model with the GPU it lives on.
 pub enum Net {
     Cpu(Box<Model>),
-    Gpu(Box<GpuModel>),
+    Gpu(Rc<Gpu>, Box<GpuModel>),
 }
 
-/// A loaded model and the GPU it runs on (none on the CPU path).
+/// A loaded model on its backend.
 pub struct Engine {
     net: Net,
-    gpu: Option<Rc<Gpu>>,
 }
 
 /// What to sample. [`SampleRequest::plan`] checks it against a model before any work.
@@ -244,20 +243,20 @@ pub struct Sampled {
 }
 
 impl Engine {
-    pub fn new(net: Net, gpu: Option<Rc<Gpu>>) -> Result<Engine> {
-        if matches!(net, Net::Gpu(_)) && gpu.is_none() {
-            return Err(Error::arg("a GPU model needs its GPU"));
-        }
-        Ok(Engine { net, gpu })
+    pub fn new(net: Net) -> Engine {
+        Engine { net }
     }
 
     /// A model from named f32 tensors (official key names) on `gpu`, or on the CPU.
     pub fn from_tensors(gpu: Option<Rc<Gpu>>, cfg: Config, tensors: TensorMap) -> Result<Engine> {
-        let net = match &gpu {
+        let net = match gpu {
             None => Net::Cpu(Box::new(Model::from_tensors(cfg, tensors)?)),
-            Some(g) => Net::Gpu(Box::new(GpuModel::load(g, cfg, &EncodedMap { tensors: &tensors, quant: TensorType::F32 })?)),
+            Some(g) => {
+                let model = GpuModel::load(&g, cfg, &EncodedMap { tensors: &tensors, quant: TensorType::F32 })?;
+                Net::Gpu(g, Box::new(model))
+            }
         };
-        Engine::new(net, gpu)
+        Ok(Engine::new(net))
     }
 
     /// A model from a parsed pack: its linear weights stay quantized on the GPU; the CPU path
@@ -268,7 +267,7 @@ impl Engine {
 
     /// A model from any weight source (a pack, a streamed pack).
     pub fn from_source(gpu: Option<Rc<Gpu>>, cfg: Config, src: &dyn WeightSource) -> Result<Engine> {
-        let net = match &gpu {
+        let net = match gpu {
             None => {
                 let mut tensors = TensorMap::new();
                 for (name, shape) in Model::expected_tensors(&cfg)? {
@@ -280,15 +279,18 @@ impl Engine {
                 }
                 Net::Cpu(Box::new(Model::from_tensors(cfg, tensors)?))
             }
-            Some(g) => Net::Gpu(Box::new(GpuModel::load(g, cfg, src)?)),
+            Some(g) => {
+                let model = GpuModel::load(&g, cfg, src)?;
+                Net::Gpu(g, Box::new(model))
+            }
         };
-        Engine::new(net, gpu)
+        Ok(Engine::new(net))
     }
 
     pub fn cfg(&self) -> &Config {
         match &self.net {
             Net::Cpu(m) => &m.cfg,
-            Net::Gpu(m) => &m.cfg,
+            Net::Gpu(_, m) => &m.cfg,
         }
     }
 
@@ -298,12 +300,15 @@ impl Engine {
 
     /// The GPU the model runs on; `None` on the CPU path.
     pub fn gpu(&self) -> Option<&Rc<Gpu>> {
-        self.gpu.as_ref()
+        match &self.net {
+            Net::Gpu(g, _) => Some(g),
+            Net::Cpu(_) => None,
+        }
     }
 
     /// `cpu (candle)` or `gpu: <adapter>`.
     pub fn describe(&self) -> String {
-        match &self.gpu {
+        match self.gpu() {
             None => "cpu (candle)".into(),
             Some(g) => format!("gpu: {}", g.describe()),
         }
@@ -313,23 +318,22 @@ impl Engine {
     pub fn set_pooled_middle(&mut self, pm: Option<PooledMiddle>) -> Result<()> {
         match &mut self.net {
             Net::Cpu(m) => m.set_pooled_middle(pm),
-            Net::Gpu(m) => m.set_pooled_middle(pm),
+            Net::Gpu(_, m) => m.set_pooled_middle(pm),
         }
     }
 
     /// model(x, t, y) at sparse grid `grid`: x (B, c_in, I, I) -> (B, c_out, I, I).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward(&self, x: &Tensor, t: &[f32], y: &[i64], grid: usize) -> Result<Tensor> {
-        match (&self.net, &self.gpu) {
-            (Net::Cpu(m), _) => m.forward(x, t, y, grid),
-            (Net::Gpu(m), Some(g)) => {
+        match &self.net {
+            Net::Cpu(m) => m.forward(x, t, y, grid),
+            Net::Gpu(g, m) => {
                 let c = &m.cfg;
                 let b = c.check_inputs(x.dims(), t, y)?;
                 let plan = m.plan(g, b, grid)?;
                 let out = m.forward(g, &plan, &to_vec_f32(x)?, t, y)?;
                 Ok(Tensor::from_vec(out, (b, c.out_channels(), c.input_size, c.input_size), &Device::Cpu)?)
             }
-            (Net::Gpu(_), None) => Err(Error::arg("a GPU model needs its GPU")),
         }
     }
 
@@ -351,8 +355,8 @@ impl Engine {
         let total = plan.grids.len();
         let mut steps_done = 0usize;
         let mut stopped = false;
-        let latent = match (&self.net, &self.gpu) {
-            (Net::Gpu(model), Some(gpu)) => {
+        let latent = match &self.net {
+            Net::Gpu(gpu, model) => {
                 let opts = SampleOptions { preview: req.preview, trace: req.trace };
                 sample_gpu(gpu, model, &plan.sampler, &z, &y, plan.guidance, &plan.schedule, &mut noise, opts, |s| {
                     steps_done += 1;
@@ -362,7 +366,7 @@ impl Engine {
                 })
                 .await?
             }
-            (Net::Cpu(model), _) => {
+            Net::Cpu(model) => {
                 let zt = Tensor::from_vec(z, (n, c, i, i), &Device::Cpu)?;
                 let maps: RefCell<Vec<StepAttention>> = RefCell::new(Vec::new());
                 let mut partial: Option<Vec<f32>> = None;
@@ -408,7 +412,6 @@ impl Engine {
                     (run, _) => to_vec_f32(&run?)?,
                 }
             }
-            (Net::Gpu(_), None) => return Err(Error::arg("a GPU model needs its GPU")),
         };
         Ok(Sampled { latent, shape, cancelled: stopped, steps_done })
     }

@@ -535,7 +535,7 @@ impl Engine {
                 (i.gpu.clone(), i.loaded.clone())
             };
             let (Some(gpu), Some(loaded)) = (gpu, loaded) else { return Ok(JsValue::NULL) };
-            let Net::Gpu(model) = loaded.engine.net() else { return Ok(JsValue::NULL) };
+            let Net::Gpu(_, model) = loaded.engine.net() else { return Ok(JsValue::NULL) };
             if !gpu.has_timestamps {
                 return Ok(JsValue::NULL);
             }
@@ -578,9 +578,8 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
         (i.loaded.clone().ok_or_else(|| call_err("no model loaded"))?, i.decoder.clone())
     };
     let cfg = loaded.cfg();
+    // (checked by `sample` before any work)
     let req = o.request(cfg).map_err(js_err)?;
-    // Everything is checked before any work.
-    req.plan(cfg).map_err(js_err)?;
 
     let start = now_ms();
     let mut last = start;
