@@ -40,7 +40,9 @@ pub fn random_tensors(cfg: &Config, seed: u64) -> Result<TensorMap> {
     put("x_embedder.proj.bias".into(), vec![c], 0.02)?;
     linear(&mut put, "t_embedder.mlp.0", crate::config::FREQ_DIM, c, 1.0)?;
     linear(&mut put, "t_embedder.mlp.2", c, c, 1.0)?;
-    put("y_embedder.embedding_table.weight".into(), vec![cfg.num_classes + cfg.class_null as usize, c], 1.0)?;
+    if cfg.is_class_conditional() {
+        put("y_embedder.embedding_table.weight".into(), vec![cfg.num_classes + cfg.class_null as usize, c], 1.0)?;
+    }
     for spec in cfg.blocks(cfg.grid()) {
         let b = |s: &str| format!("{}.{s}", spec.prefix);
         match spec.kind.weights() {
@@ -64,6 +66,9 @@ pub fn random_tensors(cfg: &Config, seed: u64) -> Result<TensorMap> {
     linear(&mut put, "final_layer.linear", c, p * p * cfg.out_channels(), 1.0)?;
     let n = cfg.grid();
     map.insert("pos_embed".into(), Tensor::from_vec(sincos_pos_embed(c, n), (1, n * n, c), &dev)?);
+    if let Some(f) = cfg.num_frames {
+        map.insert("temp_embed".into(), Tensor::from_vec(crate::grid::sincos_1d(c, f), (1, f, c), &dev)?);
+    }
     Ok(map)
 }
 

@@ -10,7 +10,12 @@
 //!   blocks of an SDTM, which read the first one's dense output (nearest upsampling from n to n
 //!   is then the identity);
 //! - the training-free pooled middle of a plain DiT: blocks `start..end` run on the pooled grid,
-//!   pooled on entry and added back to the dense tokens on exit (see [`PooledMiddle`]).
+//!   pooled on entry and added back to the dense tokens on exit (see [`PooledMiddle`]);
+//! - in a video model (Latte) blocks alternate spatial / temporal ([`Axis`]): even positions of
+//!   every list attend over the tokens of a frame, odd ones over the frames of a token position.
+//!   In a sparse video layout only the spatial block of a pair is a Poolingformer, merge or
+//!   recover block; its temporal partner is a plain DiT block on whatever grid the pair leaves
+//!   (pooled cells after a merge, dense positions after a recover).
 
 use serde::Serialize;
 
@@ -83,6 +88,16 @@ impl BlockKind {
     }
 }
 
+/// What a block's attention runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Axis {
+    /// Over the tokens of one image / frame: (B·F, T, C). Every block of an image model.
+    Spatial,
+    /// Over the frames of one token position (Latte's odd blocks): (B·T, F, C).
+    Temporal,
+}
+
 /// Which third of the model a block is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +118,7 @@ pub struct BlockSpec {
     /// Position in forward order.
     pub index: usize,
     pub kind: BlockKind,
+    pub axis: Axis,
     pub segment: Segment,
     /// Official checkpoint prefix (`blocks.3`, `dumbbell_blocks.0.token_merge_blocks.0`).
     pub prefix: String,
@@ -155,19 +171,23 @@ impl Config {
     /// [`BlockKind::Dit`] at a grid as fine as the dense one; both have DiT weights.
     pub fn blocks(&self, grid: usize) -> Vec<BlockSpec> {
         let n = self.grid();
+        let video = self.is_video();
+        // In a video model the odd position of every list is the temporal block of a pair.
+        let axis_of = |j: usize| if video && j % 2 == 1 { Axis::Temporal } else { Axis::Spatial };
         let mut out: Vec<BlockSpec> = Vec::with_capacity(self.layout.depth());
-        let mut push = |kind, segment, prefix: String, sdtm, in_side, side, pool_before| {
-            out.push(BlockSpec { index: out.len(), kind, segment, prefix, sdtm, in_side, side, pool_before, unpool_after: false });
+        let mut push = |kind, axis, segment, prefix: String, sdtm, in_side, side, pool_before| {
+            out.push(BlockSpec { index: out.len(), kind, axis, segment, prefix, sdtm, in_side, side, pool_before, unpool_after: false });
         };
         match &self.layout {
             Layout::Dense { depth } => {
                 let pm: Option<PooledMiddle> = self.pooled_middle_at(grid);
                 for i in 0..*depth {
+                    let axis = axis_of(i);
                     match pm {
                         Some(pm) if pm.contains(i) => {
-                            push(BlockKind::Pooled, Segment::Middle, format!("blocks.{i}"), None, grid, grid, i == pm.start)
+                            push(BlockKind::Pooled, axis, Segment::Middle, format!("blocks.{i}"), None, grid, grid, i == pm.start)
                         }
-                        _ => push(BlockKind::Dit, Segment::Dense, format!("blocks.{i}"), None, n, n, false),
+                        _ => push(BlockKind::Dit, axis, Segment::Dense, format!("blocks.{i}"), None, n, n, false),
                     }
                 }
                 if let Some(pm) = pm {
@@ -177,7 +197,11 @@ impl Config {
             Layout::Sparse(sl) => {
                 let s = grid;
                 for i in 0..sl.num_poolingformer {
-                    push(BlockKind::Poolingformer, Segment::Bottom, format!("poolingformer_blocks.{i}"), None, n, n, false);
+                    let (kind, axis) = match axis_of(i) {
+                        Axis::Spatial => (BlockKind::Poolingformer, Axis::Spatial),
+                        Axis::Temporal => (BlockKind::Normal, Axis::Temporal),
+                    };
+                    push(kind, axis, Segment::Bottom, format!("poolingformer_blocks.{i}"), None, n, n, false);
                 }
                 for k in 0..sl.num_sdtm {
                     let mut side = s; // tokens of the running hidden state inside the module
@@ -185,16 +209,23 @@ impl Config {
                     for ((part, kind), &count) in SDTM_PARTS.iter().zip(sl.group.iter()) {
                         for j in 0..count {
                             let prefix = format!("dumbbell_blocks.{k}.{part}.{j}");
-                            // A recover block brings the tokens back to the dense grid.
-                            let out_side = if *kind == BlockKind::Recover { n } else { side };
-                            push(*kind, Segment::Middle, prefix, Some(k), side, out_side, first);
+                            let axis = axis_of(j);
+                            let (kind, out_side) = match (axis, *kind) {
+                                // A recover block brings the tokens back to the dense grid.
+                                (Axis::Spatial, BlockKind::Recover) => (BlockKind::Recover, n),
+                                (Axis::Spatial, kind) => (kind, side),
+                                // A temporal partner is a DiT block on the grid its pair left.
+                                (Axis::Temporal, BlockKind::Recover | BlockKind::Normal) => (BlockKind::Normal, side),
+                                (Axis::Temporal, _) => (BlockKind::Semantic, side),
+                            };
+                            push(kind, axis, Segment::Middle, prefix, Some(k), side, out_side, first);
                             side = out_side;
                             first = false;
                         }
                     }
                 }
                 for i in 0..sl.num_top {
-                    push(BlockKind::Normal, Segment::Top, format!("normal_blocks.{i}"), None, n, n, false);
+                    push(BlockKind::Normal, axis_of(i), Segment::Top, format!("normal_blocks.{i}"), None, n, n, false);
                 }
             }
         }

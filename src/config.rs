@@ -1,11 +1,16 @@
-//! Architecture description of a DiT or SparseDiT, with the published presets.
+//! Architecture description of a DiT or SparseDiT — or, with `num_frames`, of the video models
+//! Latte and this crate's spatial-temporal SparseDiT — with the published presets.
 //!
-//! Shapes use B = batch, N = dense tokens, S = sparse tokens, C = hidden size, H = heads.
+//! Shapes use B = batch, F = frames, N = dense tokens, S = sparse tokens, C = hidden size,
+//! H = heads.
 
+use crate::blocks::BlockWeights;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// The sequence of transformer blocks.
+/// The sequence of transformer blocks. Counts are blocks; in a video model (Latte) the blocks
+/// come in (spatial, temporal) pairs — `blocks.{2i}` spatial, `blocks.{2i+1}` temporal, and in a
+/// sparse layout every sub-list likewise — so every count is even there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Layout {
@@ -67,6 +72,11 @@ pub struct Config {
     pub layout: Layout,
     /// Default sparse grid side s (the official `semantic_size`, 8 in the released runs).
     pub semantic_size: usize,
+    /// Video models (Latte): frames F of every clip, the length of the official `temp_embed`
+    /// table (the official forward repeats the conditioning by this number, so a clip must have
+    /// exactly F frames). `None` for image models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_frames: Option<usize>,
     /// Training-free sparsification of a plain DiT (a run-time choice, never stored in a pack):
     /// see [`PooledMiddle`]. `None` for SparseDiT layouts and for ordinary dense runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +136,8 @@ pub const PRESETS: &[&str] = &[
     "dit-s8",
     "dit-tiny",
     "sparsedit-tiny",
+    "latte-xl2-ucf101",
+    "sparselatte-xl2-ucf101",
 ];
 
 impl Config {
@@ -157,8 +169,32 @@ impl Config {
             learn_sigma: true,
             layout: Layout::Dense { depth },
             semantic_size: 8,
+            num_frames: None,
             pooled_middle: None,
         })
+    }
+
+    /// Latte (variant 1, alternating spatial / temporal blocks) of DiT's sizes, as the official
+    /// `Latte_models` build them: the released class-conditional UCF101 model is
+    /// `latte("XL", 2, 256, 16, 101)` (`extras: 2`, learned sigma, label dropout so a null row).
+    /// `num_classes` 0 is an unconditional model (`extras: 1`, no label table).
+    pub fn latte(size: &str, patch: usize, image_px: usize, frames: usize, num_classes: usize) -> Result<Config> {
+        let mut cfg = Config::dit(size, patch, image_px)?;
+        cfg.num_frames = Some(frames);
+        cfg.num_classes = num_classes;
+        cfg.class_null = num_classes > 0;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// This crate's spatial-temporal SparseDiT for Latte-XL/2 (see the README's "Video" section):
+    /// the tri-segment layout in (spatial, temporal) block pairs — 1 Poolingformer pair, 2 SDTMs
+    /// of [1 merge, 4 semantic, 1 recover, 0 normal] pairs, 1 top pair — with s = 8.
+    pub fn sparse_latte_xl2(image_px: usize, frames: usize, num_classes: usize) -> Result<Config> {
+        let mut cfg = Config::latte("XL", 2, image_px, frames, num_classes)?;
+        cfg.layout = Layout::Sparse(SparseLayout { num_poolingformer: 2, num_sdtm: 2, group: [2, 8, 2, 0], num_top: 2 });
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// The released SparseDiT-XL/2 layouts: 256 px = 1 Poolingformer, 4 x [1,3,1,1], 3 top;
@@ -191,6 +227,7 @@ impl Config {
                 Layout::Dense { depth: 10 }
             },
             semantic_size: 4,
+            num_frames: None,
             pooled_middle: None,
         }
     }
@@ -205,6 +242,8 @@ impl Config {
             "sparsedit-xl2-512" => Config::sparsedit_xl2(512)?,
             "dit-tiny" => Config::tiny(false),
             "sparsedit-tiny" => Config::tiny(true),
+            "latte-xl2-ucf101" => Config::latte("XL", 2, 256, 16, 101)?,
+            "sparselatte-xl2-ucf101" => Config::sparse_latte_xl2(256, 16, 101)?,
             _ => {
                 // dit-{xl,l,b,s}{2,4,8}, 256 px
                 let rest = lower.strip_prefix("dit-").ok_or_else(|| unknown_preset(name))?;
@@ -244,9 +283,61 @@ impl Config {
         self.class_null.then_some(self.num_classes)
     }
 
+    /// Whether the model reads a class label (`y_embedder`); an unconditional Latte (the
+    /// official `extras: 1`) has no label table and ignores y.
+    pub fn is_class_conditional(&self) -> bool {
+        self.num_classes > 0
+    }
+
+    /// A video model (Latte layout): inputs (B, F, C, H, W).
+    pub fn is_video(&self) -> bool {
+        self.num_frames.is_some()
+    }
+
+    /// Frames per clip: F for a video model, 1 for an image model.
+    pub fn frames(&self) -> usize {
+        self.num_frames.unwrap_or(1)
+    }
+
+    /// Eps channels the official `forward_with_cfg` guides: the first 3 in DiT / SparseDiT
+    /// (`model_out[:, :3]`), the first 4 in Latte (`model_out[:, :, :4]`).
+    pub fn official_guided_channels(&self) -> usize {
+        if self.is_video() {
+            4
+        } else {
+            3
+        }
+    }
+
+    /// Shape of `n` latents: (n, C, I, I), or (n, F, C, I, I) for a video model.
+    pub fn latent_shape(&self, n: usize) -> Vec<usize> {
+        let (c, i) = (self.in_channels, self.input_size);
+        match self.num_frames {
+            Some(f) => vec![n, f, c, i, i],
+            None => vec![n, c, i, i],
+        }
+    }
+
+    /// Shape of the model output for `n` rows: as [`Config::latent_shape`] with `c_out` channels.
+    pub fn output_shape(&self, n: usize) -> Vec<usize> {
+        let mut s = self.latent_shape(n);
+        let ch = s.len() - 3;
+        s[ch] = self.out_channels();
+        s
+    }
+
+    /// Values in one latent (one image or one clip).
+    pub fn latent_len(&self) -> usize {
+        self.latent_shape(1).iter().product()
+    }
+
     /// Check labels against the label table: 0..num_classes, plus the null label when present.
-    /// Shared by the CPU and GPU models (the GPU shader only clamps).
+    /// An unconditional model ignores labels. Shared by the CPU and GPU models (the GPU shader
+    /// only clamps).
     pub fn check_labels(&self, y: &[i64]) -> Result<()> {
+        if !self.is_class_conditional() {
+            return Ok(());
+        }
         let max = self.num_classes as i64 - 1 + self.class_null as i64;
         match y.iter().position(|&l| l < 0 || l > max) {
             Some(i) => Err(Error::arg(format!(
@@ -259,15 +350,14 @@ impl Config {
         }
     }
 
-    /// Check model inputs x (B, c_in, I, I) by its dims, t (B, finite) and y (B, valid labels);
-    /// returns B. Shared by the CPU and GPU models.
+    /// Check model inputs x (B, c_in, I, I) — (B, F, c_in, I, I) for video — by its dims,
+    /// t (B, finite) and y (B, valid labels); returns B. Shared by the CPU and GPU models.
     pub fn check_inputs(&self, x_dims: &[usize], t: &[f32], y: &[i64]) -> Result<usize> {
-        let want = [self.in_channels, self.input_size, self.input_size];
-        if x_dims.len() != 4 || x_dims[1..] != want {
-            return Err(Error::arg(format!(
-                "input x has shape {x_dims:?}, the model takes (B, {}, {}, {})",
-                want[0], want[1], want[2]
-            )));
+        let want = self.latent_shape(1);
+        if x_dims.len() != want.len() || x_dims[1..] != want[1..] {
+            let names = if self.is_video() { "(B, F, C, H, W)" } else { "(B, C, H, W)" };
+            let dims: Vec<String> = want[1..].iter().map(|d| d.to_string()).collect();
+            return Err(Error::arg(format!("input x has shape {x_dims:?}, the model takes {names} = (B, {})", dims.join(", "))));
         }
         let b = x_dims[0];
         if b == 0 || t.len() != b || y.len() != b {
@@ -312,12 +402,13 @@ impl Config {
         self.pooled_middle.filter(|_| grid >= 1 && grid < self.grid())
     }
 
-    /// "sparsedit" or "dit".
+    /// The pack architecture: "dit", "sparsedit", "latte" or "sparselatte".
     pub fn arch_name(&self) -> &'static str {
-        if self.layout.is_sparse() {
-            "sparsedit"
-        } else {
-            "dit"
+        match (self.is_video(), self.layout.is_sparse()) {
+            (false, false) => "dit",
+            (false, true) => "sparsedit",
+            (true, false) => "latte",
+            (true, true) => "sparselatte",
         }
     }
 
@@ -336,8 +427,23 @@ impl Config {
         if !self.hidden_size.is_multiple_of(2) {
             return bad(format!("width {} must be even (sin-cos position table)", self.hidden_size));
         }
-        if self.num_classes == 0 {
-            return bad("zero classes".into());
+        if self.num_classes == 0 && (self.class_null || !self.is_video()) {
+            return bad("zero classes (only a video model may be unconditional, without a null label)".into());
+        }
+        if let Some(f) = self.num_frames {
+            if f == 0 {
+                return bad("a video model needs at least one frame".into());
+            }
+            let counts: Vec<usize> = match &self.layout {
+                Layout::Dense { depth } => vec![*depth],
+                Layout::Sparse(s) => [s.num_poolingformer, s.num_top].into_iter().chain(s.group).collect(),
+            };
+            if counts.iter().any(|c| c % 2 != 0) {
+                return bad(format!(
+                    "a video model's blocks come in (spatial, temporal) pairs: every block count must be even, got {:?}",
+                    self.layout
+                ));
+            }
         }
         if self.layout.depth() == 0 {
             return bad("no transformer blocks".into());
@@ -370,7 +476,8 @@ impl Config {
         Ok(())
     }
 
-    /// Parameter count of the architecture (weights + biases), the fixed pos_embed table excluded.
+    /// Parameter count of the architecture (weights + biases), the fixed pos_embed (and Latte's
+    /// temp_embed) tables excluded.
     pub fn num_parameters(&self) -> usize {
         let c = self.hidden_size;
         let m = self.mlp_hidden;
@@ -381,22 +488,20 @@ impl Config {
         let pool_block = lin(c, c) + lin(c, c) + mlp + ada;
         let merge_block = lin(c, c) + lin(c, 2 * c) + lin(c, c) + mlp + ada;
         let recover_block = merge_block + 2 * lin(c, c);
-        let blocks = match &self.layout {
-            Layout::Dense { depth } => depth * dit_block,
-            Layout::Sparse(s) => {
-                s.num_poolingformer * pool_block
-                    + s.num_sdtm
-                        * (s.group[0] * merge_block
-                            + s.group[1] * dit_block
-                            + s.group[2] * recover_block
-                            + s.group[3] * dit_block)
-                    + s.num_top * dit_block
-            }
-        };
+        let blocks: usize = self
+            .blocks(self.grid())
+            .iter()
+            .map(|b| match b.kind.weights() {
+                BlockWeights::Dit => dit_block,
+                BlockWeights::Poolingformer => pool_block,
+                BlockWeights::Merge => merge_block,
+                BlockWeights::Recover => recover_block,
+            })
+            .sum();
         let p = self.patch_size;
         let embed = c * self.in_channels * p * p + c;
         let t_emb = lin(FREQ_DIM, c) + lin(c, c);
-        let y_emb = (self.num_classes + self.class_null as usize) * c;
+        let y_emb = (self.num_classes + self.class_null as usize) * c; // 0 when unconditional
         let fin = lin(c, 2 * c) + lin(c, p * p * self.out_channels());
         embed + t_emb + y_emb + blocks + fin
     }

@@ -300,6 +300,14 @@ impl SamplerKind {
             other => Err(Error::arg(format!("unknown sampler {other:?} (ddim or ddpm)"))),
         }
     }
+
+    /// The same sampler with DDIM's `eta` set (checked); DDPM ignores it.
+    pub fn with_eta(self, eta: f64) -> Result<SamplerKind> {
+        match self {
+            SamplerKind::Ddpm => Ok(SamplerKind::Ddpm),
+            SamplerKind::Ddim { .. } => SamplerKind::parse("ddim", eta),
+        }
+    }
 }
 
 /// Where per-step Gaussian noise comes from.
@@ -391,7 +399,8 @@ impl Sampler {
         })
     }
 
-    /// Run the reverse process from `z` (n, C, H, W) for labels `y` (n).
+    /// Run the reverse process from `z` (n, C, H, W) — or clips (n, F, C, H, W) — for labels
+    /// `y` (n).
     ///
     /// `model(x, t, y)` evaluates the denoiser on a batch (B, C, H, W) with original timesteps
     /// `t` and labels `y`, returning (B, C_out, H, W). With guidance, each call gets the batch
@@ -411,10 +420,14 @@ impl Sampler {
         P: FnMut(&StepInfo) -> Result<()>,
     {
         let dims = z.dims().to_vec();
-        if dims.len() != 4 || dims[0] != y.len() || dims[0] == 0 {
-            return Err(Error::arg(format!("latent z has shape {dims:?} for {} labels: expected (n, C, H, W)", y.len())));
+        if !(dims.len() == 4 || dims.len() == 5) || dims[0] != y.len() || dims[0] == 0 {
+            return Err(Error::arg(format!("latent z has shape {dims:?} for {} labels: expected (n, C, H, W) or (n, F, C, H, W)", y.len())));
         }
-        let (n, channels) = (dims[0], dims[1]);
+        // The step is elementwise per (row, channel): a clip's frames are rows of C channels
+        // (Latte's diffusion splits eps and v on dim 2, DiT's on dim 1).
+        let n = dims[0];
+        let channels = dims[dims.len() - 3];
+        let step_rows: usize = dims[..dims.len() - 3].iter().product();
         let dev = Device::Cpu;
         let mut x = to_vec_f32(z)?;
         let mut noise_buf = vec![0f32; x.len()];
@@ -438,7 +451,7 @@ impl Sampler {
             if needs_noise {
                 noise.fill(iter, &mut noise_buf)?;
             }
-            let (next, x0) = self.diffusion.step(self.kind, self.variance, i, &x, &out_v, n, channels, &noise_buf)?;
+            let (next, x0) = self.diffusion.step(self.kind, self.variance, i, &x, &out_v, step_rows, channels, &noise_buf)?;
             x = next;
             on_step(&StepInfo { iter, total, timestep: t_orig, x: &x, pred_x0: &x0 })?;
         }

@@ -74,18 +74,33 @@ pub struct SampleRequest {
     pub respacing: Option<String>,
     /// Classifier-free guidance scale; at most 1: no guidance (one model row per image).
     pub cfg_scale: f64,
-    /// Guide every eps channel instead of the official code's first 3.
+    /// Guide every eps channel instead of the official code's first 3 (DiT) or 4 (Latte).
     pub guide_all_channels: bool,
     /// Seed of the starting latent (when `latent` is not given) and of the per-step noise.
     pub seed: u64,
     /// Sparse grid per step; `None`: the model's `semantic_size` at every step.
     pub schedule: Option<GridSchedule>,
-    /// Starting latent (n, C, I, I) flattened; `None`: drawn from `seed`.
+    /// Starting latent (n, C, I, I) — clips (n, F, C, I, I) — flattened; `None`: drawn from `seed`.
     pub latent: Option<Vec<f32>>,
     /// Report the predicted x0 at every step (the live preview).
     pub preview: bool,
     /// Report the cross-attention maps of merge / recover blocks at every step (the token view).
     pub trace: bool,
+}
+
+impl SampleRequest {
+    /// The official sampling script's defaults for `cfg`'s family: DiT / SparseDiT as
+    /// [`SampleRequest::default`]; Latte's `configs/ucf101/ucf101_sample.yaml`: DDPM, 250 steps,
+    /// CFG 7 (class-conditional), no guidance for an unconditional model.
+    pub fn official_for(cfg: &Config) -> SampleRequest {
+        let mut r = SampleRequest::default();
+        if cfg.is_video() {
+            r.steps = 250;
+            r.sampler = SamplerKind::Ddpm;
+            r.cfg_scale = if cfg.null_label().is_some() { 7.0 } else { 1.0 };
+        }
+        r
+    }
 }
 
 impl Default for SampleRequest {
@@ -172,18 +187,17 @@ impl SampleRequest {
             }
         }
         cfg.check_labels(&[self.label])?;
-        let chw = cfg.in_channels * cfg.input_size * cfg.input_size;
+        let per = cfg.latent_len();
         let images = match &self.latent {
-            Some(z) if z.is_empty() || !z.len().is_multiple_of(chw) => {
+            Some(z) if z.is_empty() || !z.len().is_multiple_of(per) => {
+                let one: Vec<String> = cfg.latent_shape(1)[1..].iter().map(|d| d.to_string()).collect();
                 return Err(Error::arg(format!(
-                    "the starting latent has {} values, not a whole number of ({}, {}, {}) latents",
+                    "the starting latent has {} values, not a whole number of ({}) latents",
                     z.len(),
-                    cfg.in_channels,
-                    cfg.input_size,
-                    cfg.input_size
-                )))
+                    one.join(", ")
+                )));
             }
-            Some(z) => z.len() / chw,
+            Some(z) => z.len() / per,
             None if self.num == 0 => return Err(Error::arg("the number of images must be at least 1")),
             None => self.num,
         };
@@ -204,7 +218,7 @@ impl SampleRequest {
         let sampler = Sampler::new(&respacing, self.sampler, cfg.learn_sigma)?;
         let guidance = if self.cfg_scale > 1.0 {
             let null = cfg.null_label().ok_or_else(|| Error::arg("this model has no null label: use a guidance scale of 1"))?;
-            let guided_channels = if self.guide_all_channels { cfg.in_channels } else { 3 };
+            let guided_channels = if self.guide_all_channels { cfg.in_channels } else { cfg.official_guided_channels() };
             Some(Guidance { scale: self.cfg_scale, guided_channels, null_label: null as i64 })
         } else {
             None
@@ -233,9 +247,10 @@ pub struct Step<'a> {
 
 /// The result of [`Engine::sample`].
 pub struct Sampled {
-    /// (n, C, I, I) flattened: the sample, or after a cancel the partly denoised latent.
+    /// (n, C, I, I) — clips (n, F, C, I, I) — flattened: the sample, or after a cancel the
+    /// partly denoised latent.
     pub latent: Vec<f32>,
-    pub shape: [usize; 4],
+    pub shape: Vec<usize>,
     /// The step callback asked to stop before the last step.
     pub cancelled: bool,
     /// Steps run.
@@ -322,7 +337,8 @@ impl Engine {
         }
     }
 
-    /// model(x, t, y) at sparse grid `grid`: x (B, c_in, I, I) -> (B, c_out, I, I).
+    /// model(x, t, y) at sparse grid `grid`: x (B, c_in, I, I) -> (B, c_out, I, I); video
+    /// (B, F, c_in, I, I) -> (B, F, c_out, I, I).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward(&self, x: &Tensor, t: &[f32], y: &[i64], grid: usize) -> Result<Tensor> {
         match &self.net {
@@ -332,7 +348,7 @@ impl Engine {
                 let b = c.check_inputs(x.dims(), t, y)?;
                 let plan = m.plan(g, b, grid)?;
                 let out = m.forward(g, &plan, &to_vec_f32(x)?, t, y)?;
-                Ok(Tensor::from_vec(out, (b, c.out_channels(), c.input_size, c.input_size), &Device::Cpu)?)
+                Ok(Tensor::from_vec(out, c.output_shape(b), &Device::Cpu)?)
             }
         }
     }
@@ -342,16 +358,15 @@ impl Engine {
     pub async fn sample(&self, req: &SampleRequest, mut on_step: impl FnMut(&Step) -> Result<bool>) -> Result<Sampled> {
         let cfg = self.cfg();
         let plan = req.plan(cfg)?;
-        let (c, i) = (cfg.in_channels, cfg.input_size);
         let n = plan.images;
+        let shape = cfg.latent_shape(n);
         // Same draws, same order on both backends: the latent first, then per-step noise.
         let mut noise = SeededNoise::new(req.seed);
         let z = match &req.latent {
             Some(z) => z.clone(),
-            None => noise.normal(n * c * i * i),
+            None => noise.normal(n * cfg.latent_len()),
         };
         let y = vec![req.label; n];
-        let shape = [n, c, i, i];
         let total = plan.grids.len();
         let mut steps_done = 0usize;
         let mut stopped = false;
@@ -367,7 +382,7 @@ impl Engine {
                 .await?
             }
             Net::Cpu(model) => {
-                let zt = Tensor::from_vec(z, (n, c, i, i), &Device::Cpu)?;
+                let zt = Tensor::from_vec(z, shape.as_slice(), &Device::Cpu)?;
                 let maps: RefCell<Vec<StepAttention>> = RefCell::new(Vec::new());
                 let mut partial: Option<Vec<f32>> = None;
                 let run = plan.sampler.sample(

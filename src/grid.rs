@@ -91,6 +91,22 @@ pub fn sincos_pos_embed(c: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// 1-D sin-cos table (L, C) as MAE's get_1d_sincos_pos_embed_from_grid over positions 0..L
+/// (Latte's `temp_embed` over the frames): C/2 sines then C/2 cosines of pos / 10000^(k/(C/2)).
+pub fn sincos_1d(c: usize, len: usize) -> Vec<f32> {
+    let half = c / 2;
+    let omega: Vec<f64> = (0..half).map(|k| 1.0 / 10000f64.powf(k as f64 / half as f64)).collect();
+    let mut out = vec![0f32; len * c];
+    for (pos, row) in out.chunks_mut(c).enumerate() {
+        for k in 0..half {
+            let a = pos as f64 * omega[k];
+            row[k] = a.sin() as f32;
+            row[half + k] = a.cos() as f32;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,7 +177,7 @@ fn read_strided(path: &Path, info: &candle_core::pickle::TensorInfo) -> candle_c
 fn dims_of<'a>(map: &'a TensorMap, name: &str) -> Result<&'a [usize]> {
     map.get(name)
         .map(|t| t.dims())
-        .ok_or_else(|| Error::arch(format!("checkpoint has no '{name}': is this a DiT / SparseDiT state dict?")))
+        .ok_or_else(|| Error::arch(format!("checkpoint has no '{name}': is this a DiT / SparseDiT / Latte state dict?")))
 }
 
 /// Distinct integer indices `i` of keys `{prefix}.{i}.…`.
@@ -200,7 +200,8 @@ fn contiguous_count(set: &BTreeSet<usize>, what: &str) -> Result<usize> {
     Ok(set.len())
 }
 
-/// Infer the architecture of an official DiT / SparseDiT state dict.
+/// Infer the architecture of an official DiT / SparseDiT / Latte state dict (or of this crate's
+/// sparse Latte).
 pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
     let conv = dims_of(map, "x_embedder.proj.weight")?;
     if conv.len() != 4 || conv[2] != conv[3] {
@@ -215,12 +216,25 @@ pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
     if grid * grid != pos[1] {
         return Err(Error::arch(format!("pos_embed has {} tokens, not a square grid", pos[1])));
     }
-    let table = dims_of(map, "y_embedder.embedding_table.weight")?;
-    if table.len() != 2 || table[0] < 2 {
-        return Err(Error::arch(format!("y_embedder.embedding_table.weight has shape {table:?}")));
-    }
-    // DiT trains with label dropout, so the table has num_classes + 1 rows (the null row).
-    let num_classes = table[0] - 1;
+    // Latte (video) has a `temp_embed` table of F frames; without a label table it is an
+    // unconditional Latte (`extras: 1`).
+    let num_frames = match map.get("temp_embed").map(|t| t.dims()) {
+        None => None,
+        Some(&[1, f, c]) if c == hidden && f > 0 => Some(f),
+        Some(d) => return Err(Error::arch(format!("temp_embed has shape {d:?}, expected (1, F, {hidden})"))),
+    };
+    let (num_classes, class_null) = match (map.get("y_embedder.embedding_table.weight"), num_frames) {
+        (None, Some(_)) => (0, false),
+        _ => {
+            let table = dims_of(map, "y_embedder.embedding_table.weight")?;
+            if table.len() != 2 || table[0] < 2 || table[1] != hidden {
+                return Err(Error::arch(format!("y_embedder.embedding_table.weight has shape {table:?}")));
+            }
+            // DiT and Latte train with label dropout, so the table has num_classes + 1 rows (the
+            // null row).
+            (table[0] - 1, true)
+        }
+    };
     let fin = dims_of(map, "final_layer.linear.weight")?;
     let out_ch = fin[0] / (patch * patch);
     if fin[0] % (patch * patch) != 0 {
@@ -284,10 +298,11 @@ pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
         num_heads,
         mlp_hidden,
         num_classes,
-        class_null: true,
+        class_null,
         learn_sigma,
         layout,
         semantic_size: opts.semantic_size.unwrap_or(8),
+        num_frames,
         pooled_middle: None,
     };
     cfg.validate()?;

@@ -1,17 +1,18 @@
-//! The CPU reference forward pass of DiT and SparseDiT (candle-core, f32).
+//! The CPU reference forward pass of DiT and SparseDiT, and of the video models Latte and the
+//! spatial-temporal SparseDiT (candle-core, f32).
 //!
 //! This is the number-for-number reference every other path (WGSL kernels, quantized packs) is
 //! checked against, and it is itself checked against PyTorch fixtures (`tests/fixtures/gen.py`).
 //! Weights are named exactly as in the official PyTorch checkpoints.
 //!
-//! Shapes: B = batch, N = n*n dense tokens, S = s*s sparse tokens, C = hidden, H = heads,
+//! Shapes: B = batch, F = frames (1 for images), N = n*n dense tokens, S = s*s sparse tokens, C = hidden, H = heads,
 //! d = C/H, M = MLP hidden, p = patch, c_in / c_out = image channels.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::blocks::{BlockKind, BlockSpec, BlockWeights};
+use crate::blocks::{Axis, BlockKind, BlockSpec, BlockWeights};
 use crate::config::{Config, FREQ_DIM};
 use crate::error::{Error, Result};
 pub use crate::grid::{
@@ -440,8 +441,10 @@ pub struct Model {
     pos_embed: Tensor,
     t_mlp0: Linear,
     t_mlp2: Linear,
-    /// `y_embedder.embedding_table.weight`: (classes [+1], C).
-    y_table: Tensor,
+    /// Latte's `temp_embed`: (F, C), added before the first temporal block.
+    temp_embed: Option<Tensor>,
+    /// `y_embedder.embedding_table.weight`: (classes [+1], C); none for an unconditional model.
+    y_table: Option<Tensor>,
     /// Every block in forward order, one per [`Config::blocks`] entry.
     blocks: Vec<Block>,
     final_ada: Linear,
@@ -454,7 +457,9 @@ pub struct BlockTrace {
     /// Official checkpoint prefix, e.g. `dumbbell_blocks.0.token_merge_blocks.0`.
     pub name: String,
     pub kind: BlockKind,
-    /// Tokens the block computes: N dense, S sparse.
+    /// Spatial (over a frame's tokens) or temporal (over a position's frames).
+    pub axis: Axis,
+    /// Tokens per frame the block computes: N dense, S sparse.
     pub tokens: usize,
     /// Grid side the tokens live on (n dense, s sparse; 1 for the Poolingformer's global token).
     pub grid: usize,
@@ -494,12 +499,19 @@ impl Model {
         let pos_embed = if pos.rank() == 3 { pos.squeeze(0)? } else { pos };
         let t_mlp0 = Linear::load(w, "t_embedder.mlp.0", FREQ_DIM, c)?;
         let t_mlp2 = Linear::load(w, "t_embedder.mlp.2", c, c)?;
+        let temp_embed = match cfg.num_frames {
+            Some(f) => {
+                let te = w.take("temp_embed", &[1, f, c]);
+                Some(if te.rank() == 3 { te.squeeze(0)? } else { te })
+            }
+            None => None,
+        };
         let rows = cfg.num_classes + cfg.class_null as usize;
-        let y_table = w.take("y_embedder.embedding_table.weight", &[rows, c]);
+        let y_table = cfg.is_class_conditional().then(|| w.take("y_embedder.embedding_table.weight", &[rows, c]));
         let blocks = cfg.blocks(cfg.grid()).iter().map(|spec| Block::load(w, spec, &cfg)).collect::<Result<_>>()?;
         let final_ada = Linear::load(w, "final_layer.adaLN_modulation.1", c, 2 * c)?;
         let final_linear = Linear::load(w, "final_layer.linear", c, p * p * cfg.out_channels())?;
-        Ok(Model { cfg, x_embedder, pos_embed, t_mlp0, t_mlp2, y_table, blocks, final_ada, final_linear })
+        Ok(Model { cfg, x_embedder, pos_embed, t_mlp0, t_mlp2, temp_embed, y_table, blocks, final_ada, final_linear })
     }
 
     /// Turn the training-free pooled middle on (`Some`) or off; checked against the layout.
@@ -513,7 +525,7 @@ impl Model {
     }
 
     /// model(x, t, y) with sparse grid side `grid` (ignored by dense models).
-    /// x: (B, c_in, I, I) -> (B, c_out, I, I).
+    /// x: (B, c_in, I, I) -> (B, c_out, I, I); video: (B, F, c_in, I, I) -> (B, F, c_out, I, I).
     pub fn forward(&self, x: &Tensor, t: &[f32], y: &[i64], grid: usize) -> Result<Tensor> {
         self.forward_traced(x, t, y, grid, None)
     }
@@ -531,27 +543,43 @@ impl Model {
         let cfg = &self.cfg;
         let dev = x.device().clone();
         let (c, p, n) = (cfg.hidden_size, cfg.patch_size, cfg.grid());
+        let f = cfg.frames(); // 1 for images
+        let rows = b * f; // images: one per frame of every clip, `(b f)` as Latte's rearrange
         let n_tok = n * n;
         let cin = cfg.in_channels;
-        let x = x.to_dtype(DType::F32)?;
+        let x = x.to_dtype(DType::F32)?.reshape((rows, cin, cfg.input_size, cfg.input_size))?;
 
-        // Patch embedding: (B, c_in, I, I) -> (B, N, c_in*p*p) -> (B, N, C), plus pos_embed.
-        let patches = x.reshape((b, cin, n, p, n, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, n_tok, cin * p * p))?;
-        let mut h = self.x_embedder.forward(&patches)?.broadcast_add(&self.pos_embed)?; // (B, N, C)
+        // Patch embedding: (B·F, c_in, I, I) -> (B·F, N, c_in*p*p) -> (B·F, N, C), plus pos_embed.
+        let patches = x.reshape((rows, cin, n, p, n, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((rows, n_tok, cin * p * p))?;
+        let mut h = self.x_embedder.forward(&patches)?.broadcast_add(&self.pos_embed)?; // (B·F, N, C)
 
-        // Conditioning c = t_emb + y_emb: (B, C); every block's adaLN takes SiLU(c).
+        // Conditioning c = t_emb [+ y_emb]: (B, C); every block's adaLN takes SiLU(c), one row
+        // per sequence: repeated per frame for spatial blocks, per token position for temporal
+        // ones (Latte's `repeat(t, 'n d -> (n c) d')`).
         let t_freq = Tensor::from_vec(timestep_embedding(t), (b, FREQ_DIM), &dev)?;
-        let t_emb = self.t_mlp2.forward(&self.t_mlp0.forward(&t_freq)?.silu()?)?;
-        let y_idx = Tensor::from_vec(y.iter().map(|&v| v as u32).collect::<Vec<_>>(), b, &dev)?;
-        let y_emb = self.y_table.index_select(&y_idx, 0)?;
-        let silu_c = (t_emb + y_emb)?.silu()?;
+        let mut cond = self.t_mlp2.forward(&self.t_mlp0.forward(&t_freq)?.silu()?)?;
+        if let Some(table) = &self.y_table {
+            let y_idx = Tensor::from_vec(y.iter().map(|&v| v as u32).collect::<Vec<_>>(), b, &dev)?;
+            cond = (cond + table.index_select(&y_idx, 0)?)?;
+        }
+        let silu_c = cond.silu()?; // (B, C)
+        let repeat_rows = |r: usize| -> Result<Tensor> {
+            if r == 1 {
+                return Ok(silu_c.clone());
+            }
+            let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, r)).collect();
+            Ok(silu_c.index_select(&Tensor::from_vec(idx, b * r, &dev)?, 0)?)
+        };
+        let silu_spatial = repeat_rows(f)?; // (B·F, C)
+        let mut silu_temporal: Vec<(usize, Tensor)> = Vec::new(); // (B·T, C) by T
+        let mut temp_embed = self.temp_embed.as_ref(); // added once, before the first temporal block
 
         cfg.check_grid(grid)?;
         let want_attn = trace.is_some();
-        // The block walk. `h` is the running hidden state (B, T, C), T = spec.in_tokens();
-        // `dense` (B, N, C) is what it was when last pooled: an SDTM's dense input (its merge
+        // The block walk. `h` is the running hidden state (B·F, T, C), T = spec.in_tokens();
+        // `dense` (B·F, N, C) is what it was when last pooled: an SDTM's dense input (its merge
         // blocks' keys, its recover blocks' merge partner) or the base a pooled middle's update
-        // goes back onto; `pooled` (B, S, C) is pool(dense).
+        // goes back onto; `pooled` (B·F, S, C) is pool(dense).
         let specs = cfg.blocks(grid);
         let mut dense = h.clone();
         let mut pooled = h.clone();
@@ -563,18 +591,37 @@ impl Model {
                     None => pool.insert(adaptive_avg_pool_matrix(n, grid, &dev)?),
                 };
                 dense = h;
-                pooled = m.broadcast_matmul(&dense)?; // (B, S, C)
+                pooled = m.broadcast_matmul(&dense)?; // (B·F, S, C)
                 h = pooled.clone();
             }
             let mut probs = None;
-            h = match block {
-                Block::Dit(blk) => blk.forward(&h, &silu_c)?,
-                Block::Poolingformer(blk) => blk.forward(&h, &silu_c)?,
-                Block::Merge(blk) => blk.forward(&h, &dense, &silu_c, want_attn.then_some(&mut probs))?,
-                Block::Recover(blk) => {
+            h = match (spec.axis, block) {
+                (Axis::Temporal, Block::Dit(blk)) => {
+                    // Over the frames of each token position: (B·F, T, C) -> (B·T, F, C) and back.
+                    let tk = h.dim(1)?;
+                    let mut ht = h.reshape((b, f, tk, c))?.transpose(1, 2)?.contiguous()?.reshape((b * tk, f, c))?;
+                    if let Some(te) = temp_embed.take() {
+                        ht = ht.broadcast_add(te)?;
+                    }
+                    let sc = match silu_temporal.iter().find(|(r, _)| *r == tk) {
+                        Some((_, sc)) => sc.clone(),
+                        None => {
+                            let sc = repeat_rows(tk)?;
+                            silu_temporal.push((tk, sc.clone()));
+                            sc
+                        }
+                    };
+                    let out = blk.forward(&ht, &sc)?; // (B·T, F, C)
+                    out.reshape((b, tk, f, c))?.transpose(1, 2)?.contiguous()?.reshape((rows, tk, c))?
+                }
+                (Axis::Temporal, _) => return Err(Error::arch(format!("{}: a temporal block must be a DiT block", spec.prefix))),
+                (Axis::Spatial, Block::Dit(blk)) => blk.forward(&h, &silu_spatial)?,
+                (Axis::Spatial, Block::Poolingformer(blk)) => blk.forward(&h, &silu_spatial)?,
+                (Axis::Spatial, Block::Merge(blk)) => blk.forward(&h, &dense, &silu_spatial, want_attn.then_some(&mut probs))?,
+                (Axis::Spatial, Block::Recover(blk)) => {
                     // nearest upsampling from the block's input grid (identity from n to n)
                     let up = nearest_upsample_index(spec.in_side, n, &dev)?; // (N,)
-                    blk.forward(&h, &dense, &up, &silu_c, want_attn.then_some(&mut probs))?
+                    blk.forward(&h, &dense, &up, &silu_spatial, want_attn.then_some(&mut probs))?
                 }
             };
             if spec.unpool_after {
@@ -585,20 +632,29 @@ impl Model {
             if let Some(tr) = trace.as_deref_mut() {
                 // The Poolingformer's attention is one global token.
                 let side = if spec.kind == BlockKind::Poolingformer { 1 } else { spec.side };
-                tr.push(BlockTrace { name: spec.prefix.clone(), kind: spec.kind, tokens: spec.tokens(), grid: side, attention: probs });
+                tr.push(BlockTrace {
+                    name: spec.prefix.clone(),
+                    kind: spec.kind,
+                    axis: spec.axis,
+                    tokens: spec.tokens(),
+                    grid: side,
+                    attention: probs,
+                });
             }
         }
 
         // Final layer: adaLN (shift, scale), LN, linear to p*p*c_out per token.
-        let fm = self.final_ada.forward(&silu_c)?.unsqueeze(1)?; // (B, 1, 2C)
+        let fm = self.final_ada.forward(&silu_spatial)?.unsqueeze(1)?; // (B·F, 1, 2C)
         let (shift, scale) = (fm.narrow(2, 0, c)?, fm.narrow(2, c, c)?);
-        let out = self.final_linear.forward(&modulate(&layer_norm(&h)?, &shift, &scale)?)?; // (B, N, p*p*c_out)
-        unpatchify(&out, n, p, cfg.out_channels())
+        let out = self.final_linear.forward(&modulate(&layer_norm(&h)?, &shift, &scale)?)?; // (B·F, N, p*p*c_out)
+        let img = unpatchify(&out, n, p, cfg.out_channels())?; // (B·F, c_out, I, I)
+        Ok(img.reshape(cfg.output_shape(b))?)
     }
 
     /// The reference `forward_with_cfg`: the batch is [cond; uncond] halves, the first half's
     /// latent is used for both; `eps = uncond + scale (cond - uncond)` on the first
-    /// `guided_channels` output channels (3 in the official code), the rest from each row.
+    /// `guided_channels` output channels (3 in the official DiT code, 4 in Latte's), the rest
+    /// from each row.
     pub fn forward_with_cfg(&self, x: &Tensor, t: &[f32], y: &[i64], cfg_scale: f64, guided_channels: usize, grid: usize) -> Result<Tensor> {
         let b = x.dim(0)?;
         if b % 2 != 0 {
@@ -611,12 +667,15 @@ impl Model {
     }
 }
 
-/// CFG combine on a [cond; uncond] model output (B, c_out, H, W): the first `guided_channels`
-/// channels of both halves become uncond + scale (cond - uncond); the others are kept per row.
+/// CFG combine on a [cond; uncond] model output (B, c_out, H, W) — or (B, F, c_out, H, W) for
+/// video: the channel axis is the third from last —: the first `guided_channels` channels of
+/// both halves become uncond + scale (cond - uncond); the others are kept per row.
 pub fn apply_cfg(out: &Tensor, cfg_scale: f64, guided_channels: usize) -> Result<Tensor> {
-    let (b, c_out) = (out.dim(0)?, out.dim(1)?);
+    let b = out.dim(0)?;
+    let axis = out.rank().checked_sub(3).filter(|&a| a >= 1).ok_or_else(|| Error::arg("CFG needs a (B, [F,] C, H, W) output"))?;
+    let c_out = out.dim(axis)?;
     let g = guided_channels.min(c_out);
-    let eps = out.narrow(1, 0, g)?;
+    let eps = out.narrow(axis, 0, g)?;
     let cond = eps.narrow(0, 0, b / 2)?;
     let uncond = eps.narrow(0, b / 2, b / 2)?;
     let half_eps = (&uncond + ((&cond - &uncond)? * cfg_scale)?)?;
@@ -624,7 +683,7 @@ pub fn apply_cfg(out: &Tensor, cfg_scale: f64, guided_channels: usize) -> Result
     if g == c_out {
         return Ok(eps);
     }
-    Ok(Tensor::cat(&[&eps, &out.narrow(1, g, c_out - g)?], 1)?)
+    Ok(Tensor::cat(&[&eps, &out.narrow(axis, g, c_out - g)?], axis)?)
 }
 
 /// (B, N, p*p*c) -> (B, c, n*p, n*p); token (h, w) holds a (p, p, c) patch, row-major.

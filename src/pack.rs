@@ -2,11 +2,11 @@
 //! official checkpoint name. 2-D linear weights may be F16 / Q8_0 / Q4_0; everything else
 //! (biases, the patch-embedding conv, pos_embed, the label table) stays F32.
 //!
-//! Metadata keys (`A` = `general.architecture`, "dit" or "sparsedit"):
+//! Metadata keys (`A` = `general.architecture`, "dit", "sparsedit", "latte" or "sparselatte"):
 //! `A.input_size`, `A.patch_size`, `A.in_channels`, `A.hidden_size`, `A.num_heads`,
 //! `A.mlp_hidden`, `A.num_classes`, `A.class_null`, `A.learn_sigma`, `A.semantic_size`,
 //! `A.depth`; sparse only: `A.num_poolingformer`, `A.num_sdtm`, `A.dumbbell_group` (4 x u32),
-//! `A.num_top`.
+//! `A.num_top`; video only: `A.num_frames`.
 //!
 //! Latent decoders (`A` = "taesd" or "sdvae", see [`crate::decoder`]) keep the published tensor
 //! names; metadata `A.latent_channels`, `A.out_channels`, and `taesd.width` or
@@ -69,6 +69,9 @@ pub fn config_metadata(cfg: &Config, name: &str) -> Vec<(String, MetaValue)> {
         (format!("{a}.semantic_size"), u(cfg.semantic_size)),
         (format!("{a}.depth"), u(cfg.layout.depth())),
     ];
+    if let Some(f) = cfg.num_frames {
+        m.push((format!("{a}.num_frames"), u(f)));
+    }
     if let Layout::Sparse(s) = cfg.layout {
         m.push((format!("{a}.num_poolingformer"), u(s.num_poolingformer)));
         m.push((format!("{a}.num_sdtm"), u(s.num_sdtm)));
@@ -88,9 +91,10 @@ pub fn config_from_header(h: &GgufHeader) -> Result<Config> {
     if arch == "taesd" || arch == "sdvae" {
         return Err(Error::gguf(format!("architecture {arch:?} is a latent decoder, not a DiT / SparseDiT model (use it with `decode`)")));
     }
-    if arch != "dit" && arch != "sparsedit" {
-        return Err(Error::gguf(format!("architecture {arch:?} is not 'dit' or 'sparsedit'")));
+    if !["dit", "sparsedit", "latte", "sparselatte"].contains(&arch.as_str()) {
+        return Err(Error::gguf(format!("architecture {arch:?} is not 'dit', 'sparsedit', 'latte' or 'sparselatte'")));
     }
+    let video = arch.ends_with("latte");
     let num = |key: &str| -> Result<usize> {
         let k = format!("{arch}.{key}");
         h.meta(&k)
@@ -104,7 +108,7 @@ pub fn config_from_header(h: &GgufHeader) -> Result<Config> {
         h.meta(&k).and_then(MetaValue::as_bool).ok_or_else(|| Error::gguf(format!("metadata {k} is missing or not a bool")))
     };
     let depth = num("depth")?;
-    let layout = if arch == "sparsedit" {
+    let layout = if arch.starts_with("sparse") {
         let k = format!("{arch}.dumbbell_group");
         let g = h
             .meta(&k)
@@ -139,6 +143,7 @@ pub fn config_from_header(h: &GgufHeader) -> Result<Config> {
         learn_sigma: flag("learn_sigma")?,
         layout,
         semantic_size: num("semantic_size")?,
+        num_frames: if video { Some(num("num_frames")?) } else { None },
         pooled_middle: None,
     };
     cfg.validate().map_err(|e| Error::gguf(format!("inconsistent architecture in metadata: {e}")))?;

@@ -43,6 +43,21 @@ pub(super) fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Co
     }
 }
 
+/// As [`open_backend`], for a model: video models (Latte) run on the CPU only for now, `auto`
+/// picks it and `gpu` is refused.
+pub(super) fn open_model_backend(backend: Backend, cfg: &Config) -> Result<Option<Gpu>> {
+    if cfg.is_video() {
+        return match backend {
+            Backend::Gpu => Err(Error::InvalidArgument(format!(
+                "{} models run on the CPU backend for now (no WGSL temporal blocks yet): use --backend cpu or auto",
+                cfg.arch_name()
+            ))),
+            _ => Ok(None),
+        };
+    }
+    open_backend(backend)
+}
+
 /// The GPU for `--backend gpu`, none for `cpu`; `auto` falls back to the CPU with a note.
 pub(super) fn open_backend(backend: Backend) -> Result<Option<Gpu>> {
     let (gpu, fell_back) = sparsedit::engine::Backend::from(backend).open()?;

@@ -15,7 +15,7 @@ use sparsedit::{Error, Result};
 
 use super::decode::{decoded_for_png, run_decoder};
 use super::io::{bar, labels, need, read_inputs, save_tensors, write_png};
-use super::load::{is_pack, load_decoder, load_model_tensors, open_backend};
+use super::load::{is_pack, load_decoder, load_model_tensors, open_model_backend};
 use super::{Backend, DecoderFlags, ImportFlags, SamplerChoice};
 
 #[derive(Args)]
@@ -39,13 +39,14 @@ pub(super) struct ModelFlags {
 pub(super) struct ForwardArgs {
     #[command(flatten)]
     model: ModelFlags,
-    /// safetensors with x (B,C,H,W), t (B), y (B), optional cfg_scale (1).
+    /// safetensors with x (B,C,H,W) — (B,F,C,H,W) for a video model —, t (B), y (B; ignored by an
+    /// unconditional model, may be absent), optional cfg_scale (1).
     #[arg(long)]
     inputs: PathBuf,
     /// Output safetensors: out, and out_cfg when cfg_scale is given.
     #[arg(long)]
     out: PathBuf,
-    /// Guide all eps channels instead of the reference's first 3.
+    /// Guide all eps channels instead of the reference's first 3 (DiT) or 4 (Latte).
     #[arg(long)]
     cfg_all_channels: bool,
 }
@@ -55,23 +56,25 @@ pub(super) struct SampleArgs {
     #[command(flatten)]
     model: ModelFlags,
     /// Class label: 0..N-1 for a model of N classes, or N (the null label) for an unconditional
-    /// sample.
+    /// sample; not needed by an unconditional model.
     #[arg(long)]
-    class: i64,
-    /// Number of images (ignored when --noise gives the batch).
+    class: Option<i64>,
+    /// Number of images / clips (ignored when --noise gives the batch).
     #[arg(long, default_value_t = 1)]
     num: usize,
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// ddim or ddpm.
-    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, default_value_t = SamplerChoice::Ddim)]
-    sampler: SamplerChoice,
+    /// Denoising steps [default: the official script's: 50 for DiT / SparseDiT, 250 for Latte].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// ddim or ddpm [default: the official script's: ddim for DiT / SparseDiT, ddpm for Latte].
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true)]
+    sampler: Option<SamplerChoice>,
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
-    /// Classifier-free guidance scale (<= 1: no guidance, as DiT's sample.py).
-    #[arg(long, default_value_t = 4.0)]
-    cfg: f64,
-    /// Guide all eps channels instead of the reference's first 3.
+    /// Classifier-free guidance scale, <= 1: no guidance [default: the official script's: 4 for
+    /// DiT / SparseDiT, 7 for a class-conditional Latte, none for an unconditional one].
+    #[arg(long)]
+    cfg: Option<f64>,
+    /// Guide all eps channels instead of the reference's first 3 (DiT) or 4 (Latte).
     #[arg(long)]
     cfg_all_channels: bool,
     #[arg(long, default_value_t = 0)]
@@ -80,7 +83,7 @@ pub(super) struct SampleArgs {
     /// t = 999, as DiT's sample.py (`ddimK` gives DDIM's stride 1000/K: 0, 1000/K, ...).
     #[arg(long)]
     respacing: Option<String>,
-    /// Starting latent: safetensors with z (n,C,H,W).
+    /// Starting latent: safetensors with z (n,C,H,W), or (n,F,C,H,W) for a video model.
     #[arg(long)]
     noise: Option<PathBuf>,
     /// Write the final latent as safetensors (tensor `sample`).
@@ -102,15 +105,20 @@ pub(super) fn forward(a: ForwardArgs) -> Result<()> {
     let inputs = read_inputs(&a.inputs)?;
     let x = need(&inputs, "x", &a.inputs)?.to_dtype(DType::F32)?;
     let t: Vec<f32> = need(&inputs, "t", &a.inputs)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-    let y = labels(need(&inputs, "y", &a.inputs)?)?;
     let engine = load_model(&a.model)?;
+    let y = match inputs.get("y") {
+        Some(y) => labels(y)?,
+        // An unconditional model ignores labels (the official Latte forward with `extras: 1`).
+        None if !engine.cfg().is_class_conditional() => vec![0; x.dim(0)?],
+        None => need(&inputs, "y", &a.inputs).map(|_| Vec::new())?,
+    };
     let grid = engine.cfg().semantic_size;
     let out = engine.forward(&x, &t, &y, grid)?;
     let mut tensors = vec![("out".to_string(), out)];
     if let Some(scale) = inputs.get("cfg_scale") {
         let s = scale.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let s = *s.first().ok_or_else(|| Error::InvalidArgument("cfg_scale is empty".into()))?;
-        let channels = if a.cfg_all_channels { engine.cfg().in_channels } else { 3 };
+        let channels = if a.cfg_all_channels { engine.cfg().in_channels } else { engine.cfg().official_guided_channels() };
         // The reference forward_with_cfg: the first half's latent for both halves.
         let b = x.dim(0)?;
         if b % 2 != 0 {
@@ -140,13 +148,30 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
         Some(p) => Some(read_latent(p, &cfg)?),
         None => None,
     };
+    // Unset flags take the official sampling script's values for this model family.
+    let official = SampleRequest::official_for(&cfg);
+    let label = match (a.class, cfg.is_class_conditional()) {
+        (Some(l), _) => l,
+        (None, false) => 0, // ignored by an unconditional model
+        (None, true) => {
+            return Err(Error::InvalidArgument(format!(
+                "--class is required: 0..{} for this model's {} classes{}",
+                cfg.num_classes - 1,
+                cfg.num_classes,
+                cfg.null_label().map(|n| format!(", or {n} (the null label) for an unconditional sample")).unwrap_or_default()
+            )))
+        }
+    };
     let req = SampleRequest {
-        label: a.class,
+        label,
         num: a.num,
-        steps: a.steps,
-        sampler: a.sampler.kind(a.eta)?,
+        steps: a.steps.unwrap_or(official.steps),
+        sampler: match a.sampler {
+            Some(s) => s.kind(a.eta)?,
+            None => official.sampler.with_eta(a.eta)?,
+        },
         respacing: a.respacing.clone(),
-        cfg_scale: a.cfg,
+        cfg_scale: a.cfg.unwrap_or(official.cfg_scale),
         guide_all_channels: a.cfg_all_channels,
         seed: a.seed,
         schedule,
@@ -212,46 +237,43 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--noise`: the starting latent `z` (n, C, I, I) of a safetensors file, flattened.
+/// `--noise`: the starting latent `z` (n, C, I, I) — (n, F, C, I, I) for a video model — of a
+/// safetensors file, flattened.
 fn read_latent(p: &Path, cfg: &Config) -> Result<Vec<f32>> {
-    let shape = [cfg.in_channels, cfg.input_size, cfg.input_size];
+    let want = cfg.latent_shape(1);
     let m = read_inputs(p)?;
     let z = need(&m, "z", p)?.to_dtype(DType::F32)?;
-    let z = if z.rank() == 3 { z.unsqueeze(0)? } else { z };
-    if z.rank() != 4 || z.dims()[1..] != shape {
-        return Err(Error::InvalidArgument(format!(
-            "{}: z has shape {:?}, the model needs (n, {}, {}, {})",
-            p.display(),
-            z.dims(),
-            shape[0],
-            shape[1],
-            shape[2]
-        )));
+    let z = if z.rank() + 1 == want.len() { z.unsqueeze(0)? } else { z };
+    if z.rank() != want.len() || z.dims()[1..] != want[1..] {
+        let dims: Vec<String> = want[1..].iter().map(|d| d.to_string()).collect();
+        return Err(Error::InvalidArgument(format!("{}: z has shape {:?}, the model needs (n, {})", p.display(), z.dims(), dims.join(", "))));
     }
     to_vec_f32(&z)
 }
 
 /// The model of `--model` on `--backend`, with `--pooled-middle` applied.
 fn load_model(flags: &ModelFlags) -> Result<Engine> {
-    let gpu = open_backend(flags.backend)?.map(Rc::new);
-    let mut engine = match gpu {
-        Some(g) if is_pack(&flags.model) => {
-            // A pack's linear weights go to the GPU as stored (quantized).
-            let bytes = std::fs::read(&flags.model).map_err(|e| Error::Io { path: flags.model.display().to_string(), source: e })?;
-            let pack = sparsedit::gguf::Gguf::parse(&bytes).map_err(|e| match e {
-                Error::Gguf(m) => Error::Gguf(format!("{}: {m}", flags.model.display())),
-                other => other,
-            })?;
-            let mut cfg = sparsedit::pack::config_from_header(&pack.header)?;
-            if let Some(s) = flags.import.semantic_size {
-                cfg.semantic_size = s;
-            }
-            Engine::from_pack(Some(g), cfg, &pack)?
+    let mut engine = if is_pack(&flags.model) {
+        // A pack's linear weights go to the GPU as stored (quantized).
+        let bytes = std::fs::read(&flags.model).map_err(|e| Error::Io { path: flags.model.display().to_string(), source: e })?;
+        let in_file = |e: Error| match e {
+            Error::Gguf(m) => Error::Gguf(format!("{}: {m}", flags.model.display())),
+            other => other,
+        };
+        let pack = sparsedit::gguf::Gguf::parse(&bytes).map_err(in_file)?;
+        let mut cfg = sparsedit::pack::config_from_header(&pack.header).map_err(in_file)?;
+        if let Some(s) = flags.import.semantic_size {
+            cfg.semantic_size = s;
         }
-        gpu => {
-            let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
-            Engine::from_tensors(gpu, cfg, tensors)?
+        if let Some(h) = flags.import.heads.filter(|&h| h != cfg.num_heads) {
+            return Err(Error::InvalidArgument(format!("--heads {h} disagrees with the pack's {} heads", cfg.num_heads)));
         }
+        let gpu = open_model_backend(flags.backend, &cfg)?.map(Rc::new);
+        Engine::from_pack(gpu, cfg, &pack).map_err(in_file)?
+    } else {
+        let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
+        let gpu = open_model_backend(flags.backend, &cfg)?.map(Rc::new);
+        Engine::from_tensors(gpu, cfg, tensors)?
     };
     if let Some(pm) = &flags.pooled_middle {
         let pm = Some(PooledMiddle::parse(pm, engine.cfg().layout.depth())?);

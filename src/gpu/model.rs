@@ -420,6 +420,12 @@ impl GpuModel {
     /// their stored format (f32, f16, q8_0, q4_0) and are dequantised in the kernel.
     pub fn load(gpu: &Gpu, cfg: Config, src: &dyn WeightSource) -> Result<GpuModel> {
         cfg.validate()?;
+        if cfg.is_video() {
+            return Err(Error::arch(format!(
+                "{}: video models run on the CPU backend for now (the WGSL temporal blocks are not written yet): use --backend cpu",
+                cfg.arch_name()
+            )));
+        }
         let (c, p, cin) = (cfg.hidden_size, cfg.patch_size, cfg.in_channels);
         let (conv, cshape) = src.f32("x_embedder.proj.weight")?;
         if cshape != [c, cin, p, p] {
