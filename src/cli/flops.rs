@@ -11,7 +11,8 @@ use sparsedit::{Error, Result};
 
 #[derive(Args)]
 pub(super) struct FlopsArgs {
-    /// A preset: dit-xl2-256, dit-xl2-512, sparsedit-xl2-256, sparsedit-xl2-512, dit-b2, sparsedit-tiny, ...
+    /// A preset: dit-xl2-256, dit-xl2-512, sparsedit-xl2-256, sparsedit-xl2-512, dit-b2, sparsedit-tiny,
+    /// latte-xl2-ucf101, sparselatte-xl2-ucf101, ...
     #[arg(long, conflicts_with = "model", required_unless_present = "model")]
     preset: Option<String>,
     /// A pack.
@@ -20,6 +21,10 @@ pub(super) struct FlopsArgs {
     /// Sparse grid side s (default: the model's semantic size).
     #[arg(long)]
     semantic_size: Option<usize>,
+    /// Count the model's widths with another sparse layout: POOL,SDTM,a:b:c:d,TOP in blocks (e.g.
+    /// 1,4,1:3:1:1,3; a video model's counts are even: (spatial, temporal) pairs).
+    #[arg(long, conflicts_with = "pooled_middle")]
+    layout: Option<String>,
     /// Count a plain DiT with the training-free pooled middle: START:END or `default`.
     #[arg(long)]
     pooled_middle: Option<String>,
@@ -35,6 +40,10 @@ pub(super) fn flops(a: FlopsArgs) -> Result<()> {
         (None, None) => return Err(Error::InvalidArgument("give --preset or --model".into())),
     };
     let mut cfg = cfg;
+    if let Some(l) = &a.layout {
+        cfg.layout = sparsedit::Layout::Sparse(sparsedit::import::parse_layout(l)?);
+        cfg.validate()?;
+    }
     if let Some(pm) = &a.pooled_middle {
         cfg.pooled_middle = Some(PooledMiddle::parse(pm, cfg.layout.depth())?);
         cfg.validate()?;
