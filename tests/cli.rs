@@ -310,3 +310,48 @@ fn bad_input_exits_2_with_one_line() {
     fails(&["convert", s(&broken), "-o", s(&dir.path().join("y.gguf")), "--heads", "4"]);
     assert!(!dir.path().join("y.gguf").exists());
 }
+
+#[test]
+fn video_convert_forward_sample_through_packs() {
+    // Official Latte checkpoints (`.pt` with ema / safetensors) and the crate's sparse Latte:
+    // convert -> forward (rank-5 x) and sample --noise z (n, F, C, H, W) -> --latent-out of the
+    // same rank, as the official loop (CFG on 4 channels, DDIM "10").
+    let dir = tempfile::tempdir().unwrap();
+    for (case, ckpt) in [("latte_f3_p2", "model.pt"), ("latte_f8_p4_uncond", "model.safetensors"), ("sparselatte_f3", "model.safetensors")] {
+        let pack = convert(case, ckpt, "f32", dir.path());
+        let info = ok(&["info", s(&pack)]);
+        assert!(info.contains("frames of") && info.contains("(temporal: over the frames"), "{info}");
+        let want = load_st(&fixture_dir(case).join("expected.safetensors"));
+        let got = forward_on(&pack, case, dir.path(), "f32", "auto"); // auto runs video on the CPU
+        for k in want.keys().filter(|k| !k.starts_with("out_s")) {
+            assert_close(&format!("{case} cli forward {k}"), &f32s(&got[k]), &f32s(&want[k]), 1e-4);
+        }
+        let f = load_st(&fixture_dir(case).join("ddim.safetensors"));
+        let noise = dir.path().join(format!("{case}-z.safetensors"));
+        let z0: HashMap<String, Tensor> = [("z".to_string(), f["z"].narrow(0, 0, 1).unwrap())].into_iter().collect();
+        candle_core::safetensors::save(&z0, &noise).unwrap();
+        let latent = dir.path().join(format!("{case}-sample.safetensors"));
+        let label = i64s(&f["y"])[0].to_string();
+        let scale = f32s(&f["cfg_scale"])[0].to_string();
+        let mut args = vec!["sample", "--model", s(&pack), "--steps", "10", "--sampler", "ddim", "--cfg", &scale, "--noise", s(&noise), "--latent-out", s(&latent)];
+        if fixture_config(case).is_class_conditional() {
+            args.extend(["--class", &label]);
+        }
+        ok(&args);
+        let got = load_st(&latent)["sample"].clone();
+        let want = f["sample"].narrow(0, 0, 1).unwrap();
+        assert_eq!(got.dims(), want.dims(), "{case}: --latent-out keeps (n, F, C, H, W)");
+        assert_close(&format!("{case} cli video ddim"), &f32s(&got), &f32s(&want), 1e-3);
+    }
+    // Clear one-line errors: an image batch to a video pack, a missing --class, the GPU backend.
+    let pack = dir.path().join("latte_f3_p2-f32.gguf");
+    let err = fails(&["forward", "--model", s(&pack), "--inputs", s(&fixture_dir("sparse_nondiv").join("inputs.safetensors")), "--out", s(&dir.path().join("o.safetensors"))]);
+    assert!(err.contains("(B, F, C, H, W)"), "{err}");
+    let err = fails(&["sample", "--model", s(&pack), "--steps", "2"]);
+    assert!(err.contains("--class is required"), "{err}");
+    let err = fails(&["sample", "--model", s(&pack), "--class", "1", "--steps", "2", "--backend", "gpu"]);
+    assert!(err.contains("CPU backend"), "{err}");
+    let z = dir.path().join("latte_f3_p2-z.safetensors");
+    let err = fails(&["sample", "--model", s(&dir.path().join("latte_f8_p4_uncond-f32.gguf")), "--steps", "2", "--noise", s(&z)]);
+    assert!(err.contains("z has shape"), "{err}");
+}

@@ -25,8 +25,12 @@ pub(super) fn info(path: &Path) -> Result<()> {
     if let Some(MetaValue::String(n)) = h.meta("general.name") {
         println!("name: {n}");
     }
+    let frames = match cfg.num_frames {
+        Some(f) => format!("{f} frames of "),
+        None => String::new(),
+    };
     println!(
-        "input: {}x{}x{} (patch {}, {} tokens on a {}x{} grid)",
+        "input: {frames}{}x{}x{} (patch {}, {} tokens on a {}x{} grid)",
         cfg.in_channels,
         cfg.input_size,
         cfg.input_size,
@@ -41,7 +45,7 @@ pub(super) fn info(path: &Path) -> Result<()> {
         cfg.num_heads,
         cfg.mlp_hidden,
         cfg.num_classes,
-        if cfg.class_null { " (+ null label)" } else { "" },
+        if cfg.class_null { " (+ null label)" } else if cfg.num_classes == 0 { " (unconditional)" } else { "" },
         cfg.learn_sigma
     );
     println!("parameters: {params} ({:.2} M, pos_embed included)", params as f64 / 1e6);
@@ -67,8 +71,12 @@ pub(super) fn info(path: &Path) -> Result<()> {
             );
         }
     }
-    for name in cfg.block_names() {
-        println!("  {name}");
+    for b in cfg.blocks(cfg.semantic_size) {
+        match (cfg.is_video(), b.axis) {
+            (false, _) => println!("  {}", b.prefix),
+            (true, sparsedit::blocks::Axis::Spatial) => println!("  {} (spatial: over the tokens of each frame)", b.prefix),
+            (true, sparsedit::blocks::Axis::Temporal) => println!("  {} (temporal: over the frames of each token position)", b.prefix),
+        }
     }
     Ok(())
 }

@@ -115,7 +115,14 @@ pub(super) fn forward(a: ForwardArgs) -> Result<()> {
     let grid = engine.cfg().semantic_size;
     let out = engine.forward(&x, &t, &y, grid)?;
     let mut tensors = vec![("out".to_string(), out)];
-    if let Some(scale) = inputs.get("cfg_scale") {
+    let guided = inputs.get("cfg_scale").filter(|_| {
+        let conditional = engine.cfg().is_class_conditional();
+        if !conditional {
+            eprintln!("note: an unconditional model has no guidance: cfg_scale ignored, no out_cfg");
+        }
+        conditional
+    });
+    if let Some(scale) = guided {
         let s = scale.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let s = *s.first().ok_or_else(|| Error::InvalidArgument("cfg_scale is empty".into()))?;
         let channels = if a.cfg_all_channels { engine.cfg().in_channels } else { engine.cfg().official_guided_channels() };
