@@ -8,10 +8,13 @@
 //!   semantic blocks run on the s² sparse tokens; the token-recover block brings back N dense
 //!   tokens; the SDTM's normal blocks run dense again.
 //! - Top blocks (and every block of a dense DiT) run on all N tokens.
+//! - Video (Latte): every frame has the same tokens; a spatial block attends over the tokens of
+//!   each of the F frames, a temporal block over the F frames of each token position — dense
+//!   positions, or pooled cells (with their windows) inside an SDTM.
 
 use serde::Serialize;
 
-use crate::blocks::{BlockKind, Segment};
+use crate::blocks::{Axis, BlockKind, Segment};
 use crate::config::Config;
 use crate::flops::count_macs;
 use crate::model::adaptive_pool_window;
@@ -36,8 +39,18 @@ pub struct BlockLayout {
     /// Sparse blocks: each sparse token's pooling window on the dense grid, `[r0, r1, c0, c1]`
     /// half-open, row-major over the s×s tokens. Empty otherwise.
     pub windows: Vec<[usize; 4]>,
-    /// MACs of this block at batch 1 (linear + attention, [`count_macs`]'s convention).
+    /// MACs of this block at batch 1 (linear + attention, [`count_macs`]'s convention), all
+    /// frames.
     pub macs: u64,
+    /// `spatial` (over a frame's tokens) or `temporal` (over a token position's frames).
+    pub axis: Axis,
+    /// Frames per clip (1 for images); every frame computes the same `tokens`.
+    pub frames: usize,
+    /// Attention sequences the block runs per clip, and the length of each: spatial `frames`
+    /// sequences of `tokens`, temporal `tokens` sequences (one per position or pooled cell) of
+    /// `frames`.
+    pub sequences: usize,
+    pub sequence_len: usize,
 }
 
 /// Pooling windows of an s×s grid over an n×n one (row-major over the sparse tokens).
@@ -67,7 +80,16 @@ pub fn block_layouts(cfg: &Config, grid: usize) -> Vec<BlockLayout> {
             } else {
                 ("dense", n, vec![])
             };
+            let f = cfg.frames();
+            let (sequences, sequence_len) = match spec.axis {
+                Axis::Spatial => (f, spec.tokens()),
+                Axis::Temporal => (spec.tokens(), f),
+            };
             BlockLayout {
+                axis: spec.axis,
+                frames: f,
+                sequences,
+                sequence_len,
                 index: spec.index,
                 macs: macs.get(&spec.prefix).map_or(0, |m| m.total()),
                 tokens: spec.tokens(),
@@ -100,6 +122,23 @@ mod tests {
         assert!(l.iter().all(|b| b.macs > 0), "{l:?}");
         // per-block MACs add up to the blocks' rows of the MAC report
         let macs = count_macs(&cfg, Some(4));
+        let blocks: u64 = macs.modules.iter().filter(|m| m.name.contains("blocks")).map(|m| m.total()).sum();
+        assert_eq!(l.iter().map(|b| b.macs).sum::<u64>(), blocks);
+    }
+
+    #[test]
+    fn video_layout_names_axes_and_sequences() {
+        let cfg = Config::preset("sparselatte-xl2-ucf101").unwrap();
+        let l = block_layouts(&cfg, 8);
+        assert_eq!(l.len(), 28);
+        // the bottom pair: a Poolingformer over each of 16 frames, then 256 dense positions over 16 frames
+        assert_eq!((l[0].axis, l[0].grid, l[0].sequences, l[0].sequence_len), (Axis::Spatial, "global", 16, 256));
+        assert_eq!((l[1].axis, l[1].grid, l[1].sequences, l[1].sequence_len), (Axis::Temporal, "dense", 256, 16));
+        // a merge pair: 64 pooled tokens per frame, then 64 pooled cells (with windows) over 16 frames
+        assert_eq!((l[2].kind, l[2].tokens, l[2].sequences), (BlockKind::Merge, 64, 16));
+        assert_eq!((l[3].axis, l[3].grid, l[3].sequences, l[3].sequence_len, l[3].windows.len()), (Axis::Temporal, "sparse", 64, 16, 64));
+        assert!(l.iter().all(|b| b.frames == 16 && b.macs > 0));
+        let macs = count_macs(&cfg, Some(8));
         let blocks: u64 = macs.modules.iter().filter(|m| m.name.contains("blocks")).map(|m| m.total()).sum();
         assert_eq!(l.iter().map(|b| b.macs).sum::<u64>(), blocks);
     }

@@ -27,17 +27,21 @@
 //!   set_pooled_middle(spec: "START:END" | "default" | null): [start, end] | null  // plain DiT only:
 //!                                         // training-free sparsification (middle blocks on the pooled grid)
 //! }
-//! ModelInfo = { arch: "dit"|"sparsedit", name, input_size, in_channels, num_classes, depth,
-//!               dense_grid, default_grid, params, bytes, sha256 }
+//! ModelInfo = { arch: "dit"|"sparsedit"|"latte"|"sparselatte", name, input_size, in_channels,
+//!               num_classes, depth, dense_grid, default_grid, params, bytes, sha256,
+//!               frames?: F (video: latents and images are (num, F, C, I, I)),
+//!               backend: "webgpu"|"cpu" (video packs run on the CPU engine for now) }
 //! BlockInfo = { index, name, kind: "dit"|"poolingformer"|"merge"|"semantic"|"recover"|"normal"|"pooled",
 //!               segment: "dense"|"bottom"|"middle"|"top", tokens, grid: "dense"|"sparse"|"global",
-//!               side, windows: [[r0, r1, c0, c1], ...], macs }
+//!               side, windows: [[r0, r1, c0, c1], ...], macs, axis: "spatial"|"temporal", frames,
+//!               sequences, sequence_len }  // video: spatial = F sequences of `tokens`,
+//!                                          // temporal = `tokens` positions / pooled cells of F frames
 //! opts   = { label, seed, steps, sampler: "ddim"|"ddpm", eta, cfg, cfg_all_channels, respacing,
 //!            sparsity: "dense"|"fixed"|"schedule", grid, r_min, r_max, num, trace, preview }
 //!            (all optional; respacing defaults to `steps`, as the official sample.py)
 //! step   = { iter, total, timestep, grid, ms, pred_x0?: Float32Array,
 //!            attention?: [{ block, name, kind: "merge"|"recover", q, k, probs: Float32Array }] }
-//! result = { image: Float32Array, channels, size, ms_total, ms_steps: number[], grids: number[], cancelled,
+//! result = { image: Float32Array, channels, size, shape, ms_total, ms_steps: number[], grids: number[], cancelled,
 //!            (after a cancel, image is the partly denoised latent)
 //!            decoded?: { image: Float32Array (in [-1, 1]), channels: 3, size: 8 * size, ms, decoder } }
 //! DecoderInfo = { arch: "taesd"|"sdvae", latent_channels, out_channels, upscale, params, bytes, sha256,
@@ -103,11 +107,23 @@ enum Sink {
     Cpu(KeepAll),
 }
 
-impl Sink {
-    fn as_dyn(&mut self) -> &mut dyn TensorSink {
+impl TensorSink for Sink {
+    /// Video packs (Latte) run on the CPU engine for now (no WGSL temporal blocks yet): their
+    /// tensors are kept on the host even when a GPU is there.
+    fn header(&mut self, header: &crate::gguf::GgufHeader, cfg: &Config) -> crate::error::Result<()> {
+        if matches!(self, Sink::Gpu(_)) && cfg.is_video() {
+            *self = Sink::Cpu(KeepAll::default());
+        }
         match self {
-            Sink::Gpu(s) => s,
-            Sink::Cpu(s) => s,
+            Sink::Gpu(s) => s.header(header, cfg),
+            Sink::Cpu(s) => s.header(header, cfg),
+        }
+    }
+
+    fn tensor(&mut self, info: &crate::gguf::TensorInfo, bytes: Vec<u8>) -> crate::error::Result<()> {
+        match self {
+            Sink::Gpu(s) => s.tensor(info, bytes),
+            Sink::Cpu(s) => s.tensor(info, bytes),
         }
     }
 }
@@ -161,6 +177,11 @@ struct ModelInfo {
     params: usize,
     bytes: u64,
     sha256: String,
+    /// Frames per clip of a video model (latents (num, F, C, I, I)); absent for images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frames: Option<usize>,
+    /// Where this model runs: "webgpu", or "cpu" (no adapter, or a video model).
+    backend: &'static str,
 }
 
 #[derive(Deserialize)]
@@ -335,7 +356,7 @@ impl Engine {
     pub fn push(&self, chunk: &[u8]) -> Result<(), JsValue> {
         let mut inner = self.inner.borrow_mut();
         let (stream, sink) = inner.loading.as_mut().ok_or_else(|| call_err("push before begin_load"))?;
-        let r = stream.push(chunk, sink.as_dyn());
+        let r = stream.push(chunk, sink);
         if r.is_err() {
             inner.loading = None; // free what was uploaded so far
         }
@@ -373,6 +394,8 @@ impl Engine {
             params: cfg.num_parameters(),
             bytes: summary.bytes,
             sha256: summary.sha256,
+            frames: cfg.num_frames,
+            backend: if engine.gpu().is_some() { "webgpu" } else { "cpu" },
         };
         let js = to_js(&info)?;
         inner.loaded = Some(Rc::new(Loaded { engine, info }));
@@ -617,7 +640,11 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
     let sampled = run.map_err(js_err)?;
     // The final latents through the decoder, when one fits this model.
     let decoded = match decoder.filter(|d| d.cfg.latent_channels() == cfg.in_channels && !sampled.cancelled) {
-        Some(d) => Some(decode_for_page(&d, loaded.engine.gpu().map(|g| g.as_ref()), &sampled.latent, sampled.shape[0], cfg.input_size).await.map_err(js_err)?),
+        // a clip's frames decode as images: (num * F) latents
+        Some(d) => {
+            let images = sampled.shape[0] * cfg.frames();
+            Some(decode_for_page(&d, loaded.engine.gpu().map(|g| g.as_ref()), &sampled.latent, images, cfg.input_size).await.map_err(js_err)?)
+        }
         None => None,
     };
 
@@ -625,12 +652,14 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
     struct Out {
         channels: usize,
         size: usize,
+        /// (num, C, I, I), or (num, F, C, I, I) for a video model
+        shape: Vec<usize>,
         ms_total: f64,
         ms_steps: Vec<f64>,
         grids: Vec<usize>,
         cancelled: bool,
     }
-    let out = to_js(&Out { channels: cfg.in_channels, size: cfg.input_size, ms_total: now_ms() - start, ms_steps, grids, cancelled: sampled.cancelled })?;
+    let out = to_js(&Out { channels: cfg.in_channels, size: cfg.input_size, shape: sampled.shape.clone(), ms_total: now_ms() - start, ms_steps, grids, cancelled: sampled.cancelled })?;
     js_sys::Reflect::set(&out, &"image".into(), &js_sys::Float32Array::from(sampled.latent.as_slice()).into())?;
     if let Some(d) = decoded {
         js_sys::Reflect::set(&out, &"decoded".into(), &d.to_js()?)?;

@@ -189,7 +189,8 @@ before(async () => {
     '-o', imagenetPack], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
   extra['/extra/dit-1000-classes.gguf'] = { body: fs.readFileSync(imagenetPack) };
   // A small random latent DiT (4 channels, 8x8; fixture dit_dense) and the TAESD fixture decoder.
-  for (const [name, src, args] of [['dit-latent.gguf', 'dit_dense/model.pt', ['--heads', '4']], ['taesd.gguf', 'taesd/taesd_decoder.pth', []]]) {
+  for (const [name, src, args] of [['dit-latent.gguf', 'dit_dense/model.pt', ['--heads', '4']], ['taesd.gguf', 'taesd/taesd_decoder.pth', []],
+    ['latte.gguf', 'latte_f3_p2/model.pt', ['--heads', '4', '--quant', 'q8_0']]]) {
     const out = path.join(ARTIFACTS, name);
     execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data', src), ...args, '-o', out], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
     extra[`/extra/${name}`] = { body: fs.readFileSync(out) };
@@ -561,6 +562,43 @@ test('a latent model with a TAESD decoder: the final sample is decoded in the pa
     const bad = await page.evaluate(() => window.sparsedit.engine.decode(new Float32Array(7), 1).then(() => 'resolved', (e) => String(e.message)));
     assert.match(bad, /7 latent values for 1 latents of 4x8x8/);
   });
+});
+
+test('the wasm engine takes a video pack (Latte): it streams in, runs on the CPU engine beside WebGPU, and samples the clip the CLI samples', { timeout: 10 * 60_000 }, async () => {
+  const { context, page } = await openPage();
+  try {
+    await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    const steps = 4, cls = 2;
+    const got = await page.evaluate(async ({ steps, cls, seed }) => {
+      const engine = window.sparsedit.engine;
+      const bytes = new Uint8Array(await (await fetch('/extra/latte.gguf')).arrayBuffer());
+      engine.begin_load(bytes.length, null);
+      for (let i = 0; i < bytes.length; i += 4096) engine.push(bytes.subarray(i, i + 4096));
+      const info = engine.finish_load();
+      let n = 0;
+      const r = await engine.generate({ label: cls, seed, steps, cfg: 4, sampler: 'ddim', num: 1, preview: true }, (s) => {
+        n += 1;
+        if (!s.pred_x0 || s.pred_x0.length !== 3 * 4 * 8 * 8) throw new Error(`preview of ${s.pred_x0 && s.pred_x0.length} values`);
+      });
+      return { info: { arch: info.arch, frames: Number(info.frames), backend: info.backend }, n, shape: Array.from(r.shape, Number), latent: Array.from(r.image) };
+    }, { steps, cls, seed: SEED }).catch((e) => ({ error: String(e) }));
+    assert.ok(!got.error, got.error);
+    assert.deepEqual(got.info, { arch: 'latte', frames: 3, backend: 'cpu' });
+    assert.equal(got.n, steps);
+    assert.deepEqual(got.shape, [1, 3, 4, 8, 8]);
+    ensureCli();
+    const z = path.join(ARTIFACTS, 'latte-z.safetensors');
+    execFileSync(CLI, ['sample', '--model', path.join(ARTIFACTS, 'latte.gguf'), '--class', String(cls), '--seed', String(SEED),
+      '--steps', String(steps), '--cfg', '4', '--sampler', 'ddim', '--latent-out', z], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    const want = readSafetensors(z, 'sample');
+    assert.deepEqual(want.shape, [1, 3, 4, 8, 8]);
+    const scale = want.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const d = maxAbsDiff(got.latent, want.data);
+    console.log(`# Latte clip in the page's engine vs the CLI: max |diff| ${d.toExponential(2)} (scale ${scale.toFixed(1)})`);
+    assert.ok(d <= 1e-4 * scale, `page vs CLI clip: max |diff| ${d} (scale ${scale})`);
+  } finally {
+    await context.close();
+  }
 });
 
 test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) streams into WebGPU buffers with the wasm heap under 256 MB, generates at 256 px and decodes with a full-size TAESD', { timeout: 40 * 60_000 }, async () => {
