@@ -238,3 +238,26 @@ fn bad_video_inputs_are_clear_errors() {
     let bytes = pack_bytes(&cfg, &checkpoint("latte_f3_p2"), TensorType::Q8_0);
     assert!(load_pack_bytes(&bytes[..bytes.len() - 100]).is_err());
 }
+
+#[test]
+fn training_free_pooled_middle_on_plain_latte() {
+    // gen_latte.py's latte_pooled_middle on the official model: blocks A..B on each frame's
+    // s x s pooled grid (temporal ones over the pooled cells), the update added back with
+    // 'nearest'; latte_f3_p2's middle starts on a temporal block (temp_embed goes in there).
+    let mut seen = 0;
+    for case in ["latte_f3_p2", "latte_f8_p4_uncond"] {
+        let (cfg, mut model) = load_case(case);
+        let inp = load_st(&fixture_dir(case).join("inputs.safetensors"));
+        let exp = load_st(&fixture_dir(case).join("expected.safetensors"));
+        for (key, want) in exp.iter().filter(|(k, _)| k.starts_with("out_pm_")) {
+            let parts: Vec<usize> = key["out_pm_".len()..].replace('s', "").split('_').map(|v| v.parse().unwrap()).collect();
+            let pm = sparsedit::config::PooledMiddle { start: parts[0], end: parts[1] };
+            model.set_pooled_middle(Some(pm)).unwrap();
+            let got = model.forward(&inp["x"], &f32s(&inp["t"]), &i64s(&inp["y"]), parts[2]).unwrap();
+            assert_close(&format!("{case} {key}"), &f32s(&got), &f32s(want), FORWARD_TOL);
+            seen += 1;
+        }
+        assert!(cfg.is_video());
+    }
+    assert_eq!(seen, 3, "pooled-middle outputs in the fixtures");
+}
