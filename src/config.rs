@@ -326,6 +326,12 @@ impl Config {
         s
     }
 
+    /// One latent's dims for messages: `C, I, I` or `F, C, I, I`.
+    pub fn latent_dims_text(&self) -> String {
+        let dims: Vec<String> = self.latent_shape(1)[1..].iter().map(|d| d.to_string()).collect();
+        dims.join(", ")
+    }
+
     /// Values in one latent (one image or one clip).
     pub fn latent_len(&self) -> usize {
         self.latent_shape(1).iter().product()
@@ -356,8 +362,7 @@ impl Config {
         let want = self.latent_shape(1);
         if x_dims.len() != want.len() || x_dims[1..] != want[1..] {
             let names = if self.is_video() { "(B, F, C, H, W)" } else { "(B, C, H, W)" };
-            let dims: Vec<String> = want[1..].iter().map(|d| d.to_string()).collect();
-            return Err(Error::arg(format!("input x has shape {x_dims:?}, the model takes {names} = (B, {})", dims.join(", "))));
+            return Err(Error::arg(format!("input x has shape {x_dims:?}, the model takes {names} = (B, {})", self.latent_dims_text())));
         }
         let b = x_dims[0];
         if b == 0 || t.len() != b || y.len() != b {

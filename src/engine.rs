@@ -45,6 +45,23 @@ impl Backend {
             },
         }
     }
+
+    /// As [`Backend::open`], for a model of `cfg`. Video models (Latte) have no WGSL temporal
+    /// blocks yet ([`GpuModel::load`] refuses them): `Auto` runs them on the CPU, and `Gpu` is
+    /// an error saying so before any adapter is opened.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_for(self, cfg: &Config) -> Result<(Option<Gpu>, Option<Error>)> {
+        if !cfg.is_video() {
+            return self.open();
+        }
+        match self {
+            Backend::Gpu => Err(Error::arg(format!(
+                "{} models run on the CPU backend for now (no WGSL temporal blocks yet): use --backend cpu or auto",
+                cfg.arch_name()
+            ))),
+            Backend::Cpu | Backend::Auto => Ok((None, None)),
+        }
+    }
 }
 
 /// The model on its backend: the CPU model, or the GPU model with the GPU it lives on.
@@ -190,11 +207,10 @@ impl SampleRequest {
         let per = cfg.latent_len();
         let images = match &self.latent {
             Some(z) if z.is_empty() || !z.len().is_multiple_of(per) => {
-                let one: Vec<String> = cfg.latent_shape(1)[1..].iter().map(|d| d.to_string()).collect();
                 return Err(Error::arg(format!(
                     "the starting latent has {} values, not a whole number of ({}) latents",
                     z.len(),
-                    one.join(", ")
+                    cfg.latent_dims_text()
                 )));
             }
             Some(z) => z.len() / per,

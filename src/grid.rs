@@ -69,40 +69,36 @@ pub fn nearest_upsample_index(s: usize, n: usize, dev: &Device) -> Result<Tensor
     Ok(Tensor::from_vec(idx, n * n, dev)?)
 }
 
+/// MAE's 1-D sin-cos encoding of `pos` into `row` (its width D): D/2 sines then D/2 cosines of
+/// pos / 10000^(k/(D/2)) (`get_1d_sincos_pos_embed_from_grid`, in f64 as numpy computes it).
+fn sincos_row(pos: f64, row: &mut [f32]) {
+    let half = row.len() / 2;
+    for k in 0..half {
+        let omega = 1.0 / 10000f64.powf(k as f64 / half as f64);
+        let a = pos * omega;
+        row[k] = a.sin() as f32;
+        row[half + k] = a.cos() as f32;
+    }
+}
+
 /// 2-D sin-cos position table (N, C) as MAE's get_2d_sincos_pos_embed: the first C/2 channels
 /// encode the column index w, the last C/2 the row index h; each half is [sin, cos].
 pub fn sincos_pos_embed(c: usize, n: usize) -> Vec<f32> {
-    let quarter = c / 4;
     let half = c / 2;
-    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64)).collect();
     let mut out = vec![0f32; n * n * c];
-    for hh in 0..n {
-        for ww in 0..n {
-            let row = &mut out[(hh * n + ww) * c..(hh * n + ww + 1) * c];
-            for (part, pos) in [(0usize, ww as f64), (1, hh as f64)] {
-                for k in 0..quarter {
-                    let a = pos * omega[k];
-                    row[part * half + k] = a.sin() as f32;
-                    row[part * half + quarter + k] = a.cos() as f32;
-                }
-            }
-        }
+    for (i, row) in out.chunks_mut(c).enumerate() {
+        let (hh, ww) = (i / n, i % n);
+        sincos_row(ww as f64, &mut row[..half]);
+        sincos_row(hh as f64, &mut row[half..2 * half]);
     }
     out
 }
 
-/// 1-D sin-cos table (L, C) as MAE's get_1d_sincos_pos_embed_from_grid over positions 0..L
-/// (Latte's `temp_embed` over the frames): C/2 sines then C/2 cosines of pos / 10000^(k/(C/2)).
+/// 1-D sin-cos table (L, C) over positions 0..L (Latte's `temp_embed` over the frames).
 pub fn sincos_1d(c: usize, len: usize) -> Vec<f32> {
-    let half = c / 2;
-    let omega: Vec<f64> = (0..half).map(|k| 1.0 / 10000f64.powf(k as f64 / half as f64)).collect();
     let mut out = vec![0f32; len * c];
     for (pos, row) in out.chunks_mut(c).enumerate() {
-        for k in 0..half {
-            let a = pos as f64 * omega[k];
-            row[k] = a.sin() as f32;
-            row[half + k] = a.cos() as f32;
-        }
+        sincos_row(pos as f64, row);
     }
     out
 }

@@ -261,3 +261,18 @@ fn training_free_pooled_middle_on_plain_latte() {
     }
     assert_eq!(seen, 3, "pooled-middle outputs in the fixtures");
 }
+
+#[test]
+fn temp_embed_table_is_the_official_one() {
+    // The official init's sin-cos temp_embed (kept by gen_latte.py) = grid::sincos_1d, which
+    // random packs of video presets use.
+    for case in ["latte_f3_p2", "latte_f8_p4_uncond"] {
+        let cfg = fixture_config(case);
+        let want = f32s(&checkpoint(case)["temp_embed"]);
+        let got = sparsedit::grid::sincos_1d(cfg.hidden_size, cfg.frames());
+        assert_close(&format!("{case} temp_embed"), &got, &want, 1e-6);
+        let want = f32s(&checkpoint(case)["pos_embed"]);
+        let got = sparsedit::grid::sincos_pos_embed(cfg.hidden_size, cfg.grid());
+        assert_close(&format!("{case} pos_embed"), &got, &want, 1e-6);
+    }
+}

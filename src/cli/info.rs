@@ -45,7 +45,7 @@ pub(super) fn info(path: &Path) -> Result<()> {
         cfg.num_heads,
         cfg.mlp_hidden,
         cfg.num_classes,
-        if cfg.class_null { " (+ null label)" } else if cfg.num_classes == 0 { " (unconditional)" } else { "" },
+        if cfg.class_null { " (+ null label)" } else if !cfg.is_class_conditional() { " (unconditional)" } else { "" },
         cfg.learn_sigma
     );
     println!("parameters: {params} ({:.2} M, pos_embed included)", params as f64 / 1e6);

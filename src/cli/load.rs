@@ -22,19 +22,31 @@ pub(super) fn is_pack(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
+/// `--semantic-size` overrides a pack's stored grid; `--heads` must agree with the pack's.
+pub(super) fn apply_pack_flags(cfg: &mut Config, flags: &ImportFlags) -> Result<()> {
+    if let Some(s) = flags.semantic_size {
+        cfg.semantic_size = s;
+    }
+    match flags.heads {
+        Some(h) if h != cfg.num_heads => Err(Error::InvalidArgument(format!("--heads {h} disagrees with the pack's {} heads", cfg.num_heads))),
+        _ => Ok(()),
+    }
+}
+
+/// A pack's parse errors name the file.
+pub(super) fn in_file(path: &Path) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Gguf(m) => Error::Gguf(format!("{}: {m}", path.display())),
+        other => other,
+    }
+}
+
 /// A pack, or a checkpoint imported on the fly; flags override the stored semantic size.
 pub(super) fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Config, TensorMap)> {
     if is_pack(path) {
         let p = load_pack_file(path)?;
         let mut cfg = p.cfg;
-        if let Some(s) = flags.semantic_size {
-            cfg.semantic_size = s;
-        }
-        if let Some(h) = flags.heads {
-            if h != cfg.num_heads {
-                return Err(Error::InvalidArgument(format!("--heads {h} disagrees with the pack's {} heads", cfg.num_heads)));
-            }
-        }
+        apply_pack_flags(&mut cfg, flags)?;
         Ok((cfg, p.tensors))
     } else {
         let map = read_checkpoint(path)?;
@@ -43,28 +55,22 @@ pub(super) fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Co
     }
 }
 
-/// As [`open_backend`], for a model: video models (Latte) run on the CPU only for now, `auto`
-/// picks it and `gpu` is refused.
+/// The GPU for a model of `cfg` on `--backend` (see [`sparsedit::engine::Backend::open_for`]:
+/// video models run on the CPU for now); a fallback to the CPU is noted.
 pub(super) fn open_model_backend(backend: Backend, cfg: &Config) -> Result<Option<Gpu>> {
-    if cfg.is_video() {
-        return match backend {
-            Backend::Gpu => Err(Error::InvalidArgument(format!(
-                "{} models run on the CPU backend for now (no WGSL temporal blocks yet): use --backend cpu or auto",
-                cfg.arch_name()
-            ))),
-            _ => Ok(None),
-        };
-    }
-    open_backend(backend)
+    Ok(noted(sparsedit::engine::Backend::from(backend).open_for(cfg)?))
 }
 
 /// The GPU for `--backend gpu`, none for `cpu`; `auto` falls back to the CPU with a note.
 pub(super) fn open_backend(backend: Backend) -> Result<Option<Gpu>> {
-    let (gpu, fell_back) = sparsedit::engine::Backend::from(backend).open()?;
+    Ok(noted(sparsedit::engine::Backend::from(backend).open()?))
+}
+
+fn noted((gpu, fell_back): (Option<Gpu>, Option<Error>)) -> Option<Gpu> {
     if let Some(e) = fell_back {
         eprintln!("note: {e}; using the CPU backend");
     }
-    Ok(gpu)
+    gpu
 }
 
 /// A file given to `convert` / `decode`, read once.
@@ -80,11 +86,7 @@ pub(super) enum Loaded {
 pub(super) fn load_any(path: &Path, flags: &DecoderFlags) -> Result<Loaded> {
     if is_pack(path) {
         let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
-        let in_file = |e: Error| match e {
-            Error::Gguf(m) => Error::Gguf(format!("{}: {m}", path.display())),
-            other => other,
-        };
-        let g = sparsedit::gguf::Gguf::parse(&bytes).map_err(in_file)?;
+        let g = sparsedit::gguf::Gguf::parse(&bytes).map_err(in_file(path))?;
         let arch = g.header.meta("general.architecture").and_then(MetaValue::as_str).unwrap_or("");
         if arch != "taesd" && arch != "sdvae" {
             return Ok(Loaded::ModelPack);
@@ -92,7 +94,7 @@ pub(super) fn load_any(path: &Path, flags: &DecoderFlags) -> Result<Loaded> {
         if flags.norm_groups.is_some() || flags.scaling_factor.is_some() {
             return Err(Error::InvalidArgument("--norm-groups / --scaling-factor apply to checkpoints; a pack stores them".into()));
         }
-        let p = load_decoder_pack_bytes(&bytes).map_err(in_file)?;
+        let p = load_decoder_pack_bytes(&bytes).map_err(in_file(path))?;
         return Ok(Loaded::Decoder(p.cfg, p.tensors));
     }
     let map = read_checkpoint(path)?;

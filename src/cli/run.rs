@@ -15,7 +15,7 @@ use sparsedit::{Error, Result};
 
 use super::decode::{decoded_for_png, run_decoder};
 use super::io::{bar, labels, need, read_inputs, save_tensors, write_png};
-use super::load::{is_pack, load_decoder, load_model_tensors, open_model_backend};
+use super::load::{apply_pack_flags, in_file, is_pack, load_decoder, load_model_tensors, open_model_backend};
 use super::{Backend, DecoderFlags, ImportFlags, SamplerChoice};
 
 #[derive(Args)]
@@ -252,8 +252,7 @@ fn read_latent(p: &Path, cfg: &Config) -> Result<Vec<f32>> {
     let z = need(&m, "z", p)?.to_dtype(DType::F32)?;
     let z = if z.rank() + 1 == want.len() { z.unsqueeze(0)? } else { z };
     if z.rank() != want.len() || z.dims()[1..] != want[1..] {
-        let dims: Vec<String> = want[1..].iter().map(|d| d.to_string()).collect();
-        return Err(Error::InvalidArgument(format!("{}: z has shape {:?}, the model needs (n, {})", p.display(), z.dims(), dims.join(", "))));
+        return Err(Error::InvalidArgument(format!("{}: z has shape {:?}, the model needs (n, {})", p.display(), z.dims(), cfg.latent_dims_text())));
     }
     to_vec_f32(&z)
 }
@@ -263,20 +262,12 @@ fn load_model(flags: &ModelFlags) -> Result<Engine> {
     let mut engine = if is_pack(&flags.model) {
         // A pack's linear weights go to the GPU as stored (quantized).
         let bytes = std::fs::read(&flags.model).map_err(|e| Error::Io { path: flags.model.display().to_string(), source: e })?;
-        let in_file = |e: Error| match e {
-            Error::Gguf(m) => Error::Gguf(format!("{}: {m}", flags.model.display())),
-            other => other,
-        };
-        let pack = sparsedit::gguf::Gguf::parse(&bytes).map_err(in_file)?;
-        let mut cfg = sparsedit::pack::config_from_header(&pack.header).map_err(in_file)?;
-        if let Some(s) = flags.import.semantic_size {
-            cfg.semantic_size = s;
-        }
-        if let Some(h) = flags.import.heads.filter(|&h| h != cfg.num_heads) {
-            return Err(Error::InvalidArgument(format!("--heads {h} disagrees with the pack's {} heads", cfg.num_heads)));
-        }
+        let in_file = in_file(&flags.model);
+        let pack = sparsedit::gguf::Gguf::parse(&bytes).map_err(&in_file)?;
+        let mut cfg = sparsedit::pack::config_from_header(&pack.header).map_err(&in_file)?;
+        apply_pack_flags(&mut cfg, &flags.import)?;
         let gpu = open_model_backend(flags.backend, &cfg)?.map(Rc::new);
-        Engine::from_pack(gpu, cfg, &pack).map_err(in_file)?
+        Engine::from_pack(gpu, cfg, &pack).map_err(&in_file)?
     } else {
         let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
         let gpu = open_model_backend(flags.backend, &cfg)?.map(Rc::new);
