@@ -45,23 +45,6 @@ impl Backend {
             },
         }
     }
-
-    /// As [`Backend::open`], for a model of `cfg`. Video models (Latte) have no WGSL temporal
-    /// blocks yet ([`GpuModel::load`] refuses them): `Auto` runs them on the CPU, and `Gpu` is
-    /// an error saying so before any adapter is opened.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn open_for(self, cfg: &Config) -> Result<(Option<Gpu>, Option<Error>)> {
-        if !cfg.is_video() {
-            return self.open();
-        }
-        match self {
-            Backend::Gpu => Err(Error::arg(format!(
-                "{} models run on the CPU backend for now (no WGSL temporal blocks yet): use --backend cpu or auto",
-                cfg.arch_name()
-            ))),
-            Backend::Cpu | Backend::Auto => Ok((None, None)),
-        }
-    }
 }
 
 /// The model on its backend: the CPU model, or the GPU model with the GPU it lives on.

@@ -30,7 +30,7 @@
 //! ModelInfo = { arch: "dit"|"sparsedit"|"latte"|"sparselatte", name, input_size, in_channels,
 //!               num_classes, depth, dense_grid, default_grid, params, bytes, sha256,
 //!               frames?: F (video: latents and images are (num, F, C, I, I)),
-//!               backend: "webgpu"|"cpu" (video packs run on the CPU engine for now) }
+//!               backend: "webgpu"|"cpu" }
 //! BlockInfo = { index, name, kind: "dit"|"poolingformer"|"merge"|"semantic"|"recover"|"normal"|"pooled",
 //!               segment: "dense"|"bottom"|"middle"|"top", tokens, grid: "dense"|"sparse"|"global",
 //!               side, windows: [[r0, r1, c0, c1], ...], macs, axis: "spatial"|"temporal", frames,
@@ -108,12 +108,7 @@ enum Sink {
 }
 
 impl TensorSink for Sink {
-    /// Video packs (Latte) run on the CPU engine for now (no WGSL temporal blocks yet): their
-    /// tensors are kept on the host even when a GPU is there.
     fn header(&mut self, header: &crate::gguf::GgufHeader, cfg: &Config) -> crate::error::Result<()> {
-        if matches!(self, Sink::Gpu(_)) && cfg.is_video() {
-            *self = Sink::Cpu(KeepAll::default());
-        }
         match self {
             Sink::Gpu(s) => s.header(header, cfg),
             Sink::Cpu(s) => s.header(header, cfg),

@@ -12,7 +12,7 @@ use common::random_nonzero as random;
 use candle_core::{Device, Tensor};
 use sparsedit::diffusion::{Diffusion, Guidance, SamplerKind, VarianceType};
 use sparsedit::gpu::ops::tokens::{
-    adaptive_avg_pool, condition, mean_tokens, patchify, residual_broadcast, sampler_step, unpatchify, upsample_nearest, Resize,
+    adaptive_avg_pool, condition, mean_tokens, patchify, residual_broadcast, sampler_step, transpose_frames, unpatchify, upsample_nearest, Resize,
     SamplerStepParams,
 };
 use sparsedit::gpu::{Dispatch, Gpu, GpuBuf};
@@ -137,10 +137,52 @@ fn poolingformer_mean_and_broadcast_residual_match_the_reference() {
         let gate = Tensor::from_slice(&mods, (b, 1, stride), &dev).unwrap().narrow(2, off, c).unwrap();
         let at = Tensor::from_slice(&a, (b, 1, c), &dev).unwrap();
         let want = xt.broadcast_add(&gate.broadcast_mul(&at).unwrap()).unwrap();
-        let d = residual_broadcast(&gpu, "residual", &xb, b, t, c, &gpu.upload("mods", &mods).unwrap(), stride, off, &gpu.upload("a", &a).unwrap()).unwrap();
+        let d = residual_broadcast(&gpu, "residual", &xb, b, t, c, &gpu.upload("mods", &mods).unwrap(), stride, off, &gpu.upload("a", &a).unwrap(), 1).unwrap();
         run(&gpu, d);
         assert_close(&format!("residual_broadcast B {b} T {t} C {c}"), &gpu.read(&xb).unwrap(), &vec_of(&want), TOL);
     }
+}
+
+#[test]
+fn video_ops_match_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    let dev = Device::Cpu;
+    // Latte's rearranges around a temporal block, as Model::forward_traced: (B, F, T, C) ->
+    // (B, T, F, C) + temp_embed (F, C), and back without a table. F = 3 and 8, T odd.
+    for (case, &(b, f, t, c)) in [(2usize, 3usize, 5usize, 20usize), (1, 8, 9, 7), (3, 1, 4, 6)].iter().enumerate() {
+        let seed = 400 + case as u64;
+        let x = random(seed, b * f * t * c, 2.0);
+        let te = random(seed + 1, f * c, 1.0);
+        let xt = Tensor::from_slice(&x, (b, f, t, c), &dev).unwrap();
+        let tet = Tensor::from_slice(&te, (f, c), &dev).unwrap();
+        let want = xt.transpose(1, 2).unwrap().contiguous().unwrap().broadcast_add(&tet).unwrap();
+        let (xb, teb) = (gpu.upload("x", &x).unwrap(), gpu.upload("temp_embed", &te).unwrap());
+        let out = gpu.zeros("frames", x.len()).unwrap();
+        run(&gpu, transpose_frames(&gpu, "in", &xb, b, f, t, c, Some(&teb), &out).unwrap());
+        assert_close(&format!("transpose_frames in B {b} F {f} T {t}"), &gpu.read(&out).unwrap(), &vec_of(&want), 0.0);
+        let back = gpu.zeros("back", x.len()).unwrap();
+        run(&gpu, transpose_frames(&gpu, "out", &out, b, t, f, c, None, &back).unwrap());
+        let want_back = want.transpose(1, 2).unwrap();
+        assert_close(&format!("transpose_frames out B {b} F {f} T {t}"), &gpu.read(&back).unwrap(), &vec_of(&want_back), 0.0);
+
+        // A video Poolingformer's residual: one vector per frame, one modulation row per clip.
+        let (stride, off) = (6 * c, 2 * c);
+        let mods = random(seed + 2, b * stride, 1.5);
+        let a = random(seed + 3, b * f * c, 1.5);
+        let gate = Tensor::from_slice(&mods, (b, 1, 1, stride), &dev).unwrap().narrow(3, off, c).unwrap();
+        let at = Tensor::from_slice(&a, (b, f, 1, c), &dev).unwrap();
+        let want = xt.broadcast_add(&gate.broadcast_mul(&at).unwrap()).unwrap();
+        let d = residual_broadcast(&gpu, "residual", &xb, b * f, t, c, &gpu.upload("mods", &mods).unwrap(), stride, off, &gpu.upload("a", &a).unwrap(), f).unwrap();
+        run(&gpu, d);
+        assert_close(&format!("residual_broadcast per clip B {b} F {f}"), &gpu.read(&xb).unwrap(), &vec_of(&want), TOL);
+    }
+    let msg = |r: sparsedit::error::Result<Dispatch>| r.err().expect("an error").to_string();
+    let z = |n| gpu.zeros("z", n).unwrap();
+    assert!(msg(transpose_frames(&gpu, "tf", &z(59), 1, 3, 4, 5, None, &z(60))).contains("tf input"));
+    assert!(msg(transpose_frames(&gpu, "tf", &z(60), 1, 3, 4, 5, Some(&z(14)), &z(60))).contains("tf table"));
+    let xb = z(60);
+    assert!(msg(transpose_frames(&gpu, "tf", &xb, 1, 3, 4, 5, None, &xb)).contains("also"));
+    assert!(msg(residual_broadcast(&gpu, "res", &z(300), 3, 5, 20, &z(240), 120, 40, &z(60), 2)).contains("modulation rows"));
 }
 
 #[test]
@@ -180,7 +222,7 @@ fn elementwise_dispatch_past_65535_workgroups() {
     let mods = random(8, 3 * c, 1.0);
     let a = random(9, c, 1.0);
     let xb = gpu.upload("x", &x).unwrap();
-    let d = residual_broadcast(&gpu, "residual big", &xb, b, t, c, &gpu.upload("mods", &mods).unwrap(), 3 * c, c, &gpu.upload("a", &a).unwrap()).unwrap();
+    let d = residual_broadcast(&gpu, "residual big", &xb, b, t, c, &gpu.upload("mods", &mods).unwrap(), 3 * c, c, &gpu.upload("a", &a).unwrap(), 1).unwrap();
     assert!(d.groups[1] > 1, "expected a 2-D dispatch, got {:?}", d.groups);
     run(&gpu, d);
     let want: Vec<f32> = x.iter().enumerate().map(|(e, &v)| v + mods[c + e % c] * a[e % c]).collect();
@@ -310,12 +352,12 @@ fn shape_errors_are_reported() {
     // mean_tokens / residual_broadcast.
     assert!(msg(mean_tokens(&gpu, "mean", &z(2 * 5 * 20 - 1), 2, 5, 20, &z(40))).contains("mean input"));
     assert!(msg(mean_tokens(&gpu, "mean", &z(200), 2, 5, 20, &z(39))).contains("mean output"));
-    let e = msg(residual_broadcast(&gpu, "res", &z(200), 2, 5, 20, &z(240), 120, 110, &z(40)));
+    let e = msg(residual_broadcast(&gpu, "res", &z(200), 2, 5, 20, &z(240), 120, 110, &z(40), 1));
     assert!(e.contains("gate slice"), "{e}");
-    assert!(msg(residual_broadcast(&gpu, "res", &z(200), 2, 5, 20, &z(239), 120, 40, &z(40))).contains("res modulation"));
-    assert!(msg(residual_broadcast(&gpu, "res", &z(200), 2, 5, 20, &z(240), 120, 40, &z(39))).contains("res broadcast vector"));
+    assert!(msg(residual_broadcast(&gpu, "res", &z(200), 2, 5, 20, &z(239), 120, 40, &z(40), 1)).contains("res modulation"));
+    assert!(msg(residual_broadcast(&gpu, "res", &z(200), 2, 5, 20, &z(240), 120, 40, &z(39), 1)).contains("res broadcast vector"));
     let xb = z(200);
-    assert!(msg(residual_broadcast(&gpu, "res", &xb, 2, 5, 20, &z(240), 120, 40, &xb)).contains("also"));
+    assert!(msg(residual_broadcast(&gpu, "res", &xb, 2, 5, 20, &z(240), 120, 40, &xb, 1)).contains("also"));
     // pooling / upsampling.
     let rs = |from, to| Resize { batch: 2, from, to, channels: 20 };
     assert!(msg(adaptive_avg_pool(&gpu, "pool", &z(2 * 36 * 20 - 1), rs(6, 4), &z(2 * 16 * 20))).contains("pool input"));

@@ -75,7 +75,7 @@ fn check_sampler(case: &str, file: &str, kind: SamplerKind) {
     // sample.py's create_diffusion(str(K))
     let sampler = Sampler::new(&want_t.len().to_string(), kind, cfg.learn_sigma).unwrap();
     assert_eq!(sampler.diffusion.timestep_map, want_t, "{case}/{file}: respaced timesteps");
-    let guidance = (scale > 1.0).then(|| Guidance { scale, guided_channels: 4, null_label: cfg.num_classes as i64 });
+    let guidance = (scale > 1.0).then_some(Guidance { scale, guided_channels: 4, null_label: cfg.num_classes as i64 });
     let per_step = z.elem_count();
     let mut noise: Box<dyn NoiseSource> = match f.get("noise") {
         // (steps, rows, F, C, H, W); with CFG the rows are [z; z] and the first half drives x.

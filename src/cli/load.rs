@@ -55,12 +55,6 @@ pub(super) fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Co
     }
 }
 
-/// The GPU for a model of `cfg` on `--backend` (see [`sparsedit::engine::Backend::open_for`]:
-/// video models run on the CPU for now); a fallback to the CPU is noted.
-pub(super) fn open_model_backend(backend: Backend, cfg: &Config) -> Result<Option<Gpu>> {
-    Ok(noted(sparsedit::engine::Backend::from(backend).open_for(cfg)?))
-}
-
 /// The GPU for `--backend gpu`, none for `cpu`; `auto` falls back to the CPU with a note.
 pub(super) fn open_backend(backend: Backend) -> Result<Option<Gpu>> {
     Ok(noted(sparsedit::engine::Backend::from(backend).open()?))

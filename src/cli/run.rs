@@ -15,7 +15,7 @@ use sparsedit::{Error, Result};
 
 use super::decode::{decoded_for_png, run_decoder};
 use super::io::{bar, labels, need, read_inputs, save_tensors, write_png};
-use super::load::{apply_pack_flags, in_file, is_pack, load_decoder, load_model_tensors, open_model_backend};
+use super::load::{apply_pack_flags, in_file, is_pack, load_decoder, load_model_tensors, open_backend};
 use super::{Backend, DecoderFlags, ImportFlags, SamplerChoice};
 
 #[derive(Args)]
@@ -266,11 +266,11 @@ fn load_model(flags: &ModelFlags) -> Result<Engine> {
         let pack = sparsedit::gguf::Gguf::parse(&bytes).map_err(&in_file)?;
         let mut cfg = sparsedit::pack::config_from_header(&pack.header).map_err(&in_file)?;
         apply_pack_flags(&mut cfg, &flags.import)?;
-        let gpu = open_model_backend(flags.backend, &cfg)?.map(Rc::new);
+        let gpu = open_backend(flags.backend)?.map(Rc::new);
         Engine::from_pack(gpu, cfg, &pack).map_err(&in_file)?
     } else {
         let (cfg, tensors) = load_model_tensors(&flags.model, &flags.import)?;
-        let gpu = open_model_backend(flags.backend, &cfg)?.map(Rc::new);
+        let gpu = open_backend(flags.backend)?.map(Rc::new);
         Engine::from_tensors(gpu, cfg, tensors)?
     };
     if let Some(pm) = &flags.pooled_middle {

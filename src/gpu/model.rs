@@ -10,7 +10,7 @@
 
 use std::rc::Rc;
 
-use crate::blocks::{BlockKind, BlockWeights};
+use crate::blocks::{Axis, BlockKind, BlockWeights};
 use crate::config::{Config, FREQ_DIM};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorType};
@@ -41,13 +41,31 @@ impl Half {
     }
 }
 
+/// How a block's rows form attention sequences: per batch row (clip) `per_clip` sequences of
+/// `len` tokens each, rows ordered sequence by sequence. An image is one sequence of T tokens;
+/// a Latte spatial block sees F frames of T tokens, a temporal block T positions of F frames.
+/// Modulation is per clip either way: a clip's rows are contiguous in both layouts.
+#[derive(Clone, Copy, Debug)]
+struct Seqs {
+    per_clip: usize,
+    len: usize,
+}
+
+impl Seqs {
+    /// Token rows per clip.
+    fn rows(self) -> usize {
+        self.per_clip * self.len
+    }
+}
+
 /// Records the dispatches of one forward pass over a plan's activations: the CPU model's tensor
 /// ops, one call each (`linear`, `modulate(layer_norm(..))`, `attention`).
 struct Recorder<'a> {
     gpu: &'a Gpu,
     precision: Precision,
     a: &'a Activations,
-    /// Batch rows B, hidden width C, heads H.
+    /// Batch rows B (clips of F frames in a video model, images otherwise), hidden width C,
+    /// heads H.
     b: usize,
     c: usize,
     heads: usize,
@@ -63,13 +81,13 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// The block's modulation mods (B, 6C) = adaLN(SiLU(c)).
+    /// The block's modulation mods (B, 6C) = adaLN(SiLU(c)), one row per clip.
     fn modulation(&mut self, ada: &GpuLinear) -> Result<()> {
         let (cond, mods) = (&self.a.cond, &self.a.mods);
         self.linear(ada, cond, 1, mods, Epilogue::Store)
     }
 
-    /// out (B, t, C) = modulate(layer_norm(x), shift, scale) of `half`.
+    /// out (B, t, C) = modulate(layer_norm(x), shift, scale) of `half`; `t` rows per clip.
     fn modulate(&mut self, label: String, x: &GpuBuf, t: usize, half: Half, out: &GpuBuf) -> Result<()> {
         let (c, shift) = (self.c, half.shift(self.c));
         self.d.push(layernorm_modulate(self.gpu, &label, x, self.b * t, c, t, &self.a.mods, 6 * c, shift, shift + c, out)?);
@@ -137,13 +155,15 @@ impl DitBlock {
         })
     }
 
-    /// x: (B, t, C), updated in place.
-    fn record(&self, r: &mut Recorder, x: &GpuBuf, t: usize) -> Result<()> {
+    /// x: (B, t, C), t = seq.rows(), updated in place; attention within each sequence.
+    fn record(&self, r: &mut Recorder, x: &GpuBuf, seq: Seqs) -> Result<()> {
         let (normed, wide, att) = (&r.a.normed, &r.a.wide, &r.a.att);
+        let t = seq.rows();
         r.modulation(&self.ada)?;
         r.modulate(format!("{}.norm1", self.name), x, t, Half::Msa, normed)?;
         r.linear(&self.qkv, normed, t, wide, Epilogue::Store)?; // (B, t, 3C)
-        r.attention(&self.name, &AttnShape::packed_qkv(r.b, t, r.c, r.heads), wide, wide, att, false)?;
+        let shape = AttnShape::packed_qkv(r.b * seq.per_clip, seq.len, r.c, r.heads);
+        r.attention(&self.name, &shape, wide, wide, att, false)?;
         r.gated(&self.proj, att, t, x, Half::Msa)?;
         self.mlp.residual(r, &self.name, x, t)
     }
@@ -170,17 +190,20 @@ impl PoolingformerBlock {
         })
     }
 
-    /// x: (B, t, C), updated in place.
-    fn record(&self, r: &mut Recorder, x: &GpuBuf, t: usize) -> Result<()> {
+    /// x: (B, t, C), t = seq.rows(), updated in place; the mean runs within each sequence
+    /// (frame).
+    fn record(&self, r: &mut Recorder, x: &GpuBuf, seq: Seqs) -> Result<()> {
         let (normed, att, pooled, pooled_proj) = (&r.a.normed, &r.a.att, &r.a.pooled, &r.a.pooled_proj);
         let (gpu, b, c, name) = (r.gpu, r.b, r.c, &self.name);
+        let (t, seqs) = (seq.rows(), b * seq.per_clip);
         r.modulation(&self.ada)?;
         r.modulate(format!("{name}.norm1"), x, t, Half::Msa, normed)?;
         // The official code multiplies a uniform t x t softmax by V: every token gets mean(V).
         r.linear(&self.v, normed, t, att, Epilogue::Store)?; // (B, t, C)
-        r.d.push(tokens::mean_tokens(gpu, &format!("{name}.attn.mean"), att, b, t, c, pooled)?); // (B, C)
-        r.linear(&self.proj, pooled, 1, pooled_proj, Epilogue::Store)?; // (B, C), broadcast to every token
-        r.d.push(tokens::residual_broadcast(gpu, &format!("{name}.residual"), x, b, t, c, &r.a.mods, 6 * c, 2 * c, pooled_proj)?);
+        r.d.push(tokens::mean_tokens(gpu, &format!("{name}.attn.mean"), att, seqs, seq.len, c, pooled)?); // (B·seqs, C)
+        r.linear(&self.proj, pooled, seq.per_clip, pooled_proj, Epilogue::Store)?; // (B·seqs, C), broadcast to every token
+        let gate = 2 * c;
+        r.d.push(tokens::residual_broadcast(gpu, &format!("{name}.residual"), x, seqs, seq.len, c, &r.a.mods, 6 * c, gate, pooled_proj, seq.per_clip)?);
         self.mlp.residual(r, name, x, t)
     }
 }
@@ -202,18 +225,20 @@ impl CrossAttention {
         })
     }
 
-    /// kv (B, tk, 2C) from the normalised keys/values side hkv (B, tk, C).
-    fn keys_values(&self, r: &mut Recorder, hkv: &GpuBuf, tk: usize) -> Result<()> {
+    /// kv (B, f·tk, 2C) from the normalised keys/values side hkv (B, f·tk, C).
+    fn keys_values(&self, r: &mut Recorder, hkv: &GpuBuf, f: usize, tk: usize) -> Result<()> {
         let kv = &r.a.kv;
-        r.linear(&self.kv, hkv, tk, kv, Epilogue::Store)
+        r.linear(&self.kv, hkv, f * tk, kv, Epilogue::Store)
     }
 
-    /// x (B, tq, C) += gate_msa * proj(attention(q(hq), kv)), with kv from [`Self::keys_values`].
-    fn gated_residual(&self, r: &mut Recorder, block: &str, hq: &GpuBuf, tq: usize, tk: usize, x: &GpuBuf) -> Result<()> {
+    /// x (B, f·tq, C) += gate_msa * proj(attention(q(hq), kv)), with kv from
+    /// [`Self::keys_values`]; each of the f frames attends to its own keys.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_residual(&self, r: &mut Recorder, block: &str, hq: &GpuBuf, f: usize, tq: usize, tk: usize, x: &GpuBuf) -> Result<()> {
         let (q, kv, att) = (&r.a.q, &r.a.kv, &r.a.att);
-        r.linear(&self.q, hq, tq, q, Epilogue::Store)?; // (B, tq, C)
-        r.attention(block, &AttnShape::cross(r.b, tq, tk, r.c, r.heads), q, kv, att, true)?;
-        r.gated(&self.proj, att, tq, x, Half::Msa)
+        r.linear(&self.q, hq, f * tq, q, Epilogue::Store)?; // (B, f·tq, C)
+        r.attention(block, &AttnShape::cross(r.b * f, tq, tk, r.c, r.heads), q, kv, att, true)?;
+        r.gated(&self.proj, att, f * tq, x, Half::Msa)
     }
 }
 
@@ -236,17 +261,18 @@ impl TokenMergeBlock {
         })
     }
 
-    /// sparse: (B, st, C) updated in place; dense: (B, nt, C).
-    fn record(&self, r: &mut Recorder, sparse: &GpuBuf, st: usize, dense: &GpuBuf, nt: usize) -> Result<()> {
+    /// sparse: (B, f·st, C) updated in place; dense: (B, f·nt, C); f frames per clip.
+    #[allow(clippy::too_many_arguments)]
+    fn record(&self, r: &mut Recorder, sparse: &GpuBuf, st: usize, dense: &GpuBuf, nt: usize, f: usize) -> Result<()> {
         let (normed, normed_kv) = (&r.a.normed, &r.a.normed_kv);
         let name = &self.name;
         r.modulation(&self.ada)?;
         // Both inputs share norm1 and the msa shift/scale.
-        r.modulate(format!("{name}.norm1.q"), sparse, st, Half::Msa, normed)?;
-        r.modulate(format!("{name}.norm1.kv"), dense, nt, Half::Msa, normed_kv)?;
-        self.attn.keys_values(r, normed_kv, nt)?;
-        self.attn.gated_residual(r, name, normed, st, nt, sparse)?;
-        self.mlp.residual(r, name, sparse, st)
+        r.modulate(format!("{name}.norm1.q"), sparse, f * st, Half::Msa, normed)?;
+        r.modulate(format!("{name}.norm1.kv"), dense, f * nt, Half::Msa, normed_kv)?;
+        self.attn.keys_values(r, normed_kv, f, nt)?;
+        self.attn.gated_residual(r, name, normed, f, st, nt, sparse)?;
+        self.mlp.residual(r, name, sparse, f * st)
     }
 }
 
@@ -273,26 +299,26 @@ impl TokenRecoverBlock {
         })
     }
 
-    /// sparse: (B, s*s, C), dense: (B, n*n, C) -> out (B, n*n, C). `out` may be the `sparse`
-    /// input itself (a second recover block reads the first one's output, s = n): the sparse
-    /// side is read before `out` is written.
+    /// sparse: (B, f·s*s, C), dense: (B, f·n*n, C) -> out (B, f·n*n, C), f frames per clip.
+    /// `out` may be the `sparse` input itself (a second recover block reads the first one's
+    /// output, s = n): the sparse side is read before `out` is written.
     #[allow(clippy::too_many_arguments)]
-    fn record(&self, r: &mut Recorder, sparse: &GpuBuf, s: usize, dense: &GpuBuf, n: usize, out: &GpuBuf) -> Result<()> {
+    fn record(&self, r: &mut Recorder, sparse: &GpuBuf, s: usize, dense: &GpuBuf, n: usize, f: usize, out: &GpuBuf) -> Result<()> {
         let (normed, normed_kv, up) = (&r.a.normed, &r.a.normed_kv, &r.a.att);
         let (gpu, b, c, name) = (r.gpu, r.b, r.c, &self.name);
         let (st, nt) = (s * s, n * n);
-        // up (B, N, C): nearest upsampling (a copy when s = n).
-        let to_dense = Resize { batch: b, from: s, to: n, channels: c };
+        // up (B·f, N, C): nearest upsampling of every frame (a copy when s = n).
+        let to_dense = Resize { batch: b * f, from: s, to: n, channels: c };
         r.d.push(tokens::upsample_nearest(gpu, &format!("{name}.upsample"), sparse, to_dense, up)?);
         r.modulation(&self.ada)?;
-        r.modulate(format!("{name}.norm1.kv"), sparse, st, Half::Msa, normed_kv)?;
-        self.attn.keys_values(r, normed_kv, st)?; // (B, st, 2C)
-        // merged = merged_layer1(up) + merged_layer2(dense): (B, N, C) into `out`
-        r.linear(&self.merged_layer1, up, nt, out, Epilogue::Store)?;
-        r.linear(&self.merged_layer2, dense, nt, out, Epilogue::Accumulate)?;
-        r.modulate(format!("{name}.norm1.q"), out, nt, Half::Msa, normed)?;
-        self.attn.gated_residual(r, name, normed, nt, st, out)?;
-        self.mlp.residual(r, name, out, nt)
+        r.modulate(format!("{name}.norm1.kv"), sparse, f * st, Half::Msa, normed_kv)?;
+        self.attn.keys_values(r, normed_kv, f, st)?; // (B, f·st, 2C)
+        // merged = merged_layer1(up) + merged_layer2(dense): (B, f·N, C) into `out`
+        r.linear(&self.merged_layer1, up, f * nt, out, Epilogue::Store)?;
+        r.linear(&self.merged_layer2, dense, f * nt, out, Epilogue::Accumulate)?;
+        r.modulate(format!("{name}.norm1.q"), out, f * nt, Half::Msa, normed)?;
+        self.attn.gated_residual(r, name, normed, f, nt, st, out)?;
+        self.mlp.residual(r, name, out, f * nt)
     }
 }
 
@@ -312,10 +338,14 @@ pub struct GpuModel {
     x_embedder: GpuLinear,
     /// (N, C)
     pos_embed: GpuBuf,
+    /// (F, C) Latte's frame table, added before the first temporal block (video only).
+    temp_embed: Option<GpuBuf>,
     t_mlp0: GpuLinear,
     t_mlp2: GpuLinear,
-    /// (classes [+1], C)
+    /// (classes [+1], C); one zero row for an unconditional model.
     y_table: GpuBuf,
+    /// Rows of `y_table`.
+    y_rows: usize,
     /// Every block in forward order, one per [`Config::blocks`] entry.
     blocks: Vec<GpuBlock>,
     final_ada: GpuLinear,
@@ -326,12 +356,14 @@ pub struct GpuModel {
 
 /// Every activation buffer of a forward pass, shapes in comments (T = the most tokens any block
 /// sees, N or S). Allocated once per batch and shared by the plans of every grid whose sizes
-/// fit, as the plans of a run replay one at a time.
+/// fit, as the plans of a run replay one at a time. In a video model every per-image buffer
+/// holds the F frames of each clip, `(b f)` as Latte's rearrange: read B as B·F there; the
+/// conditioning and modulation buffers stay one row per clip.
 pub struct Activations {
     pub batch: usize,
     /// Largest sparse grid side the buffers hold.
     max_grid: usize,
-    /// (B, c_in, I, I) input latent.
+    /// (B, [F,] c_in, I, I) input latent.
     pub x_in: GpuBuf,
     /// (B, 256) sinusoidal timestep features, written by the host each step.
     pub t_freq: GpuBuf,
@@ -353,30 +385,32 @@ pub struct Activations {
     att: GpuBuf,       // (B, T, C) attention output before proj; a recover block's upsampling
     pooled: GpuBuf,    // (B, C) Poolingformer mean of V
     pooled_proj: GpuBuf, // (B, C)
-    fmods: GpuBuf,     // (B, 2C) final adaLN
+    frames: GpuBuf,    // video: (B, T, F, C) the tokens of a temporal block, position by position
+    fmods: GpuBuf,     // (B, 2C) final adaLN (per clip)
     out_tokens: GpuBuf, // (B, N, p^2 c_out)
-    /// (B, c_out, I, I) output.
+    /// (B, [F,] c_out, I, I) output.
     pub out: GpuBuf,
 }
 
 impl Activations {
     fn new(gpu: &Gpu, cfg: &Config, batch: usize, max_grid: usize) -> Result<Activations> {
-        let (c, p, m, b) = (cfg.hidden_size, cfg.patch_size, cfg.mlp_hidden, batch);
+        let (c, p, m, clips) = (cfg.hidden_size, cfg.patch_size, cfg.mlp_hidden, batch);
         let (cin, co, i, nt) = (cfg.in_channels, cfg.out_channels(), cfg.input_size, cfg.num_tokens());
         let st = max_grid * max_grid;
         let tmax = nt.max(st);
+        let b = clips * cfg.frames(); // images: one per frame
         let buf = |label: &str, len: usize| gpu.zeros(label, len);
         Ok(Activations {
             batch,
             max_grid,
             x_in: buf("x", b * cin * i * i)?,
-            t_freq: buf("t_freq", b * FREQ_DIM)?,
-            labels: buf("labels", b)?,
+            t_freq: buf("t_freq", clips * FREQ_DIM)?,
+            labels: buf("labels", clips)?,
             patches: buf("patches", b * nt * cin * p * p)?,
-            t_hidden: buf("t_hidden", b * c)?,
-            t_emb: buf("t_emb", b * c)?,
-            cond: buf("silu_c", b * c)?,
-            mods: buf("mods", b * 6 * c)?,
+            t_hidden: buf("t_hidden", clips * c)?,
+            t_emb: buf("t_emb", clips * c)?,
+            cond: buf("silu_c", clips * c)?,
+            mods: buf("mods", clips * 6 * c)?,
             dense: [buf("dense_a", b * nt * c)?, buf("dense_b", b * nt * c)?],
             sparse: buf("sparse", b * st * c)?,
             pooled_base: buf("pooled_base", if cfg.pooled_middle.is_some() { b * st * c } else { 1 })?,
@@ -388,7 +422,8 @@ impl Activations {
             att: buf("att", b * tmax * c)?,
             pooled: buf("pooled", b * c)?,
             pooled_proj: buf("pooled_proj", b * c)?,
-            fmods: buf("final_mods", b * 2 * c)?,
+            frames: buf("frames", if cfg.is_video() { b * tmax * c } else { 1 })?,
+            fmods: buf("final_mods", clips * 2 * c)?,
             out_tokens: buf("out_tokens", b * nt * p * p * co)?,
             out: buf("out", b * co * i * i)?,
         })
@@ -420,12 +455,6 @@ impl GpuModel {
     /// their stored format (f32, f16, q8_0, q4_0) and are dequantised in the kernel.
     pub fn load(gpu: &Gpu, cfg: Config, src: &dyn WeightSource) -> Result<GpuModel> {
         cfg.validate()?;
-        if cfg.is_video() {
-            return Err(Error::arch(format!(
-                "{}: video models run on the CPU backend for now (the WGSL temporal blocks are not written yet): use --backend cpu",
-                cfg.arch_name()
-            )));
-        }
         let (c, p, cin) = (cfg.hidden_size, cfg.patch_size, cfg.in_channels);
         let (conv, cshape) = src.f32("x_embedder.proj.weight")?;
         if cshape != [c, cin, p, p] {
@@ -434,15 +463,26 @@ impl GpuModel {
         let (conv_b, _) = src.f32("x_embedder.proj.bias")?;
         let x_embedder = GpuLinear::from_encoded(gpu, "x_embedder.proj", TensorType::F32, bytemuck::cast_slice(&conv), c, cin * p * p, &conv_b)?;
         let pos_embed = table(gpu, src, "pos_embed", &[1, cfg.num_tokens(), c])?;
-        let rows = cfg.num_classes + cfg.class_null as usize;
-        let y_table = table(gpu, src, "y_embedder.embedding_table.weight", &[rows, c])?;
+        let temp_embed = match cfg.num_frames {
+            Some(f) => Some(table(gpu, src, "temp_embed", &[1, f, c])?),
+            None => None,
+        };
+        // An unconditional model (Latte without `y_embedder`) adds nothing: one zero row.
+        let (y_table, y_rows) = if cfg.is_class_conditional() {
+            let rows = cfg.num_classes + cfg.class_null as usize;
+            (table(gpu, src, "y_embedder.embedding_table.weight", &[rows, c])?, rows)
+        } else {
+            (gpu.zeros("y_embedder.none", c)?, 1)
+        };
         let blocks = cfg.blocks(cfg.grid()).iter().map(|spec| GpuBlock::load(gpu, src, spec, &cfg)).collect::<Result<_>>()?;
         Ok(GpuModel {
             x_embedder,
             pos_embed,
+            temp_embed,
             t_mlp0: lin(gpu, src, "t_embedder.mlp.0", FREQ_DIM, c)?,
             t_mlp2: lin(gpu, src, "t_embedder.mlp.2", c, c)?,
             y_table,
+            y_rows,
             blocks,
             final_ada: lin(gpu, src, "final_layer.adaLN_modulation.1", c, 2 * c)?,
             final_linear: lin(gpu, src, "final_layer.linear", c, p * p * cfg.out_channels())?,
@@ -504,6 +544,8 @@ impl GpuModel {
         };
         let (c, p, n) = (cfg.hidden_size, cfg.patch_size, cfg.grid());
         let (co, i, nt, b) = (cfg.out_channels(), cfg.input_size, cfg.num_tokens(), batch);
+        let f = cfg.frames(); // 1 for images
+        let bf = b * f; // images: one per frame of every clip, `(b f)` as Latte's rearrange
         let mut r = Recorder {
             gpu,
             precision: self.precision,
@@ -515,14 +557,13 @@ impl GpuModel {
             captures: capture_attention.then(Vec::new),
         };
 
-        // Embeddings: h (B, N, C) = x_embedder(patchify(x)) + pos_embed; cond (B, C) =
-        // SiLU(t_embedder(t) + y_embedder(y)).
-        r.d.push(tokens::patchify(gpu, "x_embedder.patchify", &a.x_in, b, cfg.in_channels, i, p, &a.patches)?);
-        r.linear(&self.x_embedder, &a.patches, nt, &a.dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt })?;
+        // Embeddings: h (B·F, N, C) = x_embedder(patchify(x)) + pos_embed; cond (B, C) =
+        // SiLU(t_embedder(t) + y_embedder(y)), one row per clip (its frames share it).
+        r.d.push(tokens::patchify(gpu, "x_embedder.patchify", &a.x_in, bf, cfg.in_channels, i, p, &a.patches)?);
+        r.linear(&self.x_embedder, &a.patches, f * nt, &a.dense[0], Epilogue::AddRows { table: &self.pos_embed, tokens: nt })?;
         r.linear(&self.t_mlp0, &a.t_freq, 1, &a.t_hidden, Epilogue::Silu)?;
         r.linear(&self.t_mlp2, &a.t_hidden, 1, &a.t_emb, Epilogue::Store)?;
-        let rows = cfg.num_classes + cfg.class_null as usize;
-        r.d.push(tokens::condition(gpu, "y_embedder", &a.t_emb, &self.y_table, &a.labels, b, c, rows, &a.cond)?);
+        r.d.push(tokens::condition(gpu, "y_embedder", &a.t_emb, &self.y_table, &a.labels, b, c, self.y_rows, &a.cond)?);
 
         // The block walk (as `Model::forward_traced`). `h` names the buffer holding the running
         // tokens: dense[0], dense[1] or sparse; `entry` the dense buffer at the last pooling (an
@@ -530,6 +571,7 @@ impl GpuModel {
         const SPARSE: usize = 2;
         let bufs = [&a.dense[0], &a.dense[1], &a.sparse];
         let (mut h, mut entry) = (0usize, 0usize);
+        let mut temp_embed = self.temp_embed.as_ref(); // added once, before the first temporal block
         let mut traces = Vec::with_capacity(specs.len());
         for (spec, block) in specs.iter().zip(&self.blocks) {
             let s = spec.side;
@@ -539,31 +581,41 @@ impl GpuModel {
                     Some(k) => format!("dumbbell_blocks.{k}.pool"),
                     None => "pooled_middle.pool".to_string(),
                 };
-                let to_sparse = Resize { batch: b, from: n, to: s, channels: c };
+                let to_sparse = Resize { batch: bf, from: n, to: s, channels: c };
                 r.d.push(tokens::adaptive_avg_pool(gpu, &label, bufs[entry], to_sparse, &a.sparse)?);
                 if spec.kind == BlockKind::Pooled {
                     r.d.push(tokens::adaptive_avg_pool(gpu, "pooled_middle.pool_base", bufs[entry], to_sparse, &a.pooled_base)?);
                 }
                 h = SPARSE;
             }
-            match block {
-                GpuBlock::Dit(blk) => blk.record(&mut r, bufs[h], spec.tokens())?,
-                GpuBlock::Poolingformer(blk) => blk.record(&mut r, bufs[h], spec.tokens())?,
-                GpuBlock::Merge(blk) => blk.record(&mut r, bufs[h], spec.tokens(), bufs[entry], nt)?,
-                GpuBlock::Recover(blk) => {
+            let t = spec.tokens();
+            match (spec.axis, block) {
+                (Axis::Temporal, GpuBlock::Dit(blk)) => {
+                    // Over the frames of each token position: (B, F, T, C) -> (B, T, F, C) and back.
+                    let name = &spec.prefix;
+                    let into = tokens::transpose_frames(gpu, &format!("{name}.to_frames"), bufs[h], b, f, t, c, temp_embed.take(), &a.frames)?;
+                    r.d.push(into);
+                    blk.record(&mut r, &a.frames, Seqs { per_clip: t, len: f })?;
+                    r.d.push(tokens::transpose_frames(gpu, &format!("{name}.to_tokens"), &a.frames, b, t, f, c, None, bufs[h])?);
+                }
+                (Axis::Temporal, _) => return Err(Error::arch(format!("{}: a temporal block must be a DiT block", spec.prefix))),
+                (Axis::Spatial, GpuBlock::Dit(blk)) => blk.record(&mut r, bufs[h], Seqs { per_clip: f, len: t })?,
+                (Axis::Spatial, GpuBlock::Poolingformer(blk)) => blk.record(&mut r, bufs[h], Seqs { per_clip: f, len: t })?,
+                (Axis::Spatial, GpuBlock::Merge(blk)) => blk.record(&mut r, bufs[h], t, bufs[entry], nt, f)?,
+                (Axis::Spatial, GpuBlock::Recover(blk)) => {
                     let out = 1 - entry; // the SDTM's output: the other dense buffer
-                    blk.record(&mut r, bufs[h], spec.in_side, bufs[entry], n, bufs[out])?;
+                    blk.record(&mut r, bufs[h], spec.in_side, bufs[entry], n, f, bufs[out])?;
                     h = out;
                 }
             }
             if spec.unpool_after {
                 // pooled middle: dense += up(middle(pool(dense)) - pool(dense))
-                let to_dense = Resize { batch: b, from: s, to: n, channels: c };
+                let to_dense = Resize { batch: bf, from: s, to: n, channels: c };
                 r.d.push(tokens::pooled_residual(gpu, "pooled_middle.upsample", bufs[entry], &a.sparse, &a.pooled_base, to_dense)?);
                 h = entry;
             }
             let grid_side = if spec.kind == BlockKind::Poolingformer { 1 } else { s };
-            traces.push(PlanBlock { name: spec.prefix.clone(), kind: spec.kind, tokens: spec.tokens(), grid: grid_side });
+            traces.push(PlanBlock { name: spec.prefix.clone(), kind: spec.kind, axis: spec.axis, tokens: t, grid: grid_side });
         }
         if h == SPARSE {
             return Err(Error::arch("the block walk ends on the sparse tokens"));
@@ -571,9 +623,9 @@ impl GpuModel {
 
         // Final layer: adaLN (shift, scale), LN, linear to p*p*c_out per token, unpatchify.
         r.linear(&self.final_ada, &a.cond, 1, &a.fmods, Epilogue::Store)?; // (B, 2C)
-        r.d.push(layernorm_modulate(gpu, "final_layer.norm_final", bufs[h], b * nt, c, nt, &a.fmods, 2 * c, 0, c, &a.normed)?);
-        r.linear(&self.final_linear, &a.normed, nt, &a.out_tokens, Epilogue::Store)?; // (B, N, p^2 c_out)
-        r.d.push(tokens::unpatchify(gpu, "unpatchify", &a.out_tokens, b, n, p, co, &a.out)?);
+        r.d.push(layernorm_modulate(gpu, "final_layer.norm_final", bufs[h], bf * nt, c, f * nt, &a.fmods, 2 * c, 0, c, &a.normed)?);
+        r.linear(&self.final_linear, &a.normed, f * nt, &a.out_tokens, Epilogue::Store)?; // (B·F, N, p^2 c_out)
+        r.d.push(tokens::unpatchify(gpu, "unpatchify", &a.out_tokens, bf, n, p, co, &a.out)?);
         let Recorder { d, captures, .. } = r;
         Ok(Plan {
             batch: b,
@@ -593,7 +645,7 @@ impl GpuModel {
     /// already recorded, as the GPU sampler does).
     pub fn write_inputs(&self, gpu: &Gpu, plan: &Plan, x: Option<&[f32]>, t: &[f32], y: &[i64]) -> Result<()> {
         let cfg = &self.cfg;
-        let want = plan.batch * cfg.in_channels * cfg.input_size * cfg.input_size;
+        let want = plan.batch * cfg.latent_len();
         if t.len() != plan.batch || y.len() != plan.batch {
             return Err(Error::arg(format!("batch mismatch: the plan has {} rows, t {} and y {}", plan.batch, t.len(), y.len())));
         }
@@ -612,7 +664,7 @@ impl GpuModel {
         gpu.write(&plan.labels, &labels)
     }
 
-    /// model(x, t, y) on the GPU, read back (B, c_out, I, I) flattened.
+    /// model(x, t, y) on the GPU, read back (B, [F,] c_out, I, I) flattened.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn forward(&self, gpu: &Gpu, plan: &Plan, x: &[f32], t: &[f32], y: &[i64]) -> Result<Vec<f32>> {
         self.write_inputs(gpu, plan, Some(x), t, y)?;
@@ -664,6 +716,7 @@ impl Plan {
 pub struct PlanBlock {
     pub name: String,
     pub kind: BlockKind,
+    pub axis: Axis,
     pub tokens: usize,
     pub grid: usize,
 }
@@ -673,13 +726,13 @@ pub struct Plan {
     pub batch: usize,
     pub grid: usize,
     pub dispatches: Vec<Dispatch>,
-    /// (B, c_in, I, I) input.
+    /// (B, [F,] c_in, I, I) input.
     pub x_in: GpuBuf,
     /// (B, 256) sinusoidal timestep features, written by the host each step.
     pub t_freq: GpuBuf,
     /// (B) labels as u32.
     pub labels: GpuBuf,
-    /// (B, c_out, I, I) output.
+    /// (B, [F,] c_out, I, I) output.
     pub out: GpuBuf,
     pub blocks: Vec<PlanBlock>,
     /// Attention maps of merge / recover blocks, when the plan was built to capture them.

@@ -39,7 +39,7 @@ pub struct StepAttention {
     pub probs: Vec<f32>,
 }
 
-/// Sample `n = z.len() / (C H W)` latents for labels `y` on the GPU. `on_step` returns whether
+/// Sample `n = y.len()` latents z (n, [F,] C, H, W) for labels `y` on the GPU. `on_step` returns whether
 /// to go on: `false` stops after that step and returns the partly denoised latent.
 #[allow(clippy::too_many_arguments)]
 pub async fn sample_gpu(
@@ -55,7 +55,7 @@ pub async fn sample_gpu(
     mut on_step: impl FnMut(&Step) -> Result<bool>,
 ) -> Result<Vec<f32>> {
     let cfg = &model.cfg;
-    let chw = cfg.in_channels * cfg.input_size * cfg.input_size;
+    let chw = cfg.latent_len(); // one latent: [F ×] C × H × W
     let n = y.len();
     if n == 0 || z.len() != n * chw {
         return Err(Error::arg(format!("latent has {} values for {n} labels of {chw}", z.len())));
@@ -73,6 +73,9 @@ pub async fn sample_gpu(
     let mut plans: HashMap<usize, Plan> = HashMap::new();
     let total = sampler.diffusion.num_steps();
     let spatial = cfg.input_size * cfg.input_size;
+    // The step works image by image: a clip's F frames are F images (eps / variance split per
+    // frame, Latte's `dim=2`), the [cond; uncond] halves n·F images apart.
+    let images = n * cfg.frames();
     for (iter, i) in (0..total).rev().enumerate() {
         let t_orig = sampler.diffusion.timestep_map[i];
         // (a dense model runs at its dense grid whatever the schedule says)
@@ -92,7 +95,7 @@ pub async fn sample_gpu(
             noise.fill(iter, &mut host_noise)?;
             gpu.write(&noise_buf, &host_noise)?;
         }
-        let params = SamplerStepParams::new(&sampler.diffusion, i, sampler.kind, sampler.variance, n, cfg.in_channels, spatial, guidance)?;
+        let params = SamplerStepParams::new(&sampler.diffusion, i, sampler.kind, sampler.variance, images, cfg.in_channels, spatial, guidance)?;
         let step = sampler_step(gpu, "sampler_step", &x, &plan.out, &noise_buf, &x0, &params)?;
         let mut copies = vec![(&x, &plan.x_in, 0usize)];
         if guidance.is_some() {

@@ -564,7 +564,7 @@ test('a latent model with a TAESD decoder: the final sample is decoded in the pa
   });
 });
 
-test('the wasm engine takes a video pack (Latte): it streams in, runs on the CPU engine beside WebGPU, and samples the clip the CLI samples', { timeout: 10 * 60_000 }, async () => {
+test('the wasm engine takes a video pack (Latte): it streams into WebGPU and samples the clip the CLI samples', { timeout: 10 * 60_000 }, async () => {
   const { context, page } = await openPage();
   try {
     await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
@@ -583,7 +583,7 @@ test('the wasm engine takes a video pack (Latte): it streams in, runs on the CPU
       return { info: { arch: info.arch, frames: Number(info.frames), backend: info.backend }, n, shape: Array.from(r.shape, Number), latent: Array.from(r.image) };
     }, { steps, cls, seed: SEED }).catch((e) => ({ error: String(e) }));
     assert.ok(!got.error, got.error);
-    assert.deepEqual(got.info, { arch: 'latte', frames: 3, backend: 'cpu' });
+    assert.deepEqual(got.info, { arch: 'latte', frames: 3, backend: 'webgpu' });
     assert.equal(got.n, steps);
     assert.deepEqual(got.shape, [1, 3, 4, 8, 8]);
     ensureCli();

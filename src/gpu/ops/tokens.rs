@@ -10,6 +10,8 @@
 //!   `model::nearest_source`).
 //! - [`pooled_residual`]: the training-free pooled middle's update, nearest-upsampled back onto
 //!   the dense tokens (`config::PooledMiddle`).
+//! - [`transpose_frames`]: a video model's frames <-> token positions swap around temporal
+//!   blocks (with `temp_embed` on the way in).
 //! - [`sampler_step`]: CFG combine + DDPM / DDIM update in one pass ([`SamplerStepParams`] holds
 //!   the step's coefficients, rounded to f32 as `Diffusion::step` rounds them).
 //!
@@ -30,6 +32,7 @@ pub const RESIDUAL_BROADCAST_WGSL: &str = include_str!("../../../shaders/residua
 pub const ADAPTIVE_POOL_WGSL: &str = include_str!("../../../shaders/adaptive_pool.wgsl");
 pub const UPSAMPLE_NEAREST_WGSL: &str = include_str!("../../../shaders/upsample_nearest.wgsl");
 pub const POOLED_RESIDUAL_WGSL: &str = include_str!("../../../shaders/pooled_residual.wgsl");
+pub const TRANSPOSE_FRAMES_WGSL: &str = include_str!("../../../shaders/transpose_frames.wgsl");
 pub const SAMPLER_STEP_WGSL: &str = include_str!("../../../shaders/sampler_step.wgsl");
 
 /// Invocations per workgroup of the elementwise kernels (their `WG`).
@@ -127,8 +130,10 @@ pub fn mean_tokens(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, tokens: usi
     gpu.dispatch(&kernel, label, &params, &[x, out], groups(label, batch * chunks, 1)?)
 }
 
-/// x[b, t, :] += mods[b, gate_off .. gate_off + C] * a[b, :], in place: x (B, T, C), mods
-/// (B, stride), a (B, C) (the Poolingformer's gated residual of the pooled attention output).
+/// x[b, t, :] += mods[b / G, gate_off .. gate_off + C] * a[b, :], in place: x (B, T, C) of B
+/// sequences, mods (B / G, stride), a (B, C), G = `per_mods` sequences sharing a modulation row
+/// (1 for images, the F frames of a clip in a video model): the Poolingformer's gated residual of
+/// the pooled attention output.
 #[allow(clippy::too_many_arguments)]
 pub fn residual_broadcast(
     gpu: &Gpu,
@@ -141,19 +146,43 @@ pub fn residual_broadcast(
     stride: usize,
     gate_off: usize,
     a: &GpuBuf,
+    per_mods: usize,
 ) -> Result<Dispatch> {
     let total = elems(label, "residual (B, T, C)", &[batch, tokens, c])?;
     if gate_off.checked_add(c).is_none_or(|end| end > stride) {
         return bad(label, format!("gate slice {gate_off}..{gate_off}+{c} does not fit rows of {stride} floats"));
     }
-    elems(label, "modulation (B, stride)", &[batch, stride])?;
+    if per_mods == 0 || !batch.is_multiple_of(per_mods) {
+        return bad(label, format!("{batch} sequences do not split into modulation rows of {per_mods}"));
+    }
+    elems(label, "modulation (B / G, stride)", &[batch / per_mods, stride])?;
     need(&format!("{label} residual"), x, total)?;
-    need(&format!("{label} modulation"), mods, batch * stride)?;
+    need(&format!("{label} modulation"), mods, batch / per_mods * stride)?;
     need(&format!("{label} broadcast vector"), a, batch * c)?;
     not_aliased(label, ("residual", x), &[("modulation", mods), ("broadcast vector", a)])?;
     let kernel = gpu.kernel("residual_broadcast", RESIDUAL_BROADCAST_WGSL, &[])?;
-    let params = [batch, tokens, c, stride, gate_off].map(|v| v as u32);
+    let params = [batch, tokens, c, stride, gate_off, per_mods].map(|v| v as u32);
     gpu.dispatch(&kernel, label, &params, &[x, mods, a], groups(label, total, WG)?)
+}
+
+/// out (B, Y, X, C) = x (B, X, Y, C) with its two middle axes swapped, plus `table` (X, C) row
+/// x when given: Latte's `(b f) t d -> (b t) f d` into a temporal block (X = F frames, Y = T
+/// positions, `temp_embed` added before the first one) and `(b t) f d -> (b f) t d` out of it.
+#[allow(clippy::too_many_arguments)]
+pub fn transpose_frames(gpu: &Gpu, label: &str, x: &GpuBuf, batch: usize, xs: usize, ys: usize, c: usize, table: Option<&GpuBuf>, out: &GpuBuf) -> Result<Dispatch> {
+    let total = elems(label, "input (B, X, Y, C)", &[batch, xs, ys, c])?;
+    need(&format!("{label} input"), x, total)?;
+    need(&format!("{label} output"), out, total)?;
+    if let Some(t) = table {
+        need(&format!("{label} table"), t, xs * c)?;
+        not_aliased(label, ("output", out), &[("input", x), ("table", t)])?;
+    } else {
+        not_aliased(label, ("output", out), &[("input", x)])?;
+    }
+    let kernel = gpu.kernel("transpose_frames", TRANSPOSE_FRAMES_WGSL, &[])?;
+    let params = [batch, xs, ys, c, table.is_some() as usize].map(|v| v as u32);
+    // Without a table the input is bound twice, read-only both times (the shader skips it).
+    gpu.dispatch(&kernel, label, &params, &[x, table.unwrap_or(x), out], groups(label, total, WG)?)
 }
 
 /// A move of a batch of square token grids from one side to another: `batch` grids of
