@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared real-GPU benchmark for a session that is lent a device machine (see the device
 # tool's README): wgpu on Vulkan on an NVIDIA H100 / H200, dense vs sparse XL/2 at 256 and 512 px
-# and the matmul kernel's GFLOP/s, in f32 and q8_0, and plain DiT-XL/2 with and without the
+# and the matmul kernel's GFLOP/s, in f32 and q8_0, Latte-XL/2 vs sparse Latte (16 x 256 px),
+# and plain DiT-XL/2 with and without the
 # training-free pooled middle, and the TAESD / SD-VAE decoders. Results go to docs/BENCHMARKS.md by hand.
 #
 # Here, once per machine (the loaders travel as .debs; the binary is built here, x86-64):
@@ -33,6 +34,8 @@ run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quan
 run bench --preset sparsedit-xl2-256 --backend gpu --steps 10 --repeats 5 --quant q8_0
 run bench --preset sparsedit-xl2-512 --backend gpu --steps 5 --repeats 3 --quant q8_0
 run bench --preset sparsedit-tiny --backend gpu --steps 10 --repeats 5
+# Video: Latte-XL/2 vs the sparse Latte preset, 16 frames of 256 px (batch 1 clip, x2 for CFG).
+run bench --preset sparselatte-xl2-ucf101 --backend gpu --steps 3 --repeats 3 --quant q8_0
 # Training-free pooled middle vs plain DiT-XL/2 (random q8_0 weights): sampling time per run.
 # Respacing ddim10, the CLI's DDIM default when docs/BENCHMARKS.md was recorded (now "10", as the
 # official sample.py; 10 steps either way), passed by name so the runs stay the same.

@@ -117,14 +117,18 @@ pub fn bench_model(gpu: Option<&Gpu>, cfg: &Config, tensors: &TensorMap, opts: &
     let b = opts.batch.max(1);
     let rows = 2 * b; // CFG doubles the batch, as sampling does
     let s = cfg.semantic_size;
-    let xlen = rows * cfg.in_channels * cfg.input_size * cfg.input_size;
+    let xlen = rows * cfg.latent_len(); // clips of a video model: rows x F frames
     let x: Vec<f32> = SeededNoise::new(1).normal(xlen);
     let t = vec![500.0f32; rows];
-    let y: Vec<i64> = (0..rows).map(|i| if i < b { (i % cfg.num_classes) as i64 } else { cfg.num_classes as i64 }).collect();
+    // [cond; uncond] labels (an unconditional model ignores them)
+    let y: Vec<i64> = (0..rows).map(|i| if i < b { (i % cfg.num_classes.max(1)) as i64 } else { cfg.num_classes as i64 }).collect();
     let macs = count_macs(cfg, Some(s)).total() * rows as u64;
     let respacing = default_respacing(opts.steps);
     let sampler = Sampler::new(&respacing, SamplerKind::Ddim { eta: 0.0 }, cfg.learn_sigma)?;
-    let guidance = Some(Guidance { scale: 4.0, guided_channels: 3, null_label: cfg.num_classes as i64 });
+    // CFG as the official sampling scripts (3 channels in DiT, 4 in Latte); still two rows per
+    // sample for an unconditional model, so both kinds time the same batch.
+    let null_label = cfg.null_label().unwrap_or(0) as i64;
+    let guidance = Some(Guidance { scale: 4.0, guided_channels: cfg.official_guided_channels(), null_label });
     let z: Vec<f32> = SeededNoise::new(2).normal(xlen / 2);
     let labels: Vec<i64> = y[..b].to_vec();
     let sched = GridSchedule::Fixed(s);
@@ -149,7 +153,7 @@ pub fn bench_model(gpu: Option<&Gpu>, cfg: &Config, tensors: &TensorMap, opts: &
         }
         None => {
             let m = Model::from_tensors(cfg.clone(), tensors.clone())?;
-            let xt = Tensor::from_vec(x.clone(), (rows, cfg.in_channels, cfg.input_size, cfg.input_size), &Device::Cpu)?;
+            let xt = Tensor::from_vec(x.clone(), cfg.latent_shape(rows), &Device::Cpu)?;
             m.forward(&xt, &t, &y, s)?;
             let mut times = Vec::new();
             for _ in 0..opts.repeats.max(1) {
@@ -157,7 +161,7 @@ pub fn bench_model(gpu: Option<&Gpu>, cfg: &Config, tensors: &TensorMap, opts: &
                 m.forward(&xt, &t, &y, s)?;
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
-            let zt = Tensor::from_vec(z.clone(), (b, cfg.in_channels, cfg.input_size, cfg.input_size), &Device::Cpu)?;
+            let zt = Tensor::from_vec(z.clone(), cfg.latent_shape(b), &Device::Cpu)?;
             let t0 = Instant::now();
             let mut noise = SeededNoise::new(3);
             sampler.sample(|x, t, y| m.forward(x, t, y, s), &zt, &labels, guidance, &mut noise, |_| Ok(()))?;
@@ -174,7 +178,7 @@ pub fn block_times(gpu: &Gpu, cfg: &Config, tensors: &TensorMap, rows: usize, qu
     let plan = gm.plan(gpu, rows, cfg.semantic_size)?;
     let t = vec![500.0f32; rows];
     let y = vec![0i64; rows];
-    let x = SeededNoise::new(5).normal(rows * cfg.in_channels * cfg.input_size * cfg.input_size);
+    let x = SeededNoise::new(5).normal(rows * cfg.latent_len());
     gm.write_inputs(gpu, &plan, Some(&x), &t, &y)?;
     let groups = plan.groups();
     gpu.profile(&groups)?; // warm-up

@@ -417,6 +417,16 @@ impl Config {
         }
     }
 
+    /// The family as people write it: `DiT`, `SparseDiT`, `Latte`, `sparse Latte`.
+    pub fn arch_title(&self) -> &'static str {
+        match (self.is_video(), self.layout.is_sparse()) {
+            (false, false) => "DiT",
+            (false, true) => "SparseDiT",
+            (true, false) => "Latte",
+            (true, true) => "sparse Latte",
+        }
+    }
+
     /// Check internal consistency; every loader calls this.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::arch(m));

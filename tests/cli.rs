@@ -351,6 +351,9 @@ fn video_convert_forward_sample_through_packs() {
             assert_close(&format!("{case} cli video ddim ({backend})"), &f32s(&got), &f32s(&want), 1e-3);
         }
     }
+    // bench times a video pack against its counterpart (dense Latte vs sparse Latte).
+    let table = ok(&["bench", "--model", s(&dir.path().join("sparselatte_f3-f32.gguf")), "--backend", "cpu", "--steps", "2", "--repeats", "1"]);
+    assert!(table.contains("| Latte, ") && table.contains("| sparse Latte ") && table.contains("F=3"), "{table}");
     // Clear one-line errors: an image batch to a video pack, a missing --class, a clip of the wrong shape.
     let pack = dir.path().join("latte_f3_p2-f32.gguf");
     let err = fails(&["forward", "--model", s(&pack), "--inputs", s(&fixture_dir("sparse_nondiv").join("inputs.safetensors")), "--out", s(&dir.path().join("o.safetensors"))]);

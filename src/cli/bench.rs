@@ -65,12 +65,15 @@ pub(super) fn bench(a: BenchArgs) -> Result<()> {
         Some(g) => g.describe(),
         None => format!("CPU (candle, {} threads)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
     };
-    let name = |c: &Config| match c.layout {
-        sparsedit::Layout::Dense { depth } => format!("DiT, {depth} blocks, N={}", c.num_tokens()),
-        sparsedit::Layout::Sparse(s) => format!(
-            "SparseDiT {}+{}x{:?}+{}, s={}",
-            s.num_poolingformer, s.num_sdtm, s.group, s.num_top, c.semantic_size
-        ),
+    let name = |c: &Config| {
+        let frames = c.num_frames.map(|f| format!(", F={f}")).unwrap_or_default();
+        match c.layout {
+            sparsedit::Layout::Dense { depth } => format!("{}, {depth} blocks, N={}{frames}", c.arch_title(), c.num_tokens()),
+            sparsedit::Layout::Sparse(s) => format!(
+                "{} {}+{}x{:?}+{}, s={}{frames}",
+                c.arch_title(), s.num_poolingformer, s.num_sdtm, s.group, s.num_top, c.semantic_size
+            ),
+        }
     };
     eprintln!("benchmarking on {device} ...");
     let rows = vec![
