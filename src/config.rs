@@ -138,6 +138,8 @@ pub const PRESETS: &[&str] = &[
     "sparsedit-tiny",
     "latte-xl2-ucf101",
     "sparselatte-xl2-ucf101",
+    "latte-tiny",
+    "sparselatte-tiny",
 ];
 
 impl Config {
@@ -232,6 +234,21 @@ impl Config {
         }
     }
 
+    /// The moving-digit video model: [`Config::tiny`]'s frames (16x16 grayscale, patch 2, width
+    /// 128) as Latte with 8 frames and 10 (spatial, temporal) pairs, so its spatial blocks start
+    /// from the tiny image DiT's ten; sparse: the image layout in pairs — 1 Poolingformer pair,
+    /// 2 SDTMs of [1 merge, 2 semantic, 1 recover, 0 normal] pairs, 1 top pair — s = 4.
+    pub fn tiny_video(sparse: bool) -> Config {
+        let mut cfg = Config::tiny(false);
+        cfg.num_frames = Some(8);
+        cfg.layout = if sparse {
+            Layout::Sparse(SparseLayout { num_poolingformer: 2, num_sdtm: 2, group: [2, 4, 2, 0], num_top: 2 })
+        } else {
+            Layout::Dense { depth: 20 }
+        };
+        cfg
+    }
+
     /// Look up a preset by name (see [`PRESETS`]).
     pub fn preset(name: &str) -> Result<Config> {
         let lower = name.to_ascii_lowercase();
@@ -244,6 +261,8 @@ impl Config {
             "sparsedit-tiny" => Config::tiny(true),
             "latte-xl2-ucf101" => Config::latte("XL", 2, 256, 16, 101)?,
             "sparselatte-xl2-ucf101" => Config::sparse_latte_xl2(256, 16, 101)?,
+            "latte-tiny" => Config::tiny_video(false),
+            "sparselatte-tiny" => Config::tiny_video(true),
             _ => {
                 // dit-{xl,l,b,s}{2,4,8}, 256 px
                 let rest = lower.strip_prefix("dit-").ok_or_else(|| unknown_preset(name))?;

@@ -351,6 +351,16 @@ fn video_convert_forward_sample_through_packs() {
             assert_close(&format!("{case} cli video ddim ({backend})"), &f32s(&got), &f32s(&want), 1e-3);
         }
     }
+    // A pack back to f32 safetensors under the official names (what train/ reads), exact for f32.
+    let st = dir.path().join("sparselatte_f3.safetensors");
+    ok(&["convert", s(&dir.path().join("sparselatte_f3-f32.gguf")), "-o", s(&st)]);
+    let (back, orig) = (load_st(&st), load_st(&fixture_dir("sparselatte_f3").join("model.safetensors")));
+    assert_eq!(back.len(), orig.len());
+    for (k, v) in &orig {
+        assert_close(&format!("safetensors export {k}"), &f32s(&back[k]), &f32s(v), 0.0);
+    }
+    let err = fails(&["convert", s(&dir.path().join("sparselatte_f3-f32.gguf")), "-o", s(&st), "--quant", "q8_0"]);
+    assert!(err.contains("f32 tensors"), "{err}");
     // bench times a video pack against its counterpart (dense Latte vs sparse Latte).
     let table = ok(&["bench", "--model", s(&dir.path().join("sparselatte_f3-f32.gguf")), "--backend", "cpu", "--steps", "2", "--repeats", "1"]);
     assert!(table.contains("| Latte, ") && table.contains("| sparse Latte ") && table.contains("F=3"), "{table}");

@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
 import gen  # noqa: E402  (sets torch threads to 1 and deterministic algorithms)
+import gen_latte  # noqa: E402  (the spatial-temporal SparseDiT reference; needs einops)
 
 T_TRAIN = gen.T_TRAIN
 SDTM_KINDS = ["token_merge_blocks", "semantic_blocks", "token_recover_blocks", "normal_blocks"]
@@ -48,6 +49,21 @@ def tiny_config(sparse, **over):
     }
     cfg.update(over)
     return cfg
+
+
+def video_config(sparse, **over):
+    """Config::tiny_video: tiny_config's frames as Latte with 8 frames and 10 (spatial, temporal)
+    pairs (dense depth 20: the spatial blocks start from the image DiT's ten); sparse: 1
+    Poolingformer pair, 2 SDTMs of [1,2,1,0] pairs, 1 top pair (in blocks 2, 2 x [2,4,2,0], 2), s = 4."""
+    cfg = tiny_config(False, num_frames=8)
+    cfg["layout"] = ({"kind": "sparse", "num_poolingformer": 2, "num_sdtm": 2, "group": [2, 4, 2, 0], "num_top": 2}
+                     if sparse else {"kind": "dense", "depth": 20})
+    cfg.update(over)
+    return cfg
+
+
+def is_video(cfg):
+    return bool(cfg.get("num_frames"))
 
 
 def sparse_layout_from_str(s):
@@ -90,11 +106,75 @@ def grid_at(t, r_min, r_max, n_tokens, T=T_TRAIN):
 # Models
 # ----------------------------------------------------------------------------
 
+class _SinCos:
+    """The two tables gen_latte.SparseLatte takes from the official Latte module: MAE's 2-D
+    sin-cos table (gen.sincos_2d, checked against the official one in the fixtures) and Latte's
+    get_1d_sincos_temp_embed (the 1-D table over frame indices)."""
+
+    @staticmethod
+    def get_2d_sincos_pos_embed(dim, grid):
+        return gen.sincos_2d(dim, grid)
+
+    @staticmethod
+    def get_1d_sincos_temp_embed(dim, length):
+        import numpy as np
+        return gen.sincos_1d(dim, np.arange(length, dtype=np.float64))
+
+
+class DenseLatte(gen_latte.SparseLatte):
+    """Latte (variant 1) under the official key names `blocks.{i}`: SparseLatte with only dense
+    pairs, which gen_latte.py's self-check shows equals the official Latte."""
+
+    def __init__(self, cfg):
+        depth_ = cfg["layout"]["depth"]
+        inner = dict(cfg, layout={"kind": "sparse", "num_poolingformer": 0, "num_sdtm": 0, "group": [0, 0, 0, 0],
+                                  "num_top": depth_})
+        super().__init__(inner, _SinCos)
+        self.cfg = cfg
+        self.blocks = self._modules.pop("normal_blocks")
+
+    @property
+    def normal_blocks(self):  # what SparseLatte.forward walks
+        return self.blocks
+
+
+def build_raw(cfg):
+    """The reference module of cfg, untouched initialisation (load weights into it)."""
+    if is_video(cfg):
+        return DenseLatte(cfg) if cfg["layout"]["kind"] == "dense" else gen_latte.SparseLatte(cfg, _SinCos)
+    return gen.build(cfg)
+
+
 def build(cfg):
-    """A gen.DenseDiT / gen.SparseDiT (forward(x, t, y) / forward(x, t, y, s=...)), DiT-initialised."""
-    model = gen.build(cfg)
+    """A gen.DenseDiT / gen.SparseDiT (forward(x, t, y) / forward(x, t, y, s=...)), or for a video
+    config a Latte / SparseLatte (x (B, F, C, H, W)), DiT-initialised."""
+    model = build_raw(cfg)
     dit_init(model)
     return model
+
+
+@torch.no_grad()
+def video_from_image(video, image_sd):
+    """A dense Latte started from an image DiT, as video DiTs start from image DiTs: spatial block
+    blocks.{2i} <- image blocks.{i}, embedders and final layer copied; the temporal blocks keep
+    DiT's initialisation, where adaLN-Zero makes each one the identity."""
+    sd = video.state_dict()
+    n_img = len({k.split(".")[1] for k in image_sd if k.startswith("blocks.")})
+    n_pairs = len({k.split(".")[1] for k in sd if k.startswith("blocks.")}) // 2
+    assert n_img == n_pairs, f"image DiT has {n_img} blocks, the video model {n_pairs} pairs"
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            i = int(k.split(".")[1])
+            rest = k.split(".", 2)[2]
+            out[k] = image_sd[f"blocks.{i // 2}.{rest}"].clone() if i % 2 == 0 else v.clone()
+        elif k in ("pos_embed", "temp_embed"):
+            out[k] = v.clone()  # frozen sin-cos tables
+        else:
+            assert image_sd[k].shape == v.shape, (k, image_sd[k].shape, v.shape)
+            out[k] = image_sd[k].clone()
+    video.load_state_dict(out)
+    return video
 
 
 @torch.no_grad()
@@ -149,7 +229,7 @@ def dense_to_sparse(dense_sd, sparse_cfg):
     """The paper's fine-tuning initialisation: dense block i -> i-th block of the sparse order;
     attn.q = qkv[:C], attn.kv = qkv[C:], attn.v = qkv[2C:]; merged_layer1 = 0, merged_layer2 = I;
     embedders, pos_embed and final layer copied. Returns the sparse state dict."""
-    sparse = gen.build(sparse_cfg)
+    sparse = build_raw(sparse_cfg)
     n_dense = len({k.split(".")[1] for k in dense_sd if k.startswith("blocks.")})
     assert n_dense == depth(sparse_cfg), f"dense depth {n_dense} != sparse depth {depth(sparse_cfg)}"
     sd = gen.dit_to_sparsedit(dense_sd, sparse)
@@ -162,7 +242,7 @@ def dense_to_sparse(dense_sd, sparse_cfg):
 # ----------------------------------------------------------------------------
 
 def make_ema(model, cfg):
-    ema = gen.build(cfg)
+    ema = build_raw(cfg)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     ema.eval()
@@ -218,11 +298,11 @@ def load_model(path, cfg_path=None):
     """(model in eval mode, cfg) from a checkpoint; the config is config.json next to it."""
     cfg_path = cfg_path or os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     cfg = load_config(cfg_path)
-    model = gen.build(cfg)
+    model = build_raw(cfg)
     model.load_state_dict(load_weights(path))
     model.eval()
     return model, cfg
 
 
-__all__ = ["gen", "tiny_config", "build", "dit_init", "drop_labels", "dense_to_sparse", "make_ema", "update_ema",
+__all__ = ["gen", "tiny_config", "video_config", "is_video", "video_from_image", "build_raw", "build", "dit_init", "drop_labels", "dense_to_sparse", "make_ema", "update_ema",
            "grid_at", "block_names", "load_model", "load_weights", "state_dict"]

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Train the tiny class-conditional digit DiT, initialise SparseDiT from it, fine-tune SparseDiT.
+"""Train the tiny class-conditional digit DiT, initialise SparseDiT from it, fine-tune SparseDiT;
+with --video the same for the moving-digit Latte (Config::tiny_video) on clips.py's clips.
 
 Subcommands (run from anywhere; paths default to train/runs/<run>):
-  dense        train the dense DiT (Config::tiny(false)) from scratch
+  dense        train the dense DiT (Config::tiny(false)) from scratch; with --video the dense Latte
+               (Config::tiny_video(false)), its spatial blocks started from --init-image
   init-sparse  SparseDiT weights from the dense EMA, as the paper (block i -> i-th sparse block,
                q = qkv[:C], kv = qkv[C:], v = qkv[2C:], merged_layer1 = 0, merged_layer2 = I)
   finetune     fine-tune the SparseDiT with timestep-wise pruning (one sparse grid per batch)
@@ -33,13 +35,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import data as data_mod  # noqa: E402
+from clips import Clips  # noqa: E402
 import models as M  # noqa: E402
 from diffusion import TrainDiffusion  # noqa: E402
 
 RUNS = os.path.join(HERE, "runs")
 # Arguments a resumed run takes from its checkpoint (the rest, e.g. --steps, come from the command).
 FROZEN = ["seed", "batch", "lr", "warmup", "min_lr_frac", "ema", "label_drop", "grad_clip", "weight_decay",
-          "rates", "fixed_s", "data", "config_over"]
+          "rates", "fixed_s", "data", "config_over", "video", "init_image"]
 
 
 def run_dir(name):
@@ -116,7 +119,8 @@ def train(a, kind):
                 setattr(a, k, ck["args"][k])
         cfg = ck["config"]
     elif kind == "dense":
-        cfg = M.tiny_config(False, **(ast.literal_eval(a.config_over) if a.config_over else {}))
+        over = ast.literal_eval(a.config_over) if a.config_over else {}
+        cfg = M.video_config(False, **over) if a.video else M.tiny_config(False, **over)
     else:
         cfg_path = os.path.join(d, "config.json")
         if not os.path.exists(os.path.join(d, "init.pt")):
@@ -127,6 +131,9 @@ def train(a, kind):
     model = M.build(cfg)
     if ck is None and kind == "finetune":
         model.load_state_dict(M.load_weights(os.path.join(d, "init.pt")))
+    if ck is None and kind == "dense" and M.is_video(cfg) and a.init_image:
+        M.video_from_image(model, M.load_weights(a.init_image))
+        print(f"spatial blocks, embedders and final layer from {a.init_image}; temporal blocks: adaLN-Zero identity")
     ema = M.make_ema(model, cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr,
                             weight_decay=a.weight_decay, betas=(0.9, 0.999))
@@ -148,6 +155,8 @@ def train(a, kind):
     x_train = torch.from_numpy(x_train)
     y_train = torch.from_numpy(y_train)
     n = len(x_train)
+    video = M.is_video(cfg)
+    clips = Clips(x_train, y_train, frames=cfg["num_frames"]) if video else None
     null = cfg["num_classes"]
     diff = TrainDiffusion(learn_sigma=cfg["learn_sigma"])
     grids = GridSampler(cfg, a.rates, a.fixed_s) if kind == "finetune" else None
@@ -177,8 +186,11 @@ def train(a, kind):
     while step < a.steps and stop["sig"] is None:
         t0 = time.time()
         g = step_generator(a.seed, step, 1 if kind == "dense" else 2)
-        idx = torch.randint(n, (a.batch,), generator=g)
-        x0, y = x_train[idx], y_train[idx]
+        if video:
+            x0, y, _ = clips.batch(a.batch, g)  # (B, F, 1, S, S)
+        else:
+            idx = torch.randint(n, (a.batch,), generator=g)
+            x0, y = x_train[idx], y_train[idx]
         if grids is None:
             s = None
             t = torch.randint(diff.T, (a.batch,), generator=g)
@@ -187,6 +199,10 @@ def train(a, kind):
         noise = torch.randn(x0.shape, generator=g)
         y = M.drop_labels(y, null, a.label_drop, g)
         fn = (lambda xt, tt: model(xt, tt, y)) if s is None else (lambda xt, tt: model(xt, tt, y, s=s))
+        if video:
+            # The loss sees a clip's frames as images sharing the clip's t, as Latte's
+            # training_losses splits eps / variance per frame (dim 2).
+            x0, noise, t, fn = frames_as_images(x0, noise, t, fn)
         lr = lr_at(step, a)
         for pg in opt.param_groups:
             pg["lr"] = lr
@@ -230,13 +246,26 @@ def train(a, kind):
     print(f"saved {d}/ckpt.pt and ema.pt at step {step} ({why})", flush=True)
 
 
+def frames_as_images(x0, noise, t, fn):
+    """(B, F, C, H, W) clips -> (B·F, C, H, W) images with t repeated per frame, and the model
+    call wrapped to take and return images (TrainDiffusion works on images)."""
+    B, Fr = x0.shape[:2]
+    img = lambda v: v.reshape(B * Fr, *v.shape[2:])  # noqa: E731
+
+    def fn_img(xt, tt):
+        return img(fn(xt.reshape(B, Fr, *xt.shape[1:]), tt.reshape(B, Fr)[:, 0]))
+
+    return img(x0), img(noise), t.repeat_interleave(Fr), fn_img
+
+
 def init_sparse(a):
     set_threads(a.threads)
     src = run_dir(a.dense_run)
     dense_path = a.dense_ckpt or os.path.join(src, "ema.pt")
     dense_cfg = M.load_config(os.path.join(os.path.dirname(os.path.abspath(dense_path)), "config.json"))
     assert dense_cfg["layout"]["kind"] == "dense", dense_cfg
-    scfg = dict(dense_cfg, layout=M.sparse_layout_from_str(a.layout), semantic_size=a.semantic_size)
+    layout = a.layout or ("2:2:2,4,2,0:2" if M.is_video(dense_cfg) else "1:2:1,2,1,0:1")
+    scfg = dict(dense_cfg, layout=M.sparse_layout_from_str(layout), semantic_size=a.semantic_size)
     d = run_dir(a.run)
     out = os.path.join(d, "init.pt")
     if os.path.exists(out) and not a.force:
@@ -322,13 +351,19 @@ def main():
     p = sub.add_parser("dense", help="train the dense DiT")
     common(p, "dense", 20000, 6e-4, 500, 0.999)
     p.add_argument("--config-over", default="", help="Python dict literal overriding tiny_config(False) keys")
+    p.add_argument("--video", action="store_true", help="the moving-digit Latte (Config::tiny_video(false)) on clips")
+    p.add_argument("--init-image", default=None,
+                   help="with --video: image DiT weights (.safetensors, e.g. `sparsedit convert "
+                        "web/models/dit-tiny-q8_0.gguf -o dit-tiny.safetensors`) for the spatial blocks")
     p.set_defaults(rates=None, fixed_s=0)
 
     p = sub.add_parser("init-sparse", help="SparseDiT init from the dense EMA")
     p.add_argument("--dense-run", default="dense")
     p.add_argument("--dense-ckpt", default=None, help="default <dense-run>/ema.pt")
     p.add_argument("--run", default="sparse")
-    p.add_argument("--layout", default="1:2:1,2,1,0:1", help="pool:sdtm:a,b,c,d:top (Config::tiny(true))")
+    p.add_argument("--layout", default=None,
+                   help="pool:sdtm:a,b,c,d:top in blocks; default Config::tiny(true) 1:2:1,2,1,0:1, or for a video "
+                        "model Config::tiny_video(true) 2:2:2,4,2,0:2 (pairs)")
     p.add_argument("--semantic-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--force", action="store_true")
@@ -337,7 +372,7 @@ def main():
     common(p, "sparse", 4000, 1e-4, 100, 0.999)
     p.add_argument("--rates", default="0.6:0.85", help="r_min:r_max of the paper's rule (N = 64: s 5..3)")
     p.add_argument("--fixed-s", type=int, default=0, help="train at one grid side instead of the schedule")
-    p.set_defaults(config_over="")
+    p.set_defaults(config_over="", video=False, init_image=None)
 
     p = sub.add_parser("bench", help="time training steps")
     p.add_argument("--batch", type=int, default=64)

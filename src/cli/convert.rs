@@ -17,7 +17,7 @@ use super::{DecoderFlags, ImportFlags, Quant};
 pub(super) struct ConvertArgs {
     /// Checkpoint: .pt / .pth (state dict, or under 'ema' / 'model'), .safetensors, or a .gguf pack.
     ckpt: PathBuf,
-    /// Output pack.
+    /// Output pack (.gguf), or `.safetensors` for the f32 tensors under official key names.
     #[arg(short, long)]
     out: PathBuf,
     /// Type of the 2-D linear weights: f32, f16, q8_0, q4_0.
@@ -37,6 +37,7 @@ pub(super) struct ConvertArgs {
 pub(super) struct DitToSparseArgs {
     /// Dense DiT checkpoint.
     ckpt: PathBuf,
+    /// Output pack (.gguf), or `.safetensors` for the f32 tensors under official key names.
     #[arg(short, long)]
     out: PathBuf,
     /// SparseDiT layout POOL,SDTM,a:b:c:d,TOP; default 1,4,1:3:1:1,3 (the released 256 px run).

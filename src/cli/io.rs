@@ -84,7 +84,25 @@ pub(super) enum PackCfg<'a> {
 }
 
 pub(super) fn write_pack_file(out: &Path, cfg: &Config, tensors: &TensorMap, quant: TensorType, name: &str, all: bool) -> Result<()> {
+    if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+        return write_safetensors_file(out, cfg, tensors, quant);
+    }
     write_any_pack_file(out, PackCfg::Model(cfg), tensors, quant, name, all)
+}
+
+/// A model's tensors as an f32 `.safetensors` file under the official key names (a pack
+/// dequantised, for PyTorch: e.g. `train/` initialising a video model from the bundled image
+/// DiT), written through a `.partial` file. Packs alone hold quantized weights.
+fn write_safetensors_file(out: &Path, cfg: &Config, tensors: &TensorMap, quant: TensorType) -> Result<()> {
+    if quant != TensorType::F32 {
+        return Err(Error::InvalidArgument(format!("{}: a .safetensors output holds f32 tensors; --quant {quant:?} is for .gguf packs", out.display())));
+    }
+    let f32s = tensors.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(candle_core::DType::F32)?))).collect::<Result<TensorMap>>()?;
+    let tmp = out.with_extension("safetensors.partial");
+    candle_core::safetensors::save(&f32s, &tmp)?;
+    std::fs::rename(&tmp, out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
+    println!("wrote {} ({}, {} f32 tensors, official key names)", out.display(), cfg.arch_name(), f32s.len());
+    Ok(())
 }
 
 /// Encode a pack and write it (through a `.partial` file, renamed when complete), then print the
