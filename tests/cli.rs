@@ -374,3 +374,42 @@ fn video_convert_forward_sample_through_packs() {
     let err = fails(&["sample", "--model", s(&dir.path().join("latte_f8_p4_uncond-f32.gguf")), "--steps", "2", "--noise", s(&z)]);
     assert!(err.contains("z has shape"), "{err}");
 }
+
+#[test]
+fn video_sample_writes_a_strip_png_and_a_looping_gif() {
+    // A pixel-space Latte (3 channels, F = 8, 12 px): --out draws one row per clip with its
+    // frames left to right, --gif one GIF frame per clip frame; both equal --latent-out's pixels.
+    let dir = tempfile::tempdir().unwrap();
+    let pack = convert("latte_f8_p2_rgb", "model.safetensors", "f32", dir.path());
+    let (png, gif, lat) = (dir.path().join("c.png"), dir.path().join("c.gif"), dir.path().join("c.safetensors"));
+    ok(&["sample", "--model", s(&pack), "--class", "1", "--steps", "3", "--num", "2", "--backend", "cpu", "--out", s(&png), "--gif", s(&gif), "--zoom", "2", "--latent-out", s(&lat)]);
+    let z = load_st(&lat)["sample"].clone(); // (2, 8, 3, 12, 12)
+    assert_eq!(z.dims(), &[2, 8, 3, 12, 12]);
+    let to_u8 = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+    let zs = f32s(&z);
+    let px = |clip: usize, frame: usize, ch: usize, y: usize, x: usize| zs[((((clip * 8 + frame) * 3 + ch) * 12) + y) * 12 + x];
+    let strip = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(strip.dimensions(), (8 * 12 * 2, 2 * 12 * 2), "8 frames across, 2 clips down, zoom 2");
+    for (clip, frame, y, x) in [(0, 0, 0, 0), (1, 7, 11, 11), (0, 5, 3, 9), (1, 2, 6, 1)] {
+        let got = strip.get_pixel(((frame * 12 + x) * 2 + 1) as u32, ((clip * 12 + y) * 2) as u32);
+        for ch in 0..3 {
+            assert_eq!(got[ch], to_u8(px(clip, frame, ch, y, x)), "strip clip {clip} frame {frame} ({y}, {x}) ch {ch}");
+        }
+    }
+    use image::AnimationDecoder;
+    let dec = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(std::fs::File::open(&gif).unwrap())).unwrap();
+    let frames = dec.into_frames().collect_frames().unwrap();
+    assert_eq!(frames.len(), 8, "one GIF frame per clip frame");
+    assert_eq!(frames[0].buffer().dimensions(), (2 * 12 * 2, 12 * 2), "the clips side by side");
+    assert_eq!(frames[3].delay().numer_denom_ms(), (100, 1), "10 fps");
+    // GIF keeps 256 colours per frame: a clip's colours come back close, not exact.
+    let g = frames[3].buffer().get_pixel(((12 + 4) * 2) as u32, (7 * 2) as u32);
+    for ch in 0..3 {
+        let want = to_u8(px(1, 3, ch, 7, 4)) as i32;
+        assert!((g[ch] as i32 - want).abs() <= 24, "gif clip 1 frame 3 ch {ch}: {} vs {want}", g[ch]);
+    }
+    // --gif on an image model is refused before any sampling.
+    let img = convert("sparse_nondiv", "model.pt", "f32", dir.path());
+    let err = fails(&["sample", "--model", s(&img), "--class", "1", "--steps", "2", "--gif", s(&dir.path().join("x.gif"))]);
+    assert!(err.contains("--gif needs a video model"), "{err}");
+}

@@ -65,7 +65,7 @@ pub(super) fn decode(a: DecodeArgs) -> Result<()> {
     save_tensors(map, &a.out)?;
     println!("wrote {}", a.out.display());
     if let Some(p) = &a.png {
-        write_png(&decoded_for_png(&cfg, image)?, p)?;
+        write_png(&decoded_for_png(&cfg, image)?, p, 1)?;
         println!("wrote {}", p.display());
     }
     Ok(())

@@ -49,31 +49,71 @@ pub(super) fn save_tensors(tensors: HashMap<String, Tensor>, path: &Path) -> Res
         .map_err(|e| Error::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })
 }
 
-/// Write samples in [-1, 1] (n, 1 or 3, H, W) side by side as one PNG.
-pub(super) fn write_png(x: &Tensor, path: &Path) -> Result<()> {
-    let (n, c, h, w) = x.dims4()?;
+/// Pixels of images in [-1, 1], laid out as a grid: x (n, C, H, W) is one row of n images; a
+/// video's x (n, F, C, H, W) is one row per clip with its F frames left to right. Returns (width,
+/// height, channels, bytes) scaled up `zoom` times (nearest), or an error for latent channels.
+fn grid_pixels(x: &Tensor, zoom: usize, flag: &str) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let (rows, cols, c, h, w) = match *x.dims() {
+        [n, c, h, w] => (1, n, c, h, w),
+        [n, f, c, h, w] => (n, f, c, h, w),
+        ref d => return Err(Error::InvalidArgument(format!("{flag}: images of shape {d:?} (want rank 4 or 5)"))),
+    };
     if c != 1 && c != 3 {
         return Err(Error::InvalidArgument(format!(
-            "--out needs a pixel-space model (1 or 3 channels); this one has {c} latent channels: use --latent-out"
+            "{flag} needs a pixel-space model (1 or 3 channels) or --decoder; this one has {c} latent channels: use --latent-out"
         )));
     }
+    let zoom = zoom.max(1);
     let v = to_vec_f32(x)?;
     let to_u8 = |f: f32| (((f.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8;
-    let (gw, gh) = (n * w, h);
+    let (gw, gh) = (cols * w * zoom, rows * h * zoom);
     let mut buf = vec![0u8; gw * gh * c];
-    for i in 0..n {
+    for (i, img) in v.chunks_exact(c * h * w).enumerate() {
+        let (r, col) = (i / cols, i % cols);
         for ch in 0..c {
-            for yy in 0..h {
-                for xx in 0..w {
-                    let src = ((i * c + ch) * h + yy) * w + xx;
-                    buf[(yy * gw + i * w + xx) * c + ch] = to_u8(v[src]);
+            for yy in 0..h * zoom {
+                for xx in 0..w * zoom {
+                    let src = (ch * h + yy / zoom) * w + xx / zoom;
+                    buf[((r * h * zoom + yy) * gw + col * w * zoom + xx) * c + ch] = to_u8(img[src]);
                 }
             }
         }
     }
+    Ok((gw, gh, c, buf))
+}
+
+fn image_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) }
+}
+
+/// A PNG of images in [-1, 1] (see [`grid_pixels`]: a row of images, or a strip of frames per
+/// clip), `zoom` times larger.
+pub(super) fn write_png(x: &Tensor, path: &Path, zoom: usize) -> Result<()> {
+    let (gw, gh, c, buf) = grid_pixels(x, zoom, "--out")?;
     let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
-    image::save_buffer(path, &buf, gw as u32, gh as u32, color)
-        .map_err(|e| Error::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })
+    image::save_buffer(path, &buf, gw as u32, gh as u32, color).map_err(|e| image_error(path, e))
+}
+
+/// An animated GIF of clips x (n, F, C, H, W) in [-1, 1], looping: GIF frame f shows frame f of
+/// every clip side by side, `delay_ms` per frame, `zoom` times larger.
+pub(super) fn write_gif(x: &Tensor, path: &Path, zoom: usize, delay_ms: u32) -> Result<()> {
+    let [n, f, c, h, w] = *x.dims() else {
+        return Err(Error::InvalidArgument(format!("--gif needs a video model's clips (n, F, C, H, W); got shape {:?}", x.dims())));
+    };
+    // One GIF frame = the n clips' frame j as one row of images.
+    let frames = (0..f)
+        .map(|j| {
+            let row = x.narrow(1, j, 1)?.reshape((n, c, h, w))?;
+            let (gw, gh, c, px) = grid_pixels(&row, zoom, "--gif")?;
+            let rgba: Vec<u8> = px.chunks_exact(c).flat_map(|p| if c == 1 { [p[0], p[0], p[0], 255] } else { [p[0], p[1], p[2], 255] }).collect();
+            let img = image::RgbaImage::from_raw(gw as u32, gh as u32, rgba).ok_or_else(|| Error::InvalidArgument("--gif: frame buffer size".into()))?;
+            Ok(image::Frame::from_parts(img, 0, 0, image::Delay::from_numer_denom_ms(delay_ms, 1)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let file = std::fs::File::create(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let mut enc = image::codecs::gif::GifEncoder::new(std::io::BufWriter::new(file));
+    enc.set_repeat(image::codecs::gif::Repeat::Infinite).map_err(|e| image_error(path, e))?;
+    enc.encode_frames(frames).map_err(|e| image_error(path, e))
 }
 
 /// What a pack holds: a DiT / SparseDiT model or a latent decoder.

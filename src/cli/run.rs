@@ -14,7 +14,7 @@ use sparsedit::model::to_vec_f32;
 use sparsedit::{Error, Result};
 
 use super::decode::{decoded_for_png, run_decoder};
-use super::io::{bar, labels, need, read_inputs, save_tensors, write_png};
+use super::io::{bar, labels, need, read_inputs, save_tensors, write_gif, write_png};
 use super::load::{apply_pack_flags, in_file, is_pack, load_decoder, load_model_tensors, open_backend};
 use super::{Backend, DecoderFlags, ImportFlags, SamplerChoice};
 
@@ -89,9 +89,19 @@ pub(super) struct SampleArgs {
     /// Write the final latent as safetensors (tensor `sample`).
     #[arg(long)]
     latent_out: Option<PathBuf>,
-    /// Write a PNG (pixel-space models: 1 or 3 channels in [-1, 1]).
+    /// Write a PNG (pixel-space models: 1 or 3 channels in [-1, 1], or with --decoder): the
+    /// images in a row; for a video model one row per clip, its frames left to right.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Video models: write the clips as a looping animated GIF (the clips side by side).
+    #[arg(long)]
+    gif: Option<PathBuf>,
+    /// Frames per second of --gif (GIF delays are whole 1/100 s: 10, 20, 25, 50 are exact).
+    #[arg(long, default_value_t = 10)]
+    fps: u32,
+    /// Scale --out and --gif up this many times (nearest neighbour; tiny models draw 16 px).
+    #[arg(long, default_value_t = 1)]
+    zoom: usize,
     /// Timestep-wise pruning (instead of the fixed --semantic-size grid): RMIN:RMAX (e.g. 0.61:0.86).
     #[arg(long)]
     schedule: Option<String>,
@@ -144,6 +154,9 @@ pub(super) fn forward(a: ForwardArgs) -> Result<()> {
 pub(super) fn sample(a: SampleArgs) -> Result<()> {
     let engine = load_model(&a.model)?;
     let cfg = engine.cfg().clone();
+    if a.gif.is_some() && !cfg.is_video() {
+        return Err(Error::InvalidArgument(format!("--gif needs a video model; this is {} (use --out for a PNG)", cfg.arch_name())));
+    }
     let schedule = match (&a.schedule, a.model.import.semantic_size) {
         (Some(_), Some(_)) => {
             return Err(Error::InvalidArgument("give --semantic-size (fixed grid) or --schedule (timestep-wise), not both".into()))
@@ -231,14 +244,28 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
     let image = match decoder {
         Some((dcfg, tensors)) => {
             let started = std::time::Instant::now();
-            let (image, on, _) = run_decoder(&dcfg, tensors, &out, engine.gpu().map(|g| g.as_ref()), 0)?;
+            // A clip's frames decode as images: (n, F, C, H, W) -> (n·F, C, H, W) and back.
+            let dims = out.dims().to_vec();
+            let frames = if dims.len() == 5 { out.reshape((dims[0] * dims[1], dims[2], dims[3], dims[4]))? } else { out };
+            let (image, on, _) = run_decoder(&dcfg, tensors, &frames, engine.gpu().map(|g| g.as_ref()), 0)?;
             eprintln!("decoded with {} in {:.2} s ({on})", dcfg.arch_name(), started.elapsed().as_secs_f64());
-            decoded_for_png(&dcfg, image)?
+            let image = decoded_for_png(&dcfg, image)?;
+            match dims[..] {
+                [n, f, ..] if dims.len() == 5 => {
+                    let (_, c, h, w) = image.dims4()?;
+                    image.reshape((n, f, c, h, w))?
+                }
+                _ => image,
+            }
         }
         None => out,
     };
     if let Some(p) = &a.out {
-        write_png(&image, p)?;
+        write_png(&image, p, a.zoom)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.gif {
+        write_gif(&image, p, a.zoom, 1000 / a.fps.clamp(1, 100))?;
         println!("wrote {}", p.display());
     }
     Ok(())
