@@ -7,6 +7,9 @@
 //   DDPM:    log_var = frac * max_log + (1 - frac) * min_log, frac = (out(C + c) + 1) / 2 (learned
 //            range) or the fixed log variance; x' = c1 * pred_x0 + c2 * x + nonzero * exp(log_var / 2) * noise
 //   DDIM:    eps2 = (sr * x - pred_x0) / srm1; x' = pred_x0 * sqrt(abp) + dir * eps2 + nonzero * sigma * noise
+//   DPM-Solver++ (dpm_solver.rs): pred_x0 = sr * x - srm1 * eps with sr = 1 / alpha_s, srm1 =
+//            sigma_s / alpha_s; x' = c2 * x + c1 * pred_x0 + c3 * x0_prev, x0_prev being what
+//            x0_out held from the previous step (read before this step's pred_x0 replaces it)
 // Per-step scalars (sigma, sqrt(abp), dir = sqrt(1 - abp - sigma^2), the fixed std) are computed
 // on the host in f32 exactly as Diffusion::step computes them.
 
@@ -18,7 +21,7 @@ struct Params {
     guided: u32,     // 1: model_out is [cond; uncond] (2n rows) and is combined
     g: u32,          // guided channels, min(guided_channels, C_out)
     learned: u32,    // 1: learned-range variance from channels C .. 2C
-    ddim: u32,       // 1: DDIM update, 0: DDPM
+    mode: u32,       // 0: DDPM, 1: DDIM, 2: DPM-Solver++
     cfg_scale: f32,
     sr: f32,         // sqrt(1 / alpha_bar)
     srm1: f32,       // sqrt(1 / alpha_bar - 1)
@@ -31,6 +34,7 @@ struct Params {
     sqrt_abp: f32,   // sqrt(alpha_bar_prev)
     dir: f32,        // sqrt(1 - alpha_bar_prev - sigma^2)
     nonzero: f32,    // 0 at the last step (i = 0), else 1
+    c3: f32,         // DPM-Solver++: coefficient of the previous step's pred_x0
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -62,9 +66,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let xe = x[e];
     let eps = out_at(b, c, sp);
     let pred_x0 = p.sr * xe - p.srm1 * eps;
-    x0_out[e] = pred_x0;
     var next: f32;
-    if (p.ddim == 1u) {
+    if (p.mode == 2u) {
+        let prev = x0_out[e];
+        x0_out[e] = pred_x0;
+        x[e] = p.c2 * xe + p.c1 * pred_x0 + p.c3 * prev;
+        return;
+    }
+    x0_out[e] = pred_x0;
+    if (p.mode == 1u) {
         let eps2 = (p.sr * xe - pred_x0) / p.srm1;
         let mean = pred_x0 * p.sqrt_abp + p.dir * eps2;
         next = mean + p.nonzero * p.sigma * noise[e];

@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::dpm_solver::DpmSolverPp;
 use crate::error::{Error, Result};
 use crate::model::{apply_cfg, to_vec_f32};
 
@@ -217,6 +218,9 @@ impl Diffusion {
         if batch == 0 || channels == 0 || !x.len().is_multiple_of(batch * channels) || model_out.len() != x.len() / channels * out_ch || noise.len() != x.len() {
             return Err(Error::arg("diffusion step: x, model output and noise sizes disagree"));
         }
+        if kind == SamplerKind::DpmSolverPp {
+            return Err(Error::arg("Diffusion::step runs DDPM / DDIM; DPM-Solver++ steps with dpm_solver::DpmSolverPp"));
+        }
         let k = self.coefficients(i)?;
         let (sr, srm1, c1, c2) = (k.sqrt_recip_ac, k.sqrt_recipm1_ac, k.coef1, k.coef2);
         let (min_log, max_log, fixed_log) = (k.min_log, k.max_log, k.fixed_log);
@@ -254,6 +258,7 @@ impl Diffusion {
                     let mean = pred_x0 * abp.sqrt() + (1.0 - abp - sigma * sigma).sqrt() * eps2;
                     mean + nonzero * sigma * ne
                 }
+                SamplerKind::DpmSolverPp => xe, // refused above
             };
         }
         Ok((next, x0))
@@ -285,6 +290,9 @@ pub enum SamplerKind {
     Ddpm,
     /// DDIM with stochasticity eta (0 = deterministic).
     Ddim { eta: f64 },
+    /// DPM-Solver++ (2M, multistep; `dpm_solver.rs`): an ODE solver, no noise, K model calls at
+    /// fractional timesteps.
+    DpmSolverPp,
 }
 
 impl SamplerKind {
@@ -297,15 +305,16 @@ impl SamplerKind {
                 }
                 Ok(SamplerKind::Ddim { eta })
             }
-            other => Err(Error::arg(format!("unknown sampler {other:?} (ddim or ddpm)"))),
+            "dpm-solver++" | "dpmsolver++" | "dpm++" => Ok(SamplerKind::DpmSolverPp),
+            other => Err(Error::arg(format!("unknown sampler {other:?} (ddim, ddpm or dpm-solver++)"))),
         }
     }
 
     /// The same sampler with DDIM's `eta` set (checked); DDPM ignores it.
     pub fn with_eta(self, eta: f64) -> Result<SamplerKind> {
         match self {
-            SamplerKind::Ddpm => Ok(SamplerKind::Ddpm),
             SamplerKind::Ddim { .. } => SamplerKind::parse("ddim", eta),
+            other => Ok(other),
         }
     }
 }
@@ -385,18 +394,64 @@ pub struct StepInfo<'a> {
 
 /// A sampling run: process + update rule + variance type.
 pub struct Sampler {
+    /// The respaced process DDPM / DDIM step through (for DPM-Solver++: K evenly respaced steps,
+    /// only its length is used).
     pub diffusion: Diffusion,
     pub kind: SamplerKind,
     pub variance: VarianceType,
+    /// DPM-Solver++'s steps, when `kind` is [`SamplerKind::DpmSolverPp`].
+    pub dpm: Option<DpmSolverPp>,
 }
 
 impl Sampler {
+    /// A sampler over `respacing` (DDPM / DDIM: e.g. `250`, `ddim50`; DPM-Solver++: the step
+    /// count K, time-uniform over DiT's 1000 training steps as the reference solver).
     pub fn new(respacing: &str, kind: SamplerKind, learn_sigma: bool) -> Result<Sampler> {
+        let dpm = match kind {
+            SamplerKind::DpmSolverPp => {
+                let k: usize = respacing
+                    .parse()
+                    .map_err(|_| Error::arg(format!("DPM-Solver++ takes a step count, not the respacing {respacing:?}")))?;
+                Some(DpmSolverPp::new(&linear_betas(NUM_TRAIN_TIMESTEPS), k)?)
+            }
+            _ => None,
+        };
         Ok(Sampler {
             diffusion: Diffusion::new(respacing)?,
             kind,
             variance: if learn_sigma { VarianceType::LearnedRange } else { VarianceType::FixedLarge },
+            dpm,
         })
+    }
+
+    /// Model calls of a run.
+    pub fn num_steps(&self) -> usize {
+        self.diffusion.num_steps()
+    }
+
+    /// The timestep input of the model at loop iteration `iter` (0 = first call): the original
+    /// timestep of the respaced step, or DPM-Solver++'s `(t_k - 1/N) * 1000`.
+    pub fn model_t(&self, iter: usize) -> f32 {
+        match &self.dpm {
+            Some(d) => d.steps[iter].model_t as f32,
+            None => self.diffusion.timestep_map[self.num_steps() - 1 - iter] as f32,
+        }
+    }
+
+    /// The timestep reported for iteration `iter` (and the one a grid schedule reads): the
+    /// model's input, rounded.
+    pub fn timestep(&self, iter: usize) -> usize {
+        match &self.dpm {
+            Some(d) => d.steps[iter].model_t.round().max(0.0) as usize,
+            None => self.diffusion.timestep_map[self.num_steps() - 1 - iter],
+        }
+    }
+
+    /// Whether iteration `iter` draws Gaussian noise (DDPM and DDIM with eta > 0 before the
+    /// last step).
+    pub fn needs_noise(&self, iter: usize) -> bool {
+        let last = iter + 1 == self.num_steps();
+        !last && !matches!(self.kind, SamplerKind::Ddim { eta } if eta == 0.0) && self.kind != SamplerKind::DpmSolverPp
     }
 
     /// Run the reverse process from `z` (n, C, H, W) — or clips (n, F, C, H, W) — for labels
@@ -431,29 +486,39 @@ impl Sampler {
         let dev = Device::Cpu;
         let mut x = to_vec_f32(z)?;
         let mut noise_buf = vec![0f32; x.len()];
-        let total = self.diffusion.num_steps();
+        let mut m_prev: Vec<f32> = Vec::new(); // DPM-Solver++: the previous data prediction
+        let total = self.num_steps();
         for (iter, i) in (0..total).rev().enumerate() {
-            let t_orig = self.diffusion.timestep_map[i];
+            let t_model = self.model_t(iter);
             let xt = Tensor::from_slice(&x, dims.as_slice(), &dev)?;
             let out = match guidance {
                 Some(g) => {
                     let batch = Tensor::cat(&[&xt, &xt], 0)?;
                     let mut labels = y.to_vec();
                     labels.extend(std::iter::repeat_n(g.null_label, n));
-                    let t = vec![t_orig as f32; 2 * n];
-                    let raw = model(&batch, &t, &labels)?;
+                    let raw = model(&batch, &vec![t_model; 2 * n], &labels)?;
                     apply_cfg(&raw, g.scale, g.guided_channels)?.narrow(0, 0, n)?
                 }
-                None => model(&xt, &vec![t_orig as f32; n], y)?,
+                None => model(&xt, &vec![t_model; n], y)?,
             };
-            let out_v = to_vec_f32(&out)?;
-            let needs_noise = i != 0 && !matches!(self.kind, SamplerKind::Ddim { eta } if eta == 0.0);
-            if needs_noise {
-                noise.fill(iter, &mut noise_buf)?;
-            }
-            let (next, x0) = self.diffusion.step(self.kind, self.variance, i, &x, &out_v, step_rows, channels, &noise_buf)?;
+            let (next, x0) = match &self.dpm {
+                Some(dpm) => {
+                    // model_type="noise": the first C channels of the (guided) output
+                    let eps = to_vec_f32(&out.narrow(dims.len() - 3, 0, channels)?)?;
+                    let (next, m) = dpm.step(iter, &x, &eps, &m_prev)?;
+                    m_prev = m.clone();
+                    (next, m)
+                }
+                None => {
+                    let out_v = to_vec_f32(&out)?;
+                    if self.needs_noise(iter) {
+                        noise.fill(iter, &mut noise_buf)?;
+                    }
+                    self.diffusion.step(self.kind, self.variance, i, &x, &out_v, step_rows, channels, &noise_buf)?
+                }
+            };
             x = next;
-            on_step(&StepInfo { iter, total, timestep: t_orig, x: &x, pred_x0: &x0 })?;
+            on_step(&StepInfo { iter, total, timestep: self.timestep(iter), x: &x, pred_x0: &x0 })?;
         }
         Ok(Tensor::from_vec(x, dims.as_slice(), &dev)?)
     }

@@ -213,7 +213,14 @@ impl SampleRequest {
                 )));
             }
         }
-        let respacing = self.respacing.clone().unwrap_or_else(|| default_respacing(self.steps));
+        let respacing = match (self.sampler, &self.respacing) {
+            // DPM-Solver++ spaces its own K steps (time-uniform), as the reference solver.
+            (SamplerKind::DpmSolverPp, Some(r)) => {
+                return Err(Error::arg(format!("DPM-Solver++ spaces its own steps: drop the respacing {r:?}, give the step count")))
+            }
+            (SamplerKind::DpmSolverPp, None) => self.steps.to_string(),
+            (_, r) => r.clone().unwrap_or_else(|| default_respacing(self.steps)),
+        };
         let sampler = Sampler::new(&respacing, self.sampler, cfg.learn_sigma)?;
         let guidance = if self.cfg_scale > 1.0 {
             let null = cfg.null_label().ok_or_else(|| Error::arg("this model has no null label: use a guidance scale of 1"))?;
@@ -222,7 +229,7 @@ impl SampleRequest {
         } else {
             None
         };
-        let timesteps: Vec<usize> = (0..sampler.diffusion.num_steps()).rev().map(|i| sampler.diffusion.timestep_map[i]).collect();
+        let timesteps: Vec<usize> = (0..sampler.num_steps()).map(|iter| sampler.timestep(iter)).collect();
         let mut plan = RunPlan { respacing, sampler, schedule, guidance, timesteps, grids: Vec::new(), images };
         plan.grids = plan.timesteps.iter().map(|&t| plan.grid_at(t, cfg)).collect();
         Ok(plan)

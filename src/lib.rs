@@ -17,6 +17,7 @@ pub mod blocks;
 pub mod config;
 pub mod decoder;
 pub mod diffusion;
+pub mod dpm_solver;
 pub mod engine;
 pub mod error;
 pub mod flops;

@@ -214,6 +214,39 @@ fn pooling_and_upsampling_match_the_reference() {
 }
 
 #[test]
+fn dpm_solver_step_matches_the_reference() {
+    // The sampler kernel's DPM-Solver++ mode against dpm_solver::DpmSolverPp::step: guided and
+    // not, first and second order, the previous data prediction read from the x0 buffer.
+    let Some(gpu) = gpu() else { return };
+    let (n, ch, h, w) = (2usize, 4usize, 3usize, 5usize);
+    let total = n * ch * h * w;
+    let dpm = sparsedit::dpm_solver::DpmSolverPp::new(&sparsedit::diffusion::linear_betas(1000), 5).unwrap();
+    for (k, guidance) in [(0usize, None), (1, Some(Guidance { scale: 4.0, guided_channels: 3, null_label: 10 })), (4, None), (2, Some(Guidance { scale: 2.0, guided_channels: 4, null_label: 10 }))] {
+        let c_out = 2 * ch; // learned sigma: eps is the first C channels
+        let rows = if guidance.is_some() { 2 * n } else { n };
+        let x = random(500 + k as u64, total, 2.0);
+        let raw = random(510 + k as u64, rows * c_out * h * w, 1.0);
+        let m_prev = random(520 + k as u64, total, 1.5);
+        // The reference: CFG as model::apply_cfg, the first C channels of the first half.
+        let raw_t = Tensor::from_slice(&raw, (rows, c_out, h, w), &Device::Cpu).unwrap();
+        let out = match guidance {
+            Some(g) => apply_cfg(&raw_t, g.scale, g.guided_channels).unwrap().narrow(0, 0, n).unwrap(),
+            None => raw_t,
+        };
+        let eps = vec_of(&out.narrow(1, 0, ch).unwrap());
+        let (want_x, want_m) = dpm.step(k, &x, &eps, &m_prev).unwrap();
+        let params = SamplerStepParams::dpm_solver(&dpm.steps[k], n, ch, c_out, h * w, guidance);
+        let xb = gpu.upload("x", &x).unwrap();
+        let x0b = gpu.upload("x0 = previous data prediction", &m_prev).unwrap();
+        let d = sampler_step(&gpu, "dpm", &xb, &gpu.upload("out", &raw).unwrap(), &gpu.zeros("noise", total).unwrap(), &x0b, &params).unwrap();
+        run(&gpu, d);
+        let what = format!("DPM-Solver++ step {k} (order {}) guidance {:?}", dpm.steps[k].order, guidance.map(|g| g.scale));
+        assert_close(&format!("{what}: data prediction"), &gpu.read(&x0b).unwrap(), &want_m, TOL);
+        assert_close(&format!("{what}: next x"), &gpu.read(&xb).unwrap(), &want_x, TOL);
+    }
+}
+
+#[test]
 fn elementwise_dispatch_past_65535_workgroups() {
     let Some(gpu) = gpu() else { return };
     // 65535 * 256 + a bit: the flat index spans two rows of workgroups.
@@ -270,7 +303,7 @@ fn sampler_step_matches_diffusion_step() {
         let vars: &[VarianceType] = match kind {
             SamplerKind::Ddpm => &[VarianceType::LearnedRange, VarianceType::FixedLarge],
             // DDIM ignores the variance; with learned sigma the output still has 2C channels.
-            SamplerKind::Ddim { .. } => &[VarianceType::LearnedRange, VarianceType::FixedLarge],
+            _ => &[VarianceType::LearnedRange, VarianceType::FixedLarge],
         };
         for &var in vars {
             let c_out = if var == VarianceType::LearnedRange { 2 * ch } else { ch };

@@ -225,7 +225,7 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
     }))?;
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    let macs = sample_macs(&cfg, &plan.schedule, &plan.sampler.diffusion.timestep_map, plan.rows());
+    let macs = sample_macs(&cfg, &plan.schedule, &plan.timesteps, plan.rows());
     eprintln!(
         "{} sample(s), {} steps ({}), {:.2} s on {}, {:.1} GMACs (linear+norm+attention)",
         plan.images,

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::diffusion::{Guidance, NoiseSource, Sampler, SamplerKind, NUM_TRAIN_TIMESTEPS};
+use crate::diffusion::{Guidance, NoiseSource, Sampler, NUM_TRAIN_TIMESTEPS};
 use crate::engine::Step;
 use crate::error::{Error, Result};
 use crate::gpu::model::{GpuModel, Plan};
@@ -71,13 +71,13 @@ pub async fn sample_gpu(
     let noise_buf = gpu.zeros("noise", n * chw)?; // (n, C, H, W)
     let mut host_noise = vec![0f32; n * chw];
     let mut plans: HashMap<usize, Plan> = HashMap::new();
-    let total = sampler.diffusion.num_steps();
+    let total = sampler.num_steps();
     let spatial = cfg.input_size * cfg.input_size;
     // The step works image by image: a clip's F frames are F images (eps / variance split per
     // frame, Latte's `dim=2`), the [cond; uncond] halves n·F images apart.
     let images = n * cfg.frames();
     for (iter, i) in (0..total).rev().enumerate() {
-        let t_orig = sampler.diffusion.timestep_map[i];
+        let t_orig = sampler.timestep(iter);
         // (a dense model runs at its dense grid whatever the schedule says)
         let grid = if cfg.uses_grid() { schedule.grid_at(t_orig as f64, NUM_TRAIN_TIMESTEPS, cfg.num_tokens()) } else { cfg.grid() };
         if !plans.contains_key(&grid) {
@@ -89,13 +89,16 @@ pub async fn sample_gpu(
             plans.insert(grid, plan);
         }
         let plan = &plans[&grid];
-        model.write_inputs(gpu, plan, None, &vec![t_orig as f32; rows], &labels)?;
-        let needs_noise = i != 0 && !matches!(sampler.kind, SamplerKind::Ddim { eta } if eta == 0.0);
-        if needs_noise {
+        model.write_inputs(gpu, plan, None, &vec![sampler.model_t(iter); rows], &labels)?;
+        if sampler.needs_noise(iter) {
             noise.fill(iter, &mut host_noise)?;
             gpu.write(&noise_buf, &host_noise)?;
         }
-        let params = SamplerStepParams::new(&sampler.diffusion, i, sampler.kind, sampler.variance, images, cfg.in_channels, spatial, guidance)?;
+        let params = match &sampler.dpm {
+            // pred_x0 holds the previous step's data prediction, which the second-order update reads
+            Some(dpm) => SamplerStepParams::dpm_solver(&dpm.steps[iter], images, cfg.in_channels, cfg.out_channels(), spatial, guidance),
+            None => SamplerStepParams::new(&sampler.diffusion, i, sampler.kind, sampler.variance, images, cfg.in_channels, spatial, guidance)?,
+        };
         let step = sampler_step(gpu, "sampler_step", &x, &plan.out, &noise_buf, &x0, &params)?;
         let mut copies = vec![(&x, &plan.x_in, 0usize)];
         if guidance.is_some() {

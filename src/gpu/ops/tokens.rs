@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use super::{bad, elems, groups_1d, need};
 use crate::diffusion::{Diffusion, Guidance, SamplerKind, VarianceType};
+use crate::dpm_solver::{DpmStep, DpmStepF32};
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, GpuBuf};
 
@@ -283,6 +284,9 @@ pub struct SamplerStepParams {
     pub k: StepCoefficients,
     /// False at the last step (i = 0): no noise is added.
     pub nonzero: bool,
+    /// DPM-Solver++ instead of DDPM / DDIM: the step's scalars (`x' = a x + b m + c m_prev`
+    /// with `m = sr x - srm1 eps`; `m_prev` is read from, then replaced in, the x0 buffer).
+    pub dpm: Option<DpmStepF32>,
 }
 
 impl SamplerStepParams {
@@ -305,6 +309,7 @@ impl SamplerStepParams {
         let (ddim, eta) = match kind {
             SamplerKind::Ddpm => (false, 0.0),
             SamplerKind::Ddim { eta } => (true, eta as f32),
+            SamplerKind::DpmSolverPp => return Err(crate::error::Error::InvalidArgument("DPM-Solver++ steps take SamplerStepParams::dpm_solver".into())),
         };
         Ok(SamplerStepParams {
             n,
@@ -319,7 +324,28 @@ impl SamplerStepParams {
             eta,
             k,
             nonzero: i != 0,
+            dpm: None,
         })
+    }
+
+    /// A DPM-Solver++ step (`dpm_solver::DpmSolverPp::steps[k]`) for a latent (n, channels,
+    /// H, W); the model's output has `out_channels` (its first `channels` are epsilon).
+    pub fn dpm_solver(step: &DpmStep, n: usize, channels: usize, out_channels: usize, spatial: usize, guidance: Option<Guidance>) -> SamplerStepParams {
+        SamplerStepParams {
+            n,
+            channels,
+            out_channels,
+            spatial,
+            guided: guidance.is_some(),
+            cfg_scale: guidance.map_or(1.0, |g| g.scale as f32),
+            guided_channels: guidance.map_or(0, |g| g.guided_channels),
+            learned_range: false,
+            ddim: false,
+            eta: 0.0,
+            k: StepCoefficients { sqrt_recip_ac: 0.0, sqrt_recipm1_ac: 0.0, coef1: 0.0, coef2: 0.0, min_log: 0.0, max_log: 0.0, fixed_log: 0.0, alpha_bar: 1.0, alpha_bar_prev: 1.0 },
+            nonzero: false,
+            dpm: Some(step.as_f32()),
+        }
     }
 }
 
@@ -342,6 +368,35 @@ pub fn sampler_step(gpu: &Gpu, label: &str, x: &GpuBuf, model_out: &GpuBuf, nois
     not_aliased(label, ("latent", x), &[("model output", model_out), ("noise", noise), ("predicted x0", x0_out)])?;
     not_aliased(label, ("predicted x0", x0_out), &[("model output", model_out), ("noise", noise)])?;
 
+    if let Some(d) = s.dpm {
+        // mode 2: m = sr x - srm1 eps (sqrt_recip / sqrt_recipm1 slots), x' = a x + b m + c m_prev
+        let f = |v: f32| v.to_bits();
+        let params = [
+            s.n as u32,
+            s.channels as u32,
+            s.out_channels as u32,
+            s.spatial as u32,
+            u32::from(s.guided),
+            s.guided_channels.min(s.out_channels) as u32,
+            0,
+            2,
+            f(s.cfg_scale),
+            f(d.sr),
+            f(d.srm1),
+            f(d.b),
+            f(d.a),
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            f(d.c),
+        ];
+        let kernel = gpu.kernel("sampler_step", SAMPLER_STEP_WGSL, &[])?;
+        return gpu.dispatch(&kernel, label, &params, &[x, model_out, noise, x0_out], groups(label, total, WG)?);
+    }
     // Per-step scalars in f32, exactly as Diffusion::step computes them.
     let (ab, abp) = (s.k.alpha_bar, s.k.alpha_bar_prev);
     let sigma = s.eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
@@ -369,6 +424,7 @@ pub fn sampler_step(gpu: &Gpu, label: &str, x: &GpuBuf, model_out: &GpuBuf, nois
         f(sqrt_abp),
         f(dir),
         f(if s.nonzero { 1.0 } else { 0.0 }),
+        0, // c (DPM-Solver++ only)
     ];
     let kernel = gpu.kernel("sampler_step", SAMPLER_STEP_WGSL, &[])?;
     gpu.dispatch(&kernel, label, &params, &[x, model_out, noise, x0_out], groups(label, total, WG)?)
