@@ -40,6 +40,47 @@ pub fn default_heads(width: usize) -> Option<usize> {
 
 /// Read a checkpoint into f32 CPU tensors with official names.
 pub fn read_checkpoint(path: &Path) -> Result<TensorMap> {
+    Ok(read_checkpoint_full(path)?.tensors)
+}
+
+/// A checkpoint under the official names, and what its files say beyond the tensors.
+pub struct Checkpoint {
+    pub tensors: TensorMap,
+    /// Attention heads a diffusers `config.json` states (the weights cannot tell).
+    pub heads: Option<usize>,
+}
+
+/// As [`read_checkpoint`], also reading diffusers' DiT layout (`crate::diffusers`): a snapshot
+/// folder, a model folder, or `diffusion_pytorch_model[.fp16].safetensors` beside its
+/// `config.json`, converted to the official names.
+pub fn read_checkpoint_full(path: &Path) -> Result<Checkpoint> {
+    if let Some(files) = crate::diffusers::locate(path) {
+        let cfg = crate::diffusers::read_config(&files.config)?;
+        let map = read_tensor_file(&files.weights)?;
+        if !crate::diffusers::is_diffusers_dit(&map) {
+            return Err(Error::Checkpoint { path: files.weights.display().to_string(), reason: "not a diffusers DiT transformer (no transformer_blocks / pos_embed.proj)".into() });
+        }
+        let tensors = crate::diffusers::dit_from_diffusers(map, &cfg)?;
+        return Ok(Checkpoint { tensors, heads: Some(cfg.num_attention_heads) });
+    }
+    if path.is_dir() {
+        return Err(Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: "a folder that is not a diffusers DiT snapshot (model_index.json + transformer/, or config.json + diffusion_pytorch_model.safetensors)".into(),
+        });
+    }
+    let tensors = read_tensor_file(path)?;
+    if crate::diffusers::is_diffusers_dit(&tensors) {
+        return Err(Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: "diffusers' DiT layout: give the folder (or keep its config.json beside the file) so sample_size and heads are known".into(),
+        });
+    }
+    Ok(Checkpoint { tensors, heads: None })
+}
+
+/// Every tensor of a .safetensors / .pt / .pth file as f32, `module.` prefixes dropped.
+fn read_tensor_file(path: &Path) -> Result<TensorMap> {
     let shown = path.display().to_string();
     let ck_err = |reason: String| Error::Checkpoint { path: shown.clone(), reason };
     if !path.exists() {

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod blocks;
 pub mod config;
 pub mod decoder;
+pub mod diffusers;
 pub mod diffusion;
 pub mod dpm_solver;
 pub mod engine;

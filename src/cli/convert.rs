@@ -10,7 +10,7 @@ use sparsedit::model::Model;
 use sparsedit::Result;
 
 use super::io::{write_any_pack_file, write_pack_file, PackCfg};
-use super::load::{import_opts, load_any, load_model_tensors, Loaded};
+use super::load::{import_opts_for, load_any, load_model_tensors, Loaded};
 use super::{DecoderFlags, ImportFlags, Quant};
 
 #[derive(Args)]
@@ -58,8 +58,8 @@ pub(super) fn convert(a: ConvertArgs) -> Result<()> {
             drop(Decoder::from_tensors(cfg.clone(), tensors.clone())?);
             return write_any_pack_file(&a.out, PackCfg::Decoder(&cfg), &tensors, quant, &name, a.all_tensors);
         }
-        Loaded::Checkpoint(map) => {
-            let cfg = infer_config(&map, &import_opts(&a.import))?;
+        Loaded::Checkpoint(map, heads) => {
+            let cfg = infer_config(&map, &import_opts_for(&a.import, heads))?;
             (cfg, map)
         }
         Loaded::ModelPack => load_model_tensors(&a.ckpt, &a.import)?,

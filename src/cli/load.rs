@@ -7,15 +7,16 @@ use sparsedit::config::Config;
 use sparsedit::decoder::{canonical_decoder_tensors, is_decoder_checkpoint, DecoderConfig, DecoderOptions};
 use sparsedit::gguf::MetaValue;
 use sparsedit::gpu::Gpu;
-use sparsedit::import::{infer_config, read_checkpoint, ImportOptions};
+use sparsedit::import::{infer_config, read_checkpoint_full, ImportOptions};
 use sparsedit::model::TensorMap;
 use sparsedit::pack::{load_decoder_pack_bytes, load_pack_file};
 use sparsedit::{Error, Result};
 
 use super::{Backend, DecoderFlags, ImportFlags};
 
-pub(super) fn import_opts(f: &ImportFlags) -> ImportOptions {
-    ImportOptions { heads: f.heads, semantic_size: f.semantic_size }
+/// The import flags, with the heads a checkpoint's own files state when `--heads` is not given.
+pub(super) fn import_opts_for(f: &ImportFlags, ck_heads: Option<usize>) -> ImportOptions {
+    ImportOptions { heads: f.heads.or(ck_heads), semantic_size: f.semantic_size }
 }
 
 pub(super) fn is_pack(p: &Path) -> bool {
@@ -49,9 +50,9 @@ pub(super) fn load_model_tensors(path: &Path, flags: &ImportFlags) -> Result<(Co
         apply_pack_flags(&mut cfg, flags)?;
         Ok((cfg, p.tensors))
     } else {
-        let map = read_checkpoint(path)?;
-        let cfg = infer_config(&map, &import_opts(flags))?;
-        Ok((cfg, map))
+        let ck = read_checkpoint_full(path)?;
+        let cfg = infer_config(&ck.tensors, &import_opts_for(flags, ck.heads))?;
+        Ok((cfg, ck.tensors))
     }
 }
 
@@ -72,7 +73,7 @@ pub(super) enum Loaded {
     /// A latent decoder (pack or checkpoint), tensors under their canonical names.
     Decoder(DecoderConfig, TensorMap),
     /// A checkpoint that is not a decoder (a DiT / SparseDiT state dict, or anything else).
-    Checkpoint(TensorMap),
+    Checkpoint(TensorMap, Option<usize>),
     /// A pack that is not a decoder pack (read again by the DiT path).
     ModelPack,
 }
@@ -91,9 +92,10 @@ pub(super) fn load_any(path: &Path, flags: &DecoderFlags) -> Result<Loaded> {
         let p = load_decoder_pack_bytes(&bytes).map_err(in_file(path))?;
         return Ok(Loaded::Decoder(p.cfg, p.tensors));
     }
-    let map = read_checkpoint(path)?;
+    let ck = read_checkpoint_full(path)?;
+    let map = ck.tensors;
     if !is_decoder_checkpoint(&map) {
-        return Ok(Loaded::Checkpoint(map));
+        return Ok(Loaded::Checkpoint(map, ck.heads));
     }
     let map = canonical_decoder_tensors(map)?;
     let opts = decoder_options(path, flags)?;
@@ -128,7 +130,7 @@ pub(super) fn load_decoder(path: &Path, flags: &DecoderFlags) -> Result<(Decoder
             "{}: a DiT / SparseDiT pack, not a latent decoder (taesd / sdvae)",
             path.display()
         ))),
-        Loaded::Checkpoint(_) => Err(Error::InvalidArgument(format!(
+        Loaded::Checkpoint(..) => Err(Error::InvalidArgument(format!(
             "{}: not a latent decoder checkpoint (expected TAESD keys 1.weight, 3.conv.0.weight, ... or SD-VAE decoder.* keys)",
             path.display()
         ))),
