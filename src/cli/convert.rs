@@ -15,7 +15,8 @@ use super::{DecoderFlags, ImportFlags, Quant};
 
 #[derive(Args)]
 pub(super) struct ConvertArgs {
-    /// Checkpoint: .pt / .pth (state dict, or under 'ema' / 'model'), .safetensors, or a .gguf pack.
+    /// Checkpoint: .pt / .pth (state dict, or under 'ema' / 'model'), .safetensors, a .gguf
+    /// pack, a diffusers DiT folder, or hf://owner/repo[@revision][/path] on the Hugging Face Hub.
     ckpt: PathBuf,
     /// Output pack (.gguf), or `.safetensors` for the f32 tensors under official key names.
     #[arg(short, long)]
@@ -35,7 +36,7 @@ pub(super) struct ConvertArgs {
 
 #[derive(Args)]
 pub(super) struct DitToSparseArgs {
-    /// Dense DiT checkpoint.
+    /// Dense DiT checkpoint (a file, a diffusers folder, or hf://owner/repo[@revision][/path]).
     ckpt: PathBuf,
     /// Output pack (.gguf), or `.safetensors` for the f32 tensors under official key names.
     #[arg(short, long)]
@@ -49,7 +50,8 @@ pub(super) struct DitToSparseArgs {
     import: ImportFlags,
 }
 
-pub(super) fn convert(a: ConvertArgs) -> Result<()> {
+pub(super) fn convert(mut a: ConvertArgs) -> Result<()> {
+    a.ckpt = super::hub::local(&a.ckpt)?;
     let quant = a.quant.into();
     let name = a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
     let (cfg, tensors) = match load_any(&a.ckpt, &a.decoder)? {
@@ -70,7 +72,8 @@ pub(super) fn convert(a: ConvertArgs) -> Result<()> {
     write_pack_file(&a.out, &cfg, &tensors, quant, &name, a.all_tensors)
 }
 
-pub(super) fn dit_to_sparse(a: DitToSparseArgs) -> Result<()> {
+pub(super) fn dit_to_sparse(mut a: DitToSparseArgs) -> Result<()> {
+    a.ckpt = super::hub::local(&a.ckpt)?;
     let layout = parse_layout(&a.layout)?;
     let (dense_cfg, dense) = load_model_tensors(&a.ckpt, &a.import)?;
     let (cfg, sparse) = dit_to_sparsedit(&dense, &dense_cfg, layout)?;

@@ -5,6 +5,7 @@ mod bench;
 mod convert;
 mod decode;
 mod flops;
+mod hub;
 mod info;
 mod io;
 mod load;
