@@ -23,7 +23,8 @@
 //!   block_times(grid: number): Promise<{name, ms}[] | null>   // GPU ms per block (timestamp queries)
 //!   load_decoder(bytes: Uint8Array, expected_sha256?: string): DecoderInfo  // TAESD / SD-VAE pack
 //!   unload_decoder(): void                // while loaded, generate also returns `decoded`
-//!   decode(latent: Float32Array, num): Promise<decoded>  // (num, C, I, I) latents, e.g. a step's pred_x0
+//!   decode(latent: Float32Array, num): Promise<decoded>  // num latent images (num, C, I, I), e.g. a step's pred_x0;
+//!                                                        // a video model's clips are num·F images
 //!   set_pooled_middle(spec: "START:END" | "default" | null): [start, end] | null  // plain DiT only:
 //!                                         // training-free sparsification (middle blocks on the pooled grid)
 //! }
@@ -36,7 +37,7 @@
 //!               side, windows: [[r0, r1, c0, c1], ...], macs, axis: "spatial"|"temporal", frames,
 //!               sequences, sequence_len }  // video: spatial = F sequences of `tokens`,
 //!                                          // temporal = `tokens` positions / pooled cells of F frames
-//! opts   = { label, seed, steps, sampler: "ddim"|"ddpm", eta, cfg, cfg_all_channels, respacing,
+//! opts   = { label, seed, steps, sampler: "ddim"|"ddpm"|"dpm-solver++", eta, cfg, cfg_all_channels, respacing,
 //!            sparsity: "dense"|"fixed"|"schedule", grid, r_min, r_max, num, trace, preview }
 //!            (all optional; respacing defaults to `steps`, as the official sample.py)
 //! step   = { iter, total, timestep, grid, ms, pred_x0?: Float32Array,
@@ -175,7 +176,7 @@ struct ModelInfo {
     /// Frames per clip of a video model (latents (num, F, C, I, I)); absent for images.
     #[serde(skip_serializing_if = "Option::is_none")]
     frames: Option<usize>,
-    /// Where this model runs: "webgpu", or "cpu" (no adapter, or a video model).
+    /// Where this model runs: "webgpu", or "cpu" (no adapter, or WebGPU turned off).
     backend: &'static str,
 }
 
@@ -494,7 +495,8 @@ impl Engine {
     }
 
     /// Decode latents of the loaded model's size with the loaded decoder: `latent` (num, C, I, I)
-    /// as `generate` returns it, or a step's `pred_x0` (the page's live TAESD preview). Resolves
+    /// as `generate` returns it, or a step's `pred_x0` (the page's live TAESD preview); `num`
+    /// counts images, so a video model's n clips are n·F of them. Resolves
     /// to `{ image, channels, size, ms, decoder }` as `result.decoded`. May run while a
     /// generation is waiting on the GPU: it only reads the model's geometry and the decoder.
     pub fn decode(&self, latent: js_sys::Float32Array, num: usize) -> js_sys::Promise {

@@ -31,6 +31,11 @@ const DENSE_MODEL = 'dit-tiny-q8_0.gguf';
 const POOLED_TOKENS_S4 = [64, 64, 16, 16, 16, 16, 16, 16, 64, 64];
 const TINY_TOKENS_S4 = [64, 16, 16, 16, 64, 16, 16, 16, 64, 64];
 
+// Video packs (converted from tests/fixtures/data in `before`): the pixel-space Latte of 8 frames
+// and the spatial-temporal sparse Latte of 3 frames (6x6 dense grid, s = 4 by default).
+const VIDEO_PACK = 'latte-f8-rgb.gguf';
+const SPARSE_VIDEO_PACK = 'sparselatte-f3.gguf';
+
 const GENERATE_TIMEOUT = 10 * 60_000;
 const LOAD_TIMEOUT = 3 * 60_000;
 
@@ -190,7 +195,11 @@ before(async () => {
   extra['/extra/dit-1000-classes.gguf'] = { body: fs.readFileSync(imagenetPack) };
   // A small random latent DiT (4 channels, 8x8; fixture dit_dense) and the TAESD fixture decoder.
   for (const [name, src, args] of [['dit-latent.gguf', 'dit_dense/model.pt', ['--heads', '4']], ['taesd.gguf', 'taesd/taesd_decoder.pth', []],
-    ['latte.gguf', 'latte_f3_p2/model.pt', ['--heads', '4', '--quant', 'q8_0']]]) {
+    ['latte.gguf', 'latte_f3_p2/model.pt', ['--heads', '4', '--quant', 'q8_0']],
+    // the video UI: a pixel-space Latte (3 channels, 12 px, 8 frames, 4 classes) and a sparse
+    // Latte (4 channels, 12 px, 3 frames, 5 classes; num_heads / semantic_size of its config.json)
+    [VIDEO_PACK, 'latte_f8_p2_rgb/model.safetensors', ['--heads', '2']],
+    [SPARSE_VIDEO_PACK, 'sparselatte_f3/model.safetensors', ['--heads', '4', '--semantic-size', '4']]]) {
     const out = path.join(ARTIFACTS, name);
     execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data', src), ...args, '-o', out], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
     extra[`/extra/${name}`] = { body: fs.readFileSync(out) };
@@ -443,6 +452,21 @@ test('without WebGPU the engine falls back to the CPU path (and still matches th
   });
 });
 
+test('DPM-Solver++ (2M) picked in the page samples what the CLI samples', { timeout: 10 * 60_000 }, async () => {
+  await withCpuPage('', async (page) => {
+    assert.match(await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT), /^ready/);
+    await page.getByTestId('grid').fill(String(GRID));
+    await page.getByTestId('sampler').selectOption('dpm-solver++');
+    const done = await generateIn(page, { steps: 8 });
+    const r = await page.evaluate(() => ({ image: Array.from(window.sparsedit.lastResult.image), steps: window.sparsedit.lastResult.ms_steps.length }));
+    assert.equal(r.steps, 8);
+    const cli = cliSample(MODEL, 8, ['--sampler', 'dpm-solver++']);
+    const { worst, at } = maxAbsDiff(r.image, cli.data);
+    console.log(`# DPM-Solver++ in the page (CPU path): ${done}; max |page - CLI| = ${worst.toExponential(3)}`);
+    assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
+  });
+});
+
 test('a plain DiT, training-free: the middle blocks on pooled tokens, drawn and sampled as the CLI does', { timeout: 10 * 60_000 }, async () => {
   // The CPU engine keeps this quick; the WGSL path of the pooled middle is checked against the
   // CPU one in tests/gpu_model.rs.
@@ -599,6 +623,354 @@ test('the wasm engine takes a video pack (Latte): it streams into WebGPU and sam
   } finally {
     await context.close();
   }
+});
+
+// ---------------------------------------------------------------- video UI
+
+/** RGBA bytes of a canvas (by data-testid) with its size. */
+async function canvasPixels(page, testid) {
+  return page.evaluate((id) => {
+    const c = document.querySelector(`[data-testid="${id}"]`);
+    return { w: c.width, h: c.height, data: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data) };
+  }, testid);
+}
+
+/** The RGB bytes the page draws for image `idx` of flat (N, 3, S, S) data in [-1, 1], row-major. */
+function imageBytes(data, idx, size) {
+  const hw = size * size, base = idx * 3 * hw, out = [];
+  const toByte = (v) => Math.max(0, Math.min(255, Math.round((v + 1) * 127.5)));
+  for (let p = 0; p < hw; p++) out.push(toByte(data[base + p]), toByte(data[base + hw + p]), toByte(data[base + 2 * hw + p]));
+  return out;
+}
+
+/** RGB bytes of the size×size region of canvas pixels `px` at (x0, y0). */
+function regionBytes(px, x0, y0, size) {
+  const out = [];
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      const i = 4 * ((y0 + y) * px.w + x0 + x);
+      out.push(px.data[i], px.data[i + 1], px.data[i + 2]);
+    }
+  }
+  return out;
+}
+
+/** Moves a range input (by data-testid) to `v` as a user would (an input event). */
+async function setRange(page, testid, v) {
+  await page.getByTestId(testid).evaluate((el, v) => {
+    el.value = String(v);
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+  }, v);
+}
+
+test('video (Latte, 8 frames): the page samples the CLI\'s clip on WebGPU and on the CPU path; the clip player and its strip', { timeout: 20 * 60_000 }, async (t) => {
+  const cls = 2, steps = 4, cfg = 4, F = 8, S = 12;
+  /** The CLI's clips (`sample --latent-out`, CPU) for the settings, `num` clips. */
+  const cliClips = (num) => {
+    ensureCli();
+    const z = path.join(ARTIFACTS, `latte-f8-rgb-z-num${num}.safetensors`);
+    execFileSync(CLI, ['sample', '--model', path.join(ARTIFACTS, VIDEO_PACK), '--class', String(cls), '--seed', String(SEED),
+      '--steps', String(steps), '--cfg', String(cfg), '--sampler', 'ddim', '--num', String(num), '--backend', 'cpu', '--latent-out', z],
+    { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    const want = readSafetensors(z, 'sample');
+    assert.deepEqual(want.shape, [num, F, 3, S, S]);
+    return want;
+  };
+  const want = cliClips(1);
+
+  /**
+   * Generates `num` clips in `page` and compares them with the CLI's; returns the page's clips.
+   * On WebGPU it also records what the preview shows while the sampler runs (live, every step).
+   */
+  const sameAsCli = async (page, engineName, num = 1, cli = want) => {
+    await page.getByTestId('sampler').selectOption('ddim');
+    await page.getByTestId('num').fill(String(num));
+    await page.evaluate(() => {
+      // the preview while generating: its step label and a checksum of its pixels, every 40 ms
+      const seen = window.__livePreview = [];
+      const poll = () => {
+        const c = document.querySelector('[data-testid="preview"]');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let sum = 0; for (let i = 0; i < d.length; i++) sum += d[i] * ((i % 97) + 1);
+        seen.push(`${document.querySelector('[data-testid="step"]').textContent} ${sum}`);
+        if (!/^done|^error/.test(document.querySelector('[data-testid="status"]').textContent)) setTimeout(poll, 40);
+      };
+      setTimeout(poll, 0);
+    });
+    const done = await generateIn(page, { cls, steps, cfg });
+    const res = await page.evaluate(() => {
+      const r = window.sparsedit.lastResult;
+      return { shape: Array.from(r.shape, Number), image: Array.from(r.image), backend: window.sparsedit.engine.backend(), live: window.__livePreview };
+    });
+    assert.equal(res.backend, engineName);
+    assert.deepEqual(res.shape, [num, F, 3, S, S]);
+    assert.equal(res.image.length, cli.data.length);
+    const scale = cli.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const { worst, at } = maxAbsDiff(res.image, cli.data);
+    console.log(`# Latte: ${num} clip(s) of ${F} frames in the page on ${engineName} vs the CLI: max |diff| ${worst.toExponential(2)} (scale ${scale.toFixed(2)}); ${done}`);
+    assert.ok(worst <= 1e-4 * scale, `page vs CLI clip on ${engineName}: max |diff| ${worst} at ${at} (scale ${scale})`);
+    if (engineName === 'webgpu') {
+      // the sampler yields between steps there: the preview showed each step's guess as it came
+      const steps = new Set(res.live.filter((l) => !/^–/.test(l)).map((l) => l.split(' ')[0]));
+      const pictures = new Set(res.live.filter((l) => !/^–/.test(l)).map((l) => l.split(' ').at(-1)));
+      console.log(`# live while sampling on WebGPU: steps ${[...steps].join(', ')} shown, ${pictures.size} distinct previews`);
+      assert.ok(steps.size >= 2 && pictures.size >= 2, `live preview: steps ${[...steps]}, ${pictures.size} pictures`);
+    }
+    return res.image;
+  };
+
+  const { context, page, log } = await openPage(`?model=/extra/${VIDEO_PACK}`);
+  try {
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready.*\(latte, 4 classes\)/, status);
+    const info = await page.evaluate(() => window.sparsedit.info);
+    assert.equal(Number(info.frames), F);
+    assert.equal(await page.locator('#player').isVisible(), true, 'the player is shown for a video model');
+    assert.equal(await page.getByTestId('frame-label').textContent(), `frame 1/${F}`);
+
+    let clip;
+    await t.test('WebGPU: the clip equals the CLI\'s for the seed', async () => {
+      clip = await sameAsCli(page, 'webgpu');
+    });
+
+    await t.test('the player: the frame slider and Play step through the frames; the strip holds every frame', async () => {
+      assert.ok(clip, 'no clip');
+      // the strip: F frames across, one row (one clip), each frame the page's clip frame, as `sample --out` lays it out
+      const strip = await canvasPixels(page, 'strip');
+      assert.deepEqual([strip.w, strip.h], [F * S, S], 'strip: F frames across, one clip');
+      for (let k = 0; k < F; k++) assert.deepEqual(regionBytes(strip, k * S, 0, S), imageBytes(clip, k, S), `strip frame ${k}`);
+      // the preview: frame 1 of the clip
+      let preview = await canvasPixels(page, 'preview');
+      assert.deepEqual([preview.w, preview.h], [S, S]);
+      assert.deepEqual(regionBytes(preview, 0, 0, S), imageBytes(clip, 0, S), 'preview shows frame 1');
+      // the slider: frame 6
+      await setRange(page, 'frame', 5);
+      assert.equal(await page.getByTestId('frame-label').textContent(), `frame 6/${F}`);
+      preview = await canvasPixels(page, 'preview');
+      assert.deepEqual(regionBytes(preview, 0, 0, S), imageBytes(clip, 5, S), 'preview shows frame 6');
+      assert.notDeepEqual(imageBytes(clip, 5, S), imageBytes(clip, 0, S), 'frames 1 and 6 look the same');
+      // the token view follows the frame
+      assert.equal(await page.getByTestId('token-frame').inputValue(), '5');
+      assert.equal(await page.getByTestId('layer-0').getAttribute('data-frame'), '5');
+      assert.match(await page.getByTestId('layer-0').textContent(), /spatial · frame 6: 36 tokens/);
+      assert.match(await page.getByTestId('layer-1').textContent(), /temporal · 36 dense positions × 8 frames/);
+      // Play: the label and the preview run through the frames (8 per second), Pause stops them
+      await page.getByTestId('play').click();
+      assert.equal(await page.getByTestId('play').getAttribute('aria-pressed'), 'true');
+      const seen = await page.evaluate(() => new Promise((resolve) => {
+        const labels = new Set();
+        const sums = new Set();
+        const t0 = performance.now();
+        const poll = () => {
+          labels.add(document.querySelector('[data-testid="frame-label"]').textContent);
+          const c = document.querySelector('[data-testid="preview"]');
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let s = 0; for (let i = 0; i < d.length; i++) s += d[i] * ((i % 97) + 1);
+          sums.add(s);
+          if (performance.now() - t0 < 2000) setTimeout(poll, 40); else resolve({ labels: [...labels], sums: sums.size });
+        };
+        poll();
+      }));
+      console.log(`# playing for 2 s: ${seen.labels.length} frame labels (${seen.labels.join(', ')}), ${seen.sums} distinct previews`);
+      assert.ok(seen.labels.length >= 4, `frames seen while playing: ${seen.labels}`);
+      assert.ok(seen.sums >= 4, `distinct previews while playing: ${seen.sums}`);
+      await page.getByTestId('play').click();
+      assert.equal(await page.getByTestId('play').getAttribute('aria-pressed'), 'false');
+      const label = await page.getByTestId('frame-label').textContent();
+      await page.waitForTimeout(500);
+      assert.equal(await page.getByTestId('frame-label').textContent(), label, 'paused: the frame stays');
+      const k = Number(/frame (\d+)\//.exec(label)[1]) - 1;
+      preview = await canvasPixels(page, 'preview');
+      assert.deepEqual(regionBytes(preview, 0, 0, S), imageBytes(clip, k, S), `paused on frame ${k + 1}: the preview shows it`);
+      // the step scrubber: step 1's clean-clip guess, the frame kept; back to the final sample
+      const pred0 = await page.evaluate(() => Array.from(window.sparsedit.state.run.steps[0].pred));
+      assert.equal(pred0.length, F * 3 * S * S, 'a step\'s pred_x0 is a whole clip');
+      await setRange(page, 'scrub', 0);
+      preview = await canvasPixels(page, 'preview');
+      assert.deepEqual(regionBytes(preview, 0, 0, S), imageBytes(pred0, k, S), 'scrubbed to step 1: its guess of the frame');
+      const strip0 = await canvasPixels(page, 'strip');
+      for (let j = 0; j < F; j++) assert.deepEqual(regionBytes(strip0, j * S, 0, S), imageBytes(pred0, j, S), `step 1 strip frame ${j}`);
+      assert.notDeepEqual(imageBytes(pred0, k, S), imageBytes(clip, k, S), 'step 1 equals the final sample');
+      await setRange(page, 'scrub', steps - 1);
+      preview = await canvasPixels(page, 'preview');
+      assert.deepEqual(regionBytes(preview, 0, 0, S), imageBytes(clip, k, S), 'back to the final sample');
+      // the spatial / temporal split of the MACs and the teaching text are shown for a video model
+      assert.equal(await page.locator('#macs-axis-box').isVisible(), true);
+      assert.equal(await page.locator('#teach-video').isVisible(), true);
+      await page.screenshot({ path: path.join(ARTIFACTS, 'video-player.png'), fullPage: true });
+    });
+
+    await t.test('no request left 127.0.0.1, no CSP violation, no page error', async () => {
+      assertLocalOnly(log);
+      const csp = await page.evaluate(() => window.__csp);
+      const cspConsole = log.console.filter((m) => /Content Security Policy/i.test(m));
+      assert.deepEqual([...csp, ...cspConsole], [], 'CSP violations');
+      assert.deepEqual(log.errors, [], 'page errors');
+      assert.equal(await page.getByTestId('errors').isVisible(), false, 'error area shown');
+    });
+  } finally {
+    await context.close();
+  }
+
+  await t.test('the CPU path: the clip equals the CLI\'s; an image model then hides the video UI', async () => {
+    await withCpuPage(`?model=/extra/${VIDEO_PACK}`, async (page) => {
+      const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+      assert.match(status, /^ready/, status);
+      await sameAsCli(page, 'cpu');
+      // two clips: the preview shows frame k of each side by side, the strip one row per clip
+      const clips = await sameAsCli(page, 'cpu', 2, cliClips(2));
+      await setRange(page, 'frame', 3);
+      const preview = await canvasPixels(page, 'preview');
+      assert.deepEqual([preview.w, preview.h], [2 * S + 1, S]);
+      assert.deepEqual(regionBytes(preview, 0, 0, S), imageBytes(clips, 3, S), 'clip 1, frame 4');
+      assert.deepEqual(regionBytes(preview, S + 1, 0, S), imageBytes(clips, F + 3, S), 'clip 2, frame 4');
+      const strip = await canvasPixels(page, 'strip');
+      assert.deepEqual([strip.w, strip.h], [F * S, 2 * S]);
+      for (let i = 0; i < 2; i++) {
+        for (let k = 0; k < F; k++) assert.deepEqual(regionBytes(strip, k * S, i * S, S), imageBytes(clips, i * F + k, S), `strip: clip ${i + 1}, frame ${k + 1}`);
+      }
+      assert.match(await page.locator('#num').evaluate((el) => el.closest('label').textContent), /^Clips/);
+      // the bundled image model: no player, no strip, no video text, no axis on the cards
+      await page.locator('#load-bundled').click();
+      const s = await waitStatus(page, /^(ready — .*\(sparsedit|error)/, LOAD_TIMEOUT);
+      assert.match(s, /^ready/, s);
+      for (const sel of ['#player', '[data-testid="strip"]', '[data-testid="play"]', '#token-frame-row', '#macs-axis-box', '#teach-video']) {
+        assert.equal(await page.locator(sel).isVisible(), false, `${sel} shown for an image model`);
+      }
+      assert.equal(await page.getByTestId('layer-0').getAttribute('data-axis'), null);
+      assert.equal(await page.getByTestId('layer-1').getAttribute('data-tokens'), '16');
+      assert.match(await page.locator('#num').evaluate((el) => el.closest('label').textContent), /^Images/);
+      await page.getByTestId('num').fill('1');
+      await page.getByTestId('steps').fill('2');
+      await page.getByTestId('generate').click();
+      const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+      assert.match(done, /^done/, done);
+      const image = await canvasPixels(page, 'preview');
+      assert.deepEqual([image.w, image.h], [16, 16], 'an image model\'s preview is one 16x16 image');
+    });
+  });
+});
+
+// The sparse Latte (2 Poolingformer pairs, 2 SDTMs of [merge, semantic, recover, dense] pairs, 1
+// top pair; 20 blocks) at s = 4: the axis of every block, its tokens per frame, and the temporal
+// blocks that run over the s×s pooled cells (the temporal partners of the merge and semantic
+// blocks) instead of the n×n = 36 dense positions.
+const SPARSE_LATTE_AXES = Array.from({ length: 20 }, (_, i) => (i % 2 ? 'temporal' : 'spatial'));
+const SPARSE_LATTE_TOKENS_S4 = [36, 36, 16, 16, 16, 16, 36, 36, 36, 36, 16, 16, 16, 16, 36, 36, 36, 36, 36, 36];
+const SPARSE_LATTE_POOLED_TEMPORAL = [3, 5, 11, 13];
+
+test('video (sparse Latte, 3 frames): every block card shows its axis and tokens for the chosen frame; the SDTMs\' temporal blocks run over pooled cells; the MACs split by axis', { timeout: 10 * 60_000 }, async () => {
+  const F = 3, n = 6;
+  // with the TAESD fixture decoder: a latent clip's frames are decoded as images (num * F)
+  await withCpuPage(`?model=/extra/${SPARSE_VIDEO_PACK}&decoder=/extra/taesd.gguf`, async (page) => {
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready.*\(sparselatte, 5 classes\)/, status);
+    const info = await page.evaluate(() => window.sparsedit.info);
+    assert.deepEqual([info.arch, Number(info.frames), Number(info.depth), Number(info.dense_grid), Number(info.default_grid)], ['sparselatte', F, 20, n, 4]);
+    const layout = await page.evaluate(() => Array.from(window.sparsedit.engine.layout(4), (b) => ({
+      axis: b.axis, tokens: Number(b.tokens), grid: b.grid, sequences: Number(b.sequences), len: Number(b.sequence_len), macs: Number(b.macs),
+    })));
+    assert.deepEqual(layout.map((b) => b.axis), SPARSE_LATTE_AXES);
+    assert.deepEqual(layout.map((b) => b.tokens), SPARSE_LATTE_TOKENS_S4);
+    assert.deepEqual(layout.flatMap((b, i) => (b.axis === 'temporal' && b.grid === 'sparse' ? [i] : [])), SPARSE_LATTE_POOLED_TEMPORAL);
+
+    /** What every card says at the chosen frame. */
+    const cards = () => page.evaluate((depth) => Array.from({ length: depth }, (_, i) => {
+      const el = document.querySelector(`[data-testid="layer-${i}"]`);
+      return {
+        axis: el.dataset.axis, tokens: Number(el.dataset.tokens), frame: Number(el.dataset.frame), over: el.dataset.over,
+        sequences: Number(el.dataset.sequences), len: Number(el.dataset.sequenceLen), text: el.querySelector('.bt').textContent,
+      };
+    }), 20);
+    const expectCards = (got, frame, s) => {
+      got.forEach((c, i) => {
+        const pooled = SPARSE_LATTE_POOLED_TEMPORAL.includes(i);
+        const tokens = SPARSE_LATTE_TOKENS_S4[i] === 16 ? s * s : n * n;
+        assert.equal(c.axis, SPARSE_LATTE_AXES[i], `block ${i} axis`);
+        assert.equal(c.tokens, tokens, `block ${i} tokens`);
+        assert.equal(c.frame, frame, `block ${i} frame`);
+        if (c.axis === 'spatial') {
+          assert.equal(c.over, 'frame-tokens');
+          assert.equal(c.text, `spatial · frame ${frame + 1}: ${tokens} tokens`);
+          assert.deepEqual([c.sequences, c.len], [F, tokens], `block ${i}: F sequences of its tokens`);
+        } else {
+          assert.equal(c.over, pooled ? 'pooled-cells' : 'dense-positions', `block ${i}`);
+          assert.equal(c.text, `temporal · ${tokens} ${pooled ? 'pooled cells' : 'dense positions'} × ${F} frames`);
+          assert.deepEqual([c.sequences, c.len], [tokens, F], `block ${i}: a sequence of F frames per ${pooled ? 'cell' : 'position'}`);
+        }
+      });
+    };
+    const macsSplit = () => page.evaluate(() => {
+      const p = document.querySelector('[data-testid="macs-axis"]');
+      return { spatial: Number(p.dataset.spatial), temporal: Number(p.dataset.temporal), total: Number(p.dataset.total), text: p.textContent };
+    });
+    const layoutMacs = (g) => page.evaluate((g) => Array.from(window.sparsedit.engine.layout(g)).reduce((a, b) => a + Number(b.macs), 0), g);
+
+    // before a run, at the planned grid: frame 1, then s = 3 (9 pooled cells)
+    expectCards(await cards(), 0, 4);
+    await page.getByTestId('grid').fill('3');
+    await page.getByTestId('grid').dispatchEvent('input');
+    expectCards(await cards(), 0, 3);
+    let split = await macsSplit();
+    assert.equal(split.total, await layoutMacs(3));
+    await page.getByTestId('grid').fill('4');
+    await page.getByTestId('grid').dispatchEvent('input');
+
+    // a short run (the cards draw its frames), then frame 3 chosen in the token view
+    await generateIn(page, { cls: 1, steps: 2 });
+    const dec = await page.evaluate(() => {
+      const d = window.sparsedit.lastResult.decoded;
+      return d && { size: Number(d.size), channels: Number(d.channels), length: d.image.length, frame1: Array.from(d.image.subarray(0, 3 * 96 * 96)) };
+    });
+    assert.ok(dec, 'no decoded clip');
+    assert.deepEqual([dec.size, dec.channels, dec.length], [96, 3, F * 3 * 96 * 96]);
+    const decodedStrip = await canvasPixels(page, 'strip');
+    assert.deepEqual([decodedStrip.w, decodedStrip.h], [F * 96, 96], 'the strip shows the decoded frames');
+    assert.deepEqual(regionBytes(decodedStrip, 0, 0, 96), imageBytes(dec.frame1, 0, 96), 'decoded frame 1');
+    // the live TAESD preview decodes a step's whole clip (num * F latents)
+    await page.waitForFunction(() => (window.sparsedit.state.run.previews || 0) >= 1 && !window.sparsedit.state.run.previewBusy, null, { timeout: 60_000 });
+    const live = await page.evaluate(() => window.sparsedit.state.run.steps.find((st) => st.decoded)?.decoded.image.length);
+    assert.equal(live, F * 3 * 96 * 96);
+    await setRange(page, 'token-frame', 2);
+    assert.equal(await page.getByTestId('frame-label').textContent(), `frame 3/${F}`);
+    assert.equal(await page.getByTestId('frame').inputValue(), '2');
+    expectCards(await cards(), 2, 4);
+
+    // the MACs of a forward, split by axis, add up to the total
+    split = await macsSplit();
+    const total = await layoutMacs(4);
+    console.log(`# sparse Latte at s = 4: ${split.text}`);
+    assert.ok(split.spatial > 0 && split.temporal > 0, JSON.stringify(split));
+    assert.equal(split.spatial + split.temporal, split.total);
+    assert.equal(split.total, total);
+    assert.equal(split.spatial, layout.filter((b) => b.axis === 'spatial').reduce((a, b) => a + b.macs, 0));
+    assert.match(split.text, /^s = 4: spatial blocks .* \+ temporal blocks .* = .* MACs per forward · s = n = 6 \(no pruning\): /);
+
+    // a temporal block on pooled cells: its detail and its sequences across the frames
+    await page.getByTestId('layer-3').click();
+    const detail = page.locator('#block-detail');
+    assert.equal(await detail.getAttribute('data-axis'), 'temporal');
+    assert.deepEqual([await detail.getAttribute('data-sequences'), await detail.getAttribute('data-sequence-len'), await detail.getAttribute('data-tokens')], ['16', '3', '16']);
+    const text = await detail.textContent();
+    assert.match(text, /temporal: across the 3 frames at one pooled cell/);
+    assert.match(text, /16 pooled cells \(4×4\) × 3 frames/);
+    assert.match(text, /tokens per frame16 \(4×4 sparse\)/);
+    assert.match(text, /MACs[\d.]+ [KMG]? ?\(all 3 frames\)/);
+    assert.equal(await page.locator('#attn .seq-frames canvas').count(), F, 'the picked cell in each frame');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'video-tokens-temporal.png'), fullPage: true });
+    // a temporal block on dense positions, and a spatial merge block (its attention map: frame 1)
+    await page.getByTestId('layer-1').click();
+    assert.match(await detail.textContent(), /36 dense positions \(6×6\) × 3 frames/);
+    await page.getByTestId('layer-2').click();
+    assert.equal(await detail.getAttribute('data-axis'), 'spatial');
+    assert.match(await detail.textContent(), /3 frames × 16 tokens/);
+    const attnCaps = await page.locator('#attn figcaption').allTextContents();
+    if (attnCaps.length >= 2) assert.match(attnCaps[1], /frame 1 of clip 1/);
+    assert.equal(await page.locator('#teach-video').isVisible(), true);
+    assert.match(await page.locator('#teach-video').textContent(), /s² sequences instead of n²/);
+    assert.equal(await page.locator('#compare-run').isDisabled(), true, 'no compare counterpart for a video model');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'video-tokens.png'), fullPage: true });
+  });
 });
 
 test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) streams into WebGPU buffers with the wasm heap under 256 MB, generates at 256 px and decodes with a full-size TAESD', { timeout: 40 * 60_000 }, async () => {

@@ -11,6 +11,7 @@ import { generate, cancel, scrubTo } from './run.js';
 import { compare } from './compare.js';
 import { loadDecoder, unloadDecoder } from './decoder.js';
 import { measureGpu, renderTokenView } from './tokenpanel.js';
+import { showFrame, togglePlay } from './player.js';
 import {
   createEngine, load, manifestSourceFor, selectedManifestSource, fillModelSelect, refreshCachedMark,
   clearModelCache, switchBackend, recoverFromDeviceLoss,
@@ -77,6 +78,9 @@ $('generate').addEventListener('click', generate);
 $('cancel').addEventListener('click', cancel);
 $('scrub').addEventListener('input', (ev) => scrubTo(Number(ev.target.value)));
 $('measure-gpu').addEventListener('click', measureGpu);
+// the clip player (video models): Play / Pause, and the frame sliders of the preview and the token view
+$('play').addEventListener('click', togglePlay);
+for (const id of ['frame', 'token-frame']) $(id).addEventListener('input', (ev) => showFrame(Number(ev.target.value)));
 $('compare-run').addEventListener('click', compare);
 
 // ---------------------------------------------------------------- start-up

@@ -5,8 +5,9 @@ import { $ } from './dom.js';
 import { state } from './state.js';
 import { errorMessage, invalidArgument, showError } from './errors.js';
 
+/** A model with its own sparse blocks: a SparseDiT, or the spatial-temporal sparse Latte. */
 export function isSparseModel() {
-  return state.info?.arch === 'sparsedit';
+  return state.info?.arch === 'sparsedit' || state.info?.arch === 'sparselatte';
 }
 
 function sparsityMode() {
@@ -117,10 +118,13 @@ export function updateSparsityHint() {
   }
 }
 
-/** The compare counterpart of the loaded model in the manifest (the other architecture). */
+/**
+ * The compare counterpart of the loaded model in the manifest (the other architecture); none for
+ * a video model (the manifest's packs are image models).
+ */
 export function compareCounterpart() {
   const info = state.info;
-  if (!info) return null;
+  if (!info || info.frames != null) return null;
   const want = info.arch === 'sparsedit' ? 'dit' : 'sparsedit';
   return state.manifest.find((m) => m.arch === want) || null;
 }
@@ -138,6 +142,9 @@ export function updateButtons() {
 /** The form for a newly loaded model: classes, sparsity choice and grid bounds, the hint. */
 export function controlsForModel(info) {
   buildClasses(info.num_classes);
+  // a video model samples clips
+  const numLabel = $('num').closest('label').firstChild;
+  numLabel.textContent = info.frames != null ? 'Clips ' : 'Images ';
   const sparse = isSparseModel();
   // A plain DiT can run sparse too: training-free, via the engine's pooled middle.
   for (const r of document.querySelectorAll('input[name="sparsity"]')) r.disabled = false;

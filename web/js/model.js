@@ -10,6 +10,9 @@ import { controlsForModel, updateButtons } from './controls.js';
 import { resetRunView } from './run.js';
 import { renderTokenView } from './tokenpanel.js';
 import { reloadDecoder } from './decoder.js';
+import { playerForModel } from './player.js';
+
+const ARCH_TITLE = { dit: 'DiT', sparsedit: 'SparseDiT', latte: 'Latte', sparselatte: 'sparse Latte' };
 
 /** A fresh Engine on the backend the "use WebGPU" box asks for; the decoder comes back into it. */
 export async function createEngine() {
@@ -120,12 +123,16 @@ function modelLoaded() {
   state.shown = -1;
   state.selected = null;
   $('model-badge').textContent = `${info.name || info.arch} · ${info.arch}`;
+  const sparse = info.arch === 'sparsedit' || info.arch === 'sparselatte';
+  const video = info.frames != null;
   $('model-info').textContent =
-    `${info.arch === 'sparsedit' ? 'SparseDiT' : 'DiT'} · ${info.depth} blocks · ${info.input_size}×${info.input_size}×${info.in_channels} · ` +
-    `dense grid ${info.dense_grid}×${info.dense_grid} = ${info.dense_grid ** 2} tokens` +
-    `${info.arch === 'sparsedit' ? ` · default sparse grid ${info.default_grid}×${info.default_grid}` : ''} · ` +
+    `${ARCH_TITLE[info.arch] || info.arch} · ${info.depth} blocks${video ? ' (spatial / temporal pairs)' : ''} · ` +
+    `${video ? `clips of ${info.frames} frames of ` : ''}${info.input_size}×${info.input_size}×${info.in_channels} · ` +
+    `dense grid ${info.dense_grid}×${info.dense_grid} = ${info.dense_grid ** 2} tokens${video ? ' per frame' : ''}` +
+    `${sparse ? ` · default sparse grid ${info.default_grid}×${info.default_grid}` : ''} · ` +
     `${(info.params / 1e6).toFixed(2)} M parameters · ${formatBytes(info.bytes)} · sha256 ${String(info.sha256).slice(0, 12)}…`;
   controlsForModel(info);
+  playerForModel(info);
   resetRunView(info);
   renderTokenView();
 }

@@ -34,6 +34,12 @@ export function imageCanvas(data, channels, size, i = 0) {
  * pixelated) scales it up with nearest-neighbour sampling.
  */
 export function drawBatch(canvas, data, channels, size, num) {
+  drawRow(canvas, data, channels, size, Array.from({ length: num }, (_, i) => i));
+}
+
+/** Images `indices` of the batch side by side (1 px apart), at a display height of 256 px. */
+function drawRow(canvas, data, channels, size, indices) {
+  const num = indices.length;
   const gap = num > 1 ? 1 : 0;
   const w = num * size + (num - 1) * gap;
   if (canvas.width !== w || canvas.height !== size) {
@@ -45,7 +51,32 @@ export function drawBatch(canvas, data, channels, size, num) {
   const ctx = canvas.getContext('2d');
   ctx.fillStyle = '#000';
   ctx.fillRect(0, 0, w, size);
-  for (let i = 0; i < num; i++) ctx.putImageData(imageData(data, channels, size, i), i * (size + gap), 0);
+  indices.forEach((img, i) => ctx.putImageData(imageData(data, channels, size, img), i * (size + gap), 0));
+}
+
+/**
+ * Video: frame `k` of each of the `num` clips side by side. The data are clips (num, F, C, H, W)
+ * flattened, so clip i's frame k is image i*F + k.
+ */
+export function drawClipFrame(canvas, data, channels, size, num, frames, k) {
+  drawRow(canvas, data, channels, size, Array.from({ length: num }, (_, i) => i * frames + k));
+}
+
+/**
+ * Video: every frame of every clip, one row per clip with its F frames left to right and no gap
+ * (the layout of the CLI's `sample --out` for a video model), each frame shown `zoom` px wide.
+ */
+export function drawStrip(canvas, data, channels, size, num, frames, zoom = 64) {
+  const w = frames * size, h = num * size;
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w; canvas.height = h;
+    canvas.style.width = `${frames * zoom}px`;
+    canvas.style.maxWidth = '100%';
+  }
+  const ctx = canvas.getContext('2d');
+  for (let i = 0; i < num; i++) {
+    for (let k = 0; k < frames; k++) ctx.putImageData(imageData(data, channels, size, i * frames + k), k * size, i * size);
+  }
 }
 
 /** |a - b| of image 0, shown with a heat colour scale; returns the max abs difference. */

@@ -4,7 +4,7 @@
 import { $ } from './dom.js';
 import { state, newRun } from './state.js';
 import { setStatus, engineError, showError } from './errors.js';
-import { drawBatch } from './render.js';
+import { drawPicture } from './player.js';
 import { isSparseModel, readOpts, syncPooledMiddle, updateButtons } from './controls.js';
 import { renderTokenView } from './tokenpanel.js';
 
@@ -96,7 +96,8 @@ function wantsLivePreview(run) {
 function requestPreview(run, rec) {
   if (run.previewBusy) { run.previewNext = rec; return; }
   run.previewBusy = true;
-  state.engine.decode(rec.pred, run.num)
+  // a clip's frames decode as images: (num * F) latents, in the clips' flattened order
+  state.engine.decode(rec.pred, run.num * run.frames)
     .then((d) => {
       rec.decoded = { image: new Float32Array(d.image), channels: d.channels, size: d.size, ms: d.ms, decoder: d.decoder };
       run.previews += 1;
@@ -161,17 +162,31 @@ export function scrubTo(v) {
   drawShown();
 }
 
-/** Draws the shown step: preview, numbers and the token view. */
+/**
+ * The pixels the preview shows for the shown step, `{ data, channels, size }` (a batch of
+ * images, or of clips flattened (num, F, C, H, W)), or null: a latent model's final sample
+ * through the decoder; a step through the live TAESD preview when it has one, else its raw
+ * latent (first 3 channels).
+ */
+export function shownPixels() {
+  const run = state.run;
+  const i = shownIndex();
+  if (!run || i < 0) return null;
+  const { image, decoded } = shownPicture(run, i);
+  if (decoded) return { data: decoded.image, channels: decoded.channels, size: decoded.size };
+  if (image) return { data: image, channels: run.channels, size: run.size };
+  return null;
+}
+
+/** Draws the shown step: preview (and a video's clip player), numbers and the token view. */
 function drawShown() {
   const run = state.run;
   const i = shownIndex();
   if (!run || i < 0) { renderTokenView(); return; }
   const st = run.steps[i];
-  // A latent model's final sample through the decoder; a step through the live TAESD preview
-  // when it has one, else its raw latent (first 3 channels).
-  const { isFinal, image, decoded } = shownPicture(run, i);
-  if (decoded) drawBatch($('preview'), decoded.image, decoded.channels, decoded.size, run.num);
-  else if (image) drawBatch($('preview'), image, run.channels, run.size, run.num);
+  const { isFinal, decoded } = shownPicture(run, i);
+  const pix = shownPixels();
+  if (pix) drawPicture(run, pix);
   $('preview').dataset.shows = decoded ? (isFinal ? 'decoded' : 'live-preview') : 'latent';
   const how = decoded ? `, decoded by ${decoded.decoder} in ${decoded.ms.toFixed(0)} ms` : '';
   const what = isFinal ? ` (final sample${how})` : decoded ? ` (live preview${how})` : '';
@@ -188,6 +203,8 @@ export function resetRunView(info) {
   const preview = $('preview');
   preview.width = info.input_size;
   preview.height = info.input_size;
+  preview.style.width = '';
+  preview.style.maxWidth = '';
   preview.getContext('2d').clearRect(0, 0, preview.width, preview.height);
   for (const id of ['st-step', 'st-t', 'st-grid', 'st-ms', 'st-total']) $(id).textContent = '–';
   updateScrubber();

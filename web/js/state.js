@@ -27,6 +27,11 @@ export const state = Object.seal({
   shown: -1, // index into run.steps shown by the scrubber (-1: follow the newest)
   drawPending: false, // a redraw of the shown step is queued for the next animation frame
 
+  // ---- clip player (video models: ModelInfo.frames set)
+  frame: 0, // the frame shown by the preview and drawn under the token view (0..F-1)
+  playing: false, // the player loops through the frames
+  playTimer: null, // its setInterval id while playing
+
   // ---- token view
   selected: null, // selected block index, null for none
   query: 0, // selected query token of the attention view
@@ -49,7 +54,9 @@ export function newRun(opts, info) {
     result: null, // generate()'s result once it resolved ({ image, cancelled, decoded?, … })
     channels: info.in_channels, // of the model's output (the latent)
     size: info.input_size, // side of the model's output
-    num: opts.num, // images in the batch
+    num: opts.num, // images in the batch (clips, for a video model)
+    frames: info.frames ?? 1, // frames per clip (1 for an image model)
+    video: info.frames != null, // a video model: every image is a clip of `frames` frames
     t0: performance.now(), // when it started (ms)
     wall: null, // wall-clock ms, once done
     previews: 0, // steps decoded by the live TAESD preview

@@ -5,9 +5,12 @@ import { $ } from './dom.js';
 import { state } from './state.js';
 import { engineError } from './errors.js';
 import { imageCanvas } from './render.js';
-import { renderBlocks, renderBlockDetail, renderAttention, renderMacsChart, formatMacs } from './tokenview.js';
+import {
+  renderBlocks, renderBlockDetail, renderAttention, renderMacsChart, renderAxisSplit, renderTemporalSequences, formatMacs,
+} from './tokenview.js';
 import { isSparseModel, plannedGrid, updateButtons } from './controls.js';
 import { shownIndex, shownPicture } from './run.js';
+import { isVideo, frameCount } from './player.js';
 
 /** The engine's BlockInfo[] at grid side `grid`, cached per model and pooled-middle setting. */
 function layoutFor(grid) {
@@ -21,13 +24,16 @@ function shownGrid() {
   return i >= 0 ? state.run.steps[i].grid : plannedGrid();
 }
 
-/** The shown step's first image at its native size (drawn under the token grids), or null. */
-function shownImageCanvas() {
+/**
+ * The shown step's first image at its native size (drawn under the token grids), or null; for a
+ * video model frame `frame` of its first clip (image `frame` of the flattened clips).
+ */
+function shownImageCanvas(frame = 0) {
   const run = state.run;
   const i = shownIndex();
   if (!run || i < 0) return null;
   const { image } = shownPicture(run, i);
-  return image ? imageCanvas(image, run.channels, run.size, 0) : null;
+  return image ? imageCanvas(image, run.channels, run.size, run.video ? Math.min(frame, run.frames - 1) : 0) : null;
 }
 
 export function renderTokenView() {
@@ -36,30 +42,45 @@ export function renderTokenView() {
   const grid = shownGrid();
   const layout = layoutFor(grid);
   const n = info.dense_grid;
-  const image = shownImageCanvas();
-  renderBlocks($('blocks'), layout, { n, image, selected: state.selected, onSelect: selectBlock });
+  const video = isVideo();
+  const frame = video ? Math.min(state.frame, frameCount() - 1) : 0;
+  const image = shownImageCanvas(frame);
+  renderBlocks($('blocks'), layout, { n, image, selected: state.selected, onSelect: selectBlock, video, frame });
   const macs = layout.reduce((a, b) => a + b.macs, 0);
-  $('st-macs').textContent = `${formatMacs(macs)} per forward, batch 1`;
+  $('st-macs').textContent = `${formatMacs(macs)} per forward, batch 1${video ? ` (all ${frameCount()} frames)` : ''}`;
   const denseLayout = layoutFor(n);
-  renderMacsChart($('macs-chart'), denseLayout, layout, {
-    denseLabel: isSparseModel() ? `s = n = ${n} (no pruning)` : 'dense',
-    sparseLabel: isSparseModel() ? `s = ${grid}` : (state.pooledRange && grid < n ? `training-free, s = ${grid}` : 'dense'),
-  });
+  const denseLabel = isSparseModel() ? `s = n = ${n} (no pruning)` : 'dense';
+  const sparseLabel = isSparseModel() ? `s = ${grid}` : (state.pooledRange && grid < n ? `training-free, s = ${grid}` : 'dense');
+  renderMacsChart($('macs-chart'), denseLayout, layout, { denseLabel, sparseLabel, axes: video });
+  $('macs-axis-box').hidden = !video;
+  if (video) {
+    // the shown grid first (its numbers go into the data attributes), then s = n when it differs
+    const rows = [{ label: sparseLabel, layout }];
+    if (grid !== n && (isSparseModel() || state.pooledRange)) rows.push({ label: denseLabel, layout: denseLayout });
+    renderAxisSplit($('macs-axis-bar'), $('macs-axis'), rows);
+  }
   const block = state.selected != null ? layout[state.selected] : null;
+  const onPick = (q, focus) => {
+    state.query = q;
+    renderTokenView();
+    if (focus) $('attn').querySelector('canvas')?.focus();
+  };
   if (block) {
     const times = state.gpuTimes.get(grid);
     const t = times?.find((x) => x.name === block.name) ?? times?.[block.index];
-    renderBlockDetail($('block-detail'), block, { gpuMs: t ? t.ms : null, denseBlock: denseLayout[block.index] });
-    const i = shownIndex();
-    const att = i >= 0 ? state.run.steps[i].attention.find((a) => a.block === block.index) : null;
-    renderAttention($('attn'), att, {
-      block, n, image, query: state.query,
-      onPick: (q, focus) => {
-        state.query = q;
-        renderTokenView();
-        if (focus) $('attn').querySelector('canvas')?.focus();
-      },
-    });
+    renderBlockDetail($('block-detail'), block, { gpuMs: t ? t.ms : null, denseBlock: denseLayout[block.index], video });
+    if (video && block.axis === 'temporal') {
+      const frameImages = Array.from({ length: frameCount() }, (_, k) => shownImageCanvas(k));
+      renderTemporalSequences($('attn'), { block, n, frameImages, frame, query: state.query, onPick });
+    } else {
+      const i = shownIndex();
+      const att = i >= 0 ? state.run.steps[i].attention.find((a) => a.block === block.index) : null;
+      // a video model's maps are those of the first frame of the first clip
+      renderAttention($('attn'), att, {
+        block, n, image: video ? shownImageCanvas(0) : image, query: state.query, onPick,
+        note: video ? ' — frame 1 of clip 1' : '',
+      });
+    }
   } else {
     $('attn').replaceChildren();
   }
