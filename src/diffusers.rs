@@ -13,6 +13,11 @@
 //!
 //! Only the weight layout is diffusers'; the model stays the official DiT (diffusers' own pipeline
 //! embeds timesteps with `downscale_freq_shift=1`, the official code with 0).
+//!
+//! The latent decoders come in diffusers folders too: `AutoencoderTiny` (madebyollin/taesd's
+//! `diffusion_pytorch_model.safetensors`: `decoder.layers.{i}` is the published TAESD
+//! sequence's `{i + 1}`, its index 0 being the parameter-free clamp; the encoder is dropped) and
+//! `AutoencoderKL` (stabilityai/sd-vae-ft-ema / -mse: already the names the decoder import reads).
 
 use std::path::{Path, PathBuf};
 
@@ -23,16 +28,49 @@ use crate::error::{Error, Result};
 use crate::grid::sincos_pos_embed;
 use crate::model::TensorMap;
 
-/// What `config.json` of a `DiTTransformer2DModel` says that the weights do not.
+/// What a diffusers `config.json` says that the weights do not (the DiT's geometry and heads;
+/// for the autoencoders only the class matters).
 #[derive(Clone, Debug, Deserialize)]
 pub struct DiffusersConfig {
     #[serde(rename = "_class_name", default)]
     pub class_name: Option<String>,
-    pub sample_size: usize,
-    pub patch_size: usize,
-    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub sample_size: Option<usize>,
+    #[serde(default)]
+    pub patch_size: Option<usize>,
+    #[serde(default)]
+    pub num_attention_heads: Option<usize>,
     #[serde(default)]
     pub num_layers: Option<usize>,
+}
+
+/// The model classes read here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffusersClass {
+    /// `DiTTransformer2DModel` (or the older `Transformer2DModel` name of the same weights).
+    Dit,
+    /// `AutoencoderTiny` (TAESD).
+    AutoencoderTiny,
+    /// `AutoencoderKL` (the SD-VAE).
+    AutoencoderKl,
+}
+
+impl DiffusersConfig {
+    pub fn class(&self) -> DiffusersClass {
+        match self.class_name.as_deref() {
+            Some("AutoencoderTiny") => DiffusersClass::AutoencoderTiny,
+            Some("AutoencoderKL") => DiffusersClass::AutoencoderKl,
+            _ => DiffusersClass::Dit,
+        }
+    }
+
+    /// A DiT's (sample_size, patch_size, heads), all required.
+    fn dit_geometry(&self) -> Result<(usize, usize, usize)> {
+        match (self.sample_size, self.patch_size, self.num_attention_heads) {
+            (Some(s), Some(p), Some(h)) => Ok((s, p, h)),
+            _ => Err(Error::arch("diffusers DiT: config.json lacks sample_size, patch_size or num_attention_heads")),
+        }
+    }
 }
 
 /// Where a diffusers DiT lives: its weights file and the `config.json` beside it.
@@ -73,16 +111,16 @@ pub fn read_config(path: &Path) -> Result<DiffusersConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
     let cfg: DiffusersConfig = serde_json::from_str(&text)
         .map_err(|e| Error::Checkpoint { path: path.display().to_string(), reason: format!("not a DiT transformer config.json: {e}") })?;
-    if let Some(c) = &cfg.class_name {
-        if c != "DiTTransformer2DModel" && c != "Transformer2DModel" {
-            return Err(Error::Checkpoint { path: path.display().to_string(), reason: format!("a {c}, not a DiT transformer") });
+    let bad = |reason: String| Error::Checkpoint { path: path.display().to_string(), reason };
+    match cfg.class_name.as_deref() {
+        None | Some("DiTTransformer2DModel" | "Transformer2DModel") => {
+            let (s, p, _) = cfg.dit_geometry().map_err(|e| bad(e.to_string()))?;
+            if p == 0 || s == 0 || !s.is_multiple_of(p) {
+                return Err(bad(format!("sample_size {s} is not a multiple of patch_size {p}")));
+            }
         }
-    }
-    if cfg.patch_size == 0 || cfg.sample_size == 0 || !cfg.sample_size.is_multiple_of(cfg.patch_size) {
-        return Err(Error::Checkpoint {
-            path: path.display().to_string(),
-            reason: format!("sample_size {} is not a multiple of patch_size {}", cfg.sample_size, cfg.patch_size),
-        });
+        Some("AutoencoderTiny" | "AutoencoderKL") => {}
+        Some(c) => return Err(bad(format!("a {c}: read are DiT transformers, AutoencoderTiny (TAESD) and AutoencoderKL (SD-VAE)"))),
     }
     Ok(cfg)
 }
@@ -105,6 +143,46 @@ fn shared(map: &mut TensorMap, depth: usize, suffix: &str) -> Result<Tensor> {
         }
     }
     Ok(first)
+}
+
+/// A diffusers model's tensors (f32) under the names the rest of the crate reads, and the heads
+/// its config states (DiTs). `weights` names the file in messages.
+pub fn to_official(map: TensorMap, cfg: &DiffusersConfig, weights: &Path) -> Result<(TensorMap, Option<usize>)> {
+    let not = |what: &str| Error::Checkpoint { path: weights.display().to_string(), reason: format!("not a diffusers {what}") };
+    match cfg.class() {
+        DiffusersClass::Dit => {
+            if !is_diffusers_dit(&map) {
+                return Err(not("DiT transformer (no transformer_blocks / pos_embed.proj)"));
+            }
+            Ok((dit_from_diffusers(map, cfg)?, cfg.num_attention_heads))
+        }
+        DiffusersClass::AutoencoderTiny => {
+            let out = taesd_from_diffusers(map)?;
+            if out.is_empty() {
+                return Err(not("AutoencoderTiny (no decoder.layers)"));
+            }
+            Ok((out, None))
+        }
+        // The decoder import keeps `decoder.*` / `post_quant_conv.*` and drops the encoder.
+        DiffusersClass::AutoencoderKl if map.contains_key("decoder.conv_in.weight") => Ok((map, None)),
+        DiffusersClass::AutoencoderKl => Err(not("AutoencoderKL (no decoder.conv_in)")),
+    }
+}
+
+/// `AutoencoderTiny`'s decoder -> the published TAESD decoder's `nn.Sequential` names:
+/// `decoder.layers.{i}.rest` -> `{i + 1}.rest`; the encoder is dropped.
+pub fn taesd_from_diffusers(map: TensorMap) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for (k, v) in map {
+        if let Some(rest) = k.strip_prefix("decoder.layers.") {
+            let (i, tail) = rest.split_once('.').ok_or_else(|| Error::arch(format!("AutoencoderTiny: odd name {k}")))?;
+            let i: usize = i.parse().map_err(|_| Error::arch(format!("AutoencoderTiny: odd name {k}")))?;
+            out.insert(format!("{}.{tail}", i + 1), v);
+        } else if !k.starts_with("encoder.") {
+            return Err(Error::arch(format!("AutoencoderTiny: unexpected tensor '{k}'")));
+        }
+    }
+    Ok(out)
 }
 
 /// diffusers' DiT tensors (f32) -> the official names, with the position table of `cfg`.
@@ -144,7 +222,8 @@ pub fn dit_from_diffusers(mut map: TensorMap, cfg: &DiffusersConfig) -> Result<T
         put(&format!("final_layer.linear.{w}"), take(&mut map, &format!("proj_out_2.{w}"))?);
     }
     let hidden = out["x_embedder.proj.weight"].dim(0)?;
-    let n = cfg.sample_size / cfg.patch_size;
+    let (sample_size, patch, _) = cfg.dit_geometry()?;
+    let n = sample_size / patch;
     let table = Tensor::from_vec(sincos_pos_embed(hidden, n), (1, n * n, hidden), &candle_core::Device::Cpu)?;
     out.insert("pos_embed".to_string(), table);
     // A stored position buffer must be the official table.

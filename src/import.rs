@@ -9,7 +9,7 @@
 //! layout) is read off tensor names and shapes; what shapes cannot tell (heads, the sparse grid
 //! side) comes from [`ImportOptions`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -57,11 +57,8 @@ pub fn read_checkpoint_full(path: &Path) -> Result<Checkpoint> {
     if let Some(files) = crate::diffusers::locate(path) {
         let cfg = crate::diffusers::read_config(&files.config)?;
         let map = read_tensor_file(&files.weights)?;
-        if !crate::diffusers::is_diffusers_dit(&map) {
-            return Err(Error::Checkpoint { path: files.weights.display().to_string(), reason: "not a diffusers DiT transformer (no transformer_blocks / pos_embed.proj)".into() });
-        }
-        let tensors = crate::diffusers::dit_from_diffusers(map, &cfg)?;
-        return Ok(Checkpoint { tensors, heads: Some(cfg.num_attention_heads) });
+        let (tensors, heads) = crate::diffusers::to_official(map, &cfg, &files.weights)?;
+        return Ok(Checkpoint { tensors, heads });
     }
     if path.is_dir() {
         return Err(Error::Checkpoint {
@@ -215,14 +212,17 @@ fn read_strided(path: &Path, info: &candle_core::pickle::TensorInfo) -> candle_c
     storage.index_select(&Tensor::from_vec(index, n, &Device::Cpu)?, 0)?.reshape(dims)
 }
 
-fn dims_of<'a>(map: &'a TensorMap, name: &str) -> Result<&'a [usize]> {
+/// Tensor name -> PyTorch-order shape: all that [`infer_config_from_shapes`] reads.
+pub type ShapeMap = HashMap<String, Vec<usize>>;
+
+fn dims_of<'a>(map: &'a ShapeMap, name: &str) -> Result<&'a [usize]> {
     map.get(name)
-        .map(|t| t.dims())
+        .map(|d| d.as_slice())
         .ok_or_else(|| Error::arch(format!("checkpoint has no '{name}': is this a DiT / SparseDiT / Latte state dict?")))
 }
 
 /// Distinct integer indices `i` of keys `{prefix}.{i}.…`.
-fn indices(map: &TensorMap, prefix: &str) -> BTreeSet<usize> {
+fn indices(map: &ShapeMap, prefix: &str) -> BTreeSet<usize> {
     let p = format!("{prefix}.");
     map.keys()
         .filter_map(|k| k.strip_prefix(&p))
@@ -244,6 +244,12 @@ fn contiguous_count(set: &BTreeSet<usize>, what: &str) -> Result<usize> {
 /// Infer the architecture of an official DiT / SparseDiT / Latte state dict (or of this crate's
 /// sparse Latte).
 pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
+    let shapes: ShapeMap = map.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+    infer_config_from_shapes(&shapes, opts)
+}
+
+/// [`infer_config`] from the tensors' names and shapes alone (a streamed file's header).
+pub fn infer_config_from_shapes(map: &ShapeMap, opts: &ImportOptions) -> Result<Config> {
     let conv = dims_of(map, "x_embedder.proj.weight")?;
     if conv.len() != 4 || conv[2] != conv[3] {
         return Err(Error::arch(format!("x_embedder.proj.weight has shape {conv:?}, expected (C, c_in, p, p)")));
@@ -259,7 +265,7 @@ pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
     }
     // Latte (video) has a `temp_embed` table of F frames; without a label table it is an
     // unconditional Latte (`extras: 1`).
-    let num_frames = match map.get("temp_embed").map(|t| t.dims()) {
+    let num_frames = match map.get("temp_embed").map(|d| d.as_slice()) {
         None => None,
         Some(&[1, f, c]) if c == hidden && f > 0 => Some(f),
         Some(d) => return Err(Error::arch(format!("temp_embed has shape {d:?}, expected (1, F, {hidden})"))),
@@ -323,8 +329,8 @@ pub fn infer_config(map: &TensorMap, opts: &ImportOptions) -> Result<Config> {
     };
     let mlp_hidden = map
         .iter()
-        .find(|(k, _)| k.ends_with(".mlp.fc1.weight"))
-        .map(|(_, t)| t.dims()[0])
+        .find(|(k, d)| k.ends_with(".mlp.fc1.weight") && !d.is_empty())
+        .map(|(_, d)| d[0])
         .ok_or_else(|| Error::arch("no mlp.fc1 weight found"))?;
     let num_heads = match opts.heads {
         Some(h) => h,

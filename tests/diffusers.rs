@@ -126,4 +126,39 @@ fn bad_diffusers_files_are_refused_clearly() {
     let cfg = std::fs::read_to_string(vae.join("config.json")).unwrap().replace("DiTTransformer2DModel", "AutoencoderKL");
     std::fs::write(vae.join("config.json"), cfg).unwrap();
     assert!(refused(&vae).contains("AutoencoderKL"));
+    let unet = dir.path().join("unet");
+    copy_dir(&src, &unet);
+    let cfg = std::fs::read_to_string(unet.join("config.json")).unwrap().replace("DiTTransformer2DModel", "UNet2DConditionModel");
+    std::fs::write(unet.join("config.json"), cfg).unwrap();
+    assert!(refused(&unet).contains("UNet2DConditionModel"));
+}
+
+#[test]
+fn diffusers_autoencoder_folders_are_latent_decoders() {
+    use sparsedit::decoder::{canonical_decoder_tensors, Decoder, DecoderConfig, DecoderOptions};
+    // AutoencoderTiny (madebyollin/taesd's diffusers file; written by diffusers from the taesd
+    // fixture) and AutoencoderKL (the sdvae fixture folder): their decoders decode as the
+    // PyTorch references.
+    for (case, folder, opts) in [
+        ("taesd", "taesd_diffusers", DecoderOptions::default()),
+        ("sdvae", "sdvae", DecoderOptions { norm_groups: Some(4), scaling_factor: None }),
+    ] {
+        let ck = read_checkpoint_full(&fixture_dir(folder)).unwrap();
+        let map = canonical_decoder_tensors(ck.tensors).unwrap();
+        let cfg = DecoderConfig::infer(&map, &opts).unwrap().expect("a decoder");
+        let dec = Decoder::from_tensors(cfg, map).unwrap();
+        let exp = load_st(&fixture_dir(case).join("expected.safetensors"));
+        let img = dec.decode(&exp["z"]).unwrap();
+        assert_close(&format!("{folder}: decoded image"), &f32s(&img), &f32s(&exp["image"]), 1e-3);
+    }
+    // The CLI reads the norm groups and scaling factor from the folder's config.json.
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["taesd_diffusers", "sdvae"] {
+        let pack = dir.path().join(format!("{folder}.gguf"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsedit"))
+            .args(["convert", fixture_dir(folder).to_str().unwrap(), "-o", pack.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{folder}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }

@@ -107,7 +107,11 @@ pub(super) fn load_any(path: &Path, flags: &DecoderFlags) -> Result<Loaded> {
 /// checkpoint (`norm_num_groups`, `scaling_factor`), else SD's defaults.
 fn decoder_options(ckpt: &Path, flags: &DecoderFlags) -> Result<DecoderOptions> {
     let mut opts = DecoderOptions { norm_groups: flags.norm_groups, scaling_factor: flags.scaling_factor };
-    let json = ckpt.with_file_name("config.json");
+    // diffusers' config.json: beside the weights file, or in the model / pipeline folder given.
+    let json = match sparsedit::diffusers::locate(ckpt) {
+        Some(files) => files.config,
+        None => ckpt.with_file_name("config.json"),
+    };
     if json.is_file() {
         let text = std::fs::read_to_string(&json).map_err(|e| Error::Io { path: json.display().to_string(), source: e })?;
         let v: serde_json::Value = serde_json::from_str(&text)
