@@ -24,6 +24,17 @@ const KIND_LABEL = {
   pooled: 'pooled',
 };
 
+/** `el(name, attrs, text?)`: create an SVG element with attributes (and text), append it to `svg`. */
+function svgAppender(svg) {
+  return (name, attrs, text) => {
+    const e = document.createElementNS(SVG_NS, name);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text != null) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+}
+
 export function formatMacs(m) {
   if (!Number.isFinite(m)) return '?';
   if (m >= 1e9) return `${(m / 1e9).toFixed(2)} G`;
@@ -550,13 +561,7 @@ export function renderAxisSplit(svg, p, rows) {
   const W = 640, barH = 18, gap = 6, labelW = 150;
   const H = rows.length * (barH + gap);
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
-  const el = (name, attrs, text) => {
-    const e = document.createElementNS(SVG_NS, name);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-    if (text != null) e.textContent = text;
-    svg.append(e);
-    return e;
-  };
+  const el = svgAppender(svg);
   const split = (layout) => {
     const of = (axis) => layout.filter((b) => b.axis === axis).reduce((a, b) => a + b.macs, 0);
     return { spatial: of('spatial'), temporal: of('temporal'), total: layout.reduce((a, b) => a + b.macs, 0) };
@@ -596,13 +601,7 @@ export function renderMacsChart(svg, denseLayout, sparseLayout, { denseLabel, sp
   const plotW = W - left - right, plotH = H - top - bottom;
   const slot = plotW / Math.max(count, 1);
   const bw = Math.min(22, slot * 0.38);
-  const el = (name, attrs, text) => {
-    const e = document.createElementNS(SVG_NS, name);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-    if (text != null) e.textContent = text;
-    svg.append(e);
-    return e;
-  };
+  const el = svgAppender(svg);
   // axis + ticks
   el('line', { x1: left, y1: top + plotH, x2: W - right, y2: top + plotH, stroke: colours.muted });
   for (let i = 0; i <= 4; i++) {

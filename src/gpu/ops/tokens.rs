@@ -368,64 +368,25 @@ pub fn sampler_step(gpu: &Gpu, label: &str, x: &GpuBuf, model_out: &GpuBuf, nois
     not_aliased(label, ("latent", x), &[("model output", model_out), ("noise", noise), ("predicted x0", x0_out)])?;
     not_aliased(label, ("predicted x0", x0_out), &[("model output", model_out), ("noise", noise)])?;
 
-    if let Some(d) = s.dpm {
-        // mode 2: m = sr x - srm1 eps (sqrt_recip / sqrt_recipm1 slots), x' = a x + b m + c m_prev
-        let f = |v: f32| v.to_bits();
-        let params = [
-            s.n as u32,
-            s.channels as u32,
-            s.out_channels as u32,
-            s.spatial as u32,
-            u32::from(s.guided),
-            s.guided_channels.min(s.out_channels) as u32,
-            0,
-            2,
-            f(s.cfg_scale),
-            f(d.sr),
-            f(d.srm1),
-            f(d.b),
-            f(d.a),
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            f(d.c),
-        ];
-        let kernel = gpu.kernel("sampler_step", SAMPLER_STEP_WGSL, &[])?;
-        return gpu.dispatch(&kernel, label, &params, &[x, model_out, noise, x0_out], groups(label, total, WG)?);
-    }
-    // Per-step scalars in f32, exactly as Diffusion::step computes them.
-    let (ab, abp) = (s.k.alpha_bar, s.k.alpha_bar_prev);
-    let sigma = s.eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
-    let (sigma, sqrt_abp, dir) = if s.ddim { (sigma, abp.sqrt(), (1.0 - abp - sigma * sigma).sqrt()) } else { (0.0, 0.0, 0.0) };
-    let fixed_std = (0.5 * s.k.fixed_log).exp();
-    let f = |v: f32| v.to_bits();
-    let params = [
-        s.n as u32,
-        s.channels as u32,
-        s.out_channels as u32,
-        s.spatial as u32,
-        u32::from(s.guided),
-        s.guided_channels.min(s.out_channels) as u32,
-        u32::from(s.learned_range),
-        u32::from(s.ddim),
-        f(s.cfg_scale),
-        f(s.k.sqrt_recip_ac),
-        f(s.k.sqrt_recipm1_ac),
-        f(s.k.coef1),
-        f(s.k.coef2),
-        f(s.k.min_log),
-        f(s.k.max_log),
-        f(fixed_std),
-        f(sigma),
-        f(sqrt_abp),
-        f(dir),
-        f(if s.nonzero { 1.0 } else { 0.0 }),
-        0, // c (DPM-Solver++ only)
-    ];
+    // The shader's scalars by mode: (mode, sr, srm1, c1, c2, min_log, max_log, fixed_std, sigma,
+    // sqrt_abp, dir, nonzero, c3).
+    let scalars: (u32, [f32; 12]) = match s.dpm {
+        // DPM-Solver++: m = sr x - srm1 eps, x' = a x + b m + c m_prev
+        Some(d) => (2, [d.sr, d.srm1, d.b, d.a, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, d.c]),
+        None => {
+            // Per-step scalars in f32, exactly as Diffusion::step computes them.
+            let (ab, abp) = (s.k.alpha_bar, s.k.alpha_bar_prev);
+            let sigma = s.eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
+            let (sigma, sqrt_abp, dir) = if s.ddim { (sigma, abp.sqrt(), (1.0 - abp - sigma * sigma).sqrt()) } else { (0.0, 0.0, 0.0) };
+            let fixed_std = (0.5 * s.k.fixed_log).exp();
+            let nonzero = if s.nonzero { 1.0 } else { 0.0 };
+            let k = &s.k;
+            (u32::from(s.ddim), [k.sqrt_recip_ac, k.sqrt_recipm1_ac, k.coef1, k.coef2, k.min_log, k.max_log, fixed_std, sigma, sqrt_abp, dir, nonzero, 0.0])
+        }
+    };
+    let learned = u32::from(s.learned_range && s.dpm.is_none());
+    let head = [s.n as u32, s.channels as u32, s.out_channels as u32, s.spatial as u32, u32::from(s.guided), s.guided_channels.min(s.out_channels) as u32, learned, scalars.0, s.cfg_scale.to_bits()];
+    let params: Vec<u32> = head.into_iter().chain(scalars.1.iter().map(|v| v.to_bits())).collect();
     let kernel = gpu.kernel("sampler_step", SAMPLER_STEP_WGSL, &[])?;
     gpu.dispatch(&kernel, label, &params, &[x, model_out, noise, x0_out], groups(label, total, WG)?)
 }
