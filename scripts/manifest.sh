@@ -13,7 +13,7 @@ for f in *.gguf; do
   [ -e "$f" ] || continue
   id="${f%.gguf}"
   quant="${id##*-}"                     # ...-q8_0 -> q8_0
-  case "$id" in sparsedit*) arch=sparsedit ;; *) arch=dit ;; esac
+  case "$id" in sparsedit*) arch=sparsedit ;; sparselatte*) arch=sparselatte ;; latte*) arch=latte ;; *) arch=dit ;; esac
   size=$(stat -c %s "$f")
   sha=$(sha256sum "$f" | cut -d' ' -f1)
   def=false; [ "$f" = "$DEFAULT" ] && def=true

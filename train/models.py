@@ -159,6 +159,10 @@ def video_from_image(video, image_sd):
     blocks.{2i} <- image blocks.{i}, embedders and final layer copied; the temporal blocks keep
     DiT's initialisation, where adaLN-Zero makes each one the identity."""
     sd = video.state_dict()
+    if "temp_embed" in image_sd:
+        # Already a video model of this config (e.g. the committed EMA of an earlier run): go on from it.
+        video.load_state_dict({k: v.float() for k, v in image_sd.items()})
+        return video
     n_img = len({k.split(".")[1] for k in image_sd if k.startswith("blocks.")})
     n_pairs = len({k.split(".")[1] for k in sd if k.startswith("blocks.")}) // 2
     assert n_img == n_pairs, f"image DiT has {n_img} blocks, the video model {n_pairs} pairs"

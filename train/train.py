@@ -354,7 +354,8 @@ def main():
     p.add_argument("--video", action="store_true", help="the moving-digit Latte (Config::tiny_video(false)) on clips")
     p.add_argument("--init-image", default=None,
                    help="with --video: image DiT weights (.safetensors, e.g. `sparsedit convert "
-                        "web/models/dit-tiny-q8_0.gguf -o dit-tiny.safetensors`) for the spatial blocks")
+                        "web/models/dit-tiny-q8_0.gguf -o dit-tiny.safetensors`) for the spatial blocks, or "
+                        "a video model's weights to go on from (train/checkpoints/)")
     p.set_defaults(rates=None, fixed_s=0)
 
     p = sub.add_parser("init-sparse", help="SparseDiT init from the dense EMA")
