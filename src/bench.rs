@@ -78,6 +78,28 @@ pub fn random_tensors(cfg: &Config, seed: u64) -> Result<TensorMap> {
 pub fn counterpart(cfg: &Config) -> Config {
     let mut other = cfg.clone();
     let depth = cfg.layout.depth();
+    if let (Some(_), Layout::Dense { .. }) = (cfg.num_frames, cfg.layout) {
+        // A video model's blocks come in (spatial, temporal) pairs: the image rule on the pairs,
+        // every count doubled (Latte-XL/2's 14 pairs: the sparselatte-xl2 preset's layout).
+        let pairs = Config { num_frames: None, layout: Layout::Dense { depth: depth / 2 }, ..cfg.clone() };
+        other.layout = match counterpart(&pairs).layout {
+            _ if depth == 28 => Layout::Sparse(SparseLayout { num_poolingformer: 2, num_sdtm: 2, group: [2, 8, 2, 0], num_top: 2 }),
+            Layout::Sparse(l) => Layout::Sparse(SparseLayout {
+                num_poolingformer: 2 * l.num_poolingformer,
+                num_sdtm: l.num_sdtm,
+                group: l.group.map(|g| 2 * g),
+                num_top: 2 * l.num_top,
+            }),
+            dense => dense,
+        };
+        other.semantic_size = cfg.semantic_size.min(cfg.grid() / 2).max(1);
+        return other;
+    }
+    if !cfg.layout.is_sparse() {
+        // A dense pack's stored grid side means nothing; the sparse counterpart pools to at most
+        // half the dense side (XL/2: 8 of 16, the released runs' s).
+        other.semantic_size = cfg.semantic_size.min(cfg.grid() / 2).max(1);
+    }
     other.layout = match cfg.layout {
         Layout::Sparse(_) => Layout::Dense { depth },
         Layout::Dense { .. } if depth == 28 => {
@@ -237,4 +259,26 @@ pub fn table(device: &str, rows: &[BenchRow], opts: &BenchOptions) -> Result<Str
         d.sample_s / sp.sample_s
     ));
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counterparts_are_the_presets() {
+        // Images: DiT-XL/2 <-> the released SparseDiT-XL/2 layout; the tiny model's rule.
+        let xl = Config::dit("XL", 2, 256).unwrap();
+        assert_eq!(counterpart(&xl).layout, Config::sparsedit_xl2(256).unwrap().layout);
+        assert_eq!(counterpart(&Config::tiny(false)).layout, Config::tiny(true).layout);
+        assert_eq!(counterpart(&Config::tiny(true)).layout, Config::tiny(false).layout);
+        // Video: the pairs' layouts, and a grid side the dense grid can pool to.
+        let tv = counterpart(&Config::tiny_video(false));
+        assert_eq!((tv.layout, tv.semantic_size), (Config::tiny_video(true).layout, 4));
+        tv.validate().unwrap();
+        let latte = Config::latte("XL", 2, 256, 16, 101).unwrap();
+        let sl = counterpart(&latte);
+        assert_eq!((sl.layout, sl.semantic_size), (Config::sparse_latte_xl2(256, 16, 101).unwrap().layout, 8));
+        assert_eq!(counterpart(&sl).layout, latte.layout);
+    }
 }
