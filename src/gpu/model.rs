@@ -7,6 +7,10 @@
 //! [`Activations`] (allocated once per batch and shared by the plans of every grid), replayed
 //! each denoising step as one submission. The CPU model is the reference the GPU output is
 //! tested against.
+//!
+//! Video models (Latte, the spatial-temporal SparseDiT) record the same blocks over sequences
+//! ([`Seqs`]): a spatial block over the F frames of a clip, a temporal one over its token
+//! positions, between two `transpose_frames` dispatches; adaLN modulation stays one row per clip.
 
 use std::rc::Rc;
 
