@@ -23,17 +23,24 @@ const TYPES = {
 
 /**
  * Starts the server. `extra` maps URL paths to { body: Buffer|string, type } or { file } (used by
- * the tests to serve corrupted packs). Resolves to { server, url, port }.
+ * the tests to serve corrupted packs), or { redirect: location, status = 302 } (a stand-in Hub's
+ * resolve URLs, which redirect to a CDN); `onRequest(pathname, req)` sees every request (tests
+ * count them). Resolves to { server, url, port }.
  */
-export function startServer({ root = 'dist', port = 8080, host = '127.0.0.1', extra = {}, log = false } = {}) {
+export function startServer({ root = 'dist', port = 8080, host = '127.0.0.1', extra = {}, log = false, onRequest = null } = {}) {
   const absRoot = path.resolve(root);
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     let pathname;
     try { pathname = decodeURIComponent(url.pathname); } catch { res.writeHead(400).end('bad path'); return; }
     if (log) console.log(req.method, pathname);
+    onRequest?.(pathname, req);
     if (req.method !== 'GET' && req.method !== 'HEAD') { res.writeHead(405).end(); return; }
     const x = extra[pathname];
+    if (x && x.redirect != null) {
+      res.writeHead(x.status || 302, { location: x.redirect, 'cache-control': 'no-cache', 'content-length': 0 }).end();
+      return;
+    }
     if (x && x.body != null) {
       const body = Buffer.from(x.body);
       res.writeHead(200, { 'content-type': x.type || TYPES[path.extname(pathname)] || 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-cache' });

@@ -42,6 +42,14 @@ pub struct DiffusersConfig {
     pub num_attention_heads: Option<usize>,
     #[serde(default)]
     pub num_layers: Option<usize>,
+    #[serde(default)]
+    pub attention_head_dim: Option<usize>,
+    #[serde(default)]
+    pub in_channels: Option<usize>,
+    #[serde(default)]
+    pub out_channels: Option<usize>,
+    #[serde(default)]
+    pub num_embeds_ada_norm: Option<usize>,
 }
 
 /// The model classes read here.
@@ -70,6 +78,64 @@ impl DiffusersConfig {
             (Some(s), Some(p), Some(h)) => Ok((s, p, h)),
             _ => Err(Error::arch("diffusers DiT: config.json lacks sample_size, patch_size or num_attention_heads")),
         }
+    }
+
+    /// `config.json` text (`origin` names it in messages), checked as [`read_config`] checks.
+    pub fn parse(json: &str, origin: &str) -> Result<DiffusersConfig> {
+        let bad = |reason: String| Error::Checkpoint { path: origin.to_string(), reason };
+        let cfg: DiffusersConfig = serde_json::from_str(json).map_err(|e| bad(format!("not a diffusers config.json: {e}")))?;
+        match cfg.class_name.as_deref() {
+            // What a DiT needs is required where it is used; what is given must be consistent.
+            None | Some("DiTTransformer2DModel" | "Transformer2DModel") => {
+                if let (Some(s), Some(p)) = (cfg.sample_size, cfg.patch_size) {
+                    if p == 0 || s == 0 || !s.is_multiple_of(p) {
+                        return Err(bad(format!("sample_size {s} is not a multiple of patch_size {p}")));
+                    }
+                }
+            }
+            Some("AutoencoderTiny" | "AutoencoderKL") => {}
+            Some(c) => return Err(bad(format!("a {c}: read are DiT transformers, AutoencoderTiny (TAESD) and AutoencoderKL (SD-VAE)"))),
+        }
+        Ok(cfg)
+    }
+
+    /// A DiT's grid side `sample_size / patch_size`.
+    pub fn grid(&self) -> Result<usize> {
+        let (s, p, _) = self.dit_geometry()?;
+        Ok(s / p)
+    }
+
+    /// The dense DiT this config describes, without the weights (what a streamed conversion
+    /// plans before any tensor arrives).
+    pub fn dit_config(&self) -> Result<crate::config::Config> {
+        let need = |v: Option<usize>, what: &str| v.ok_or_else(|| Error::arch(format!("diffusers DiT: config.json lacks {what}")));
+        let (_, patch, heads) = self.dit_geometry()?;
+        let head_dim = need(self.attention_head_dim, "attention_head_dim")?;
+        let in_channels = self.in_channels.unwrap_or(4);
+        let out_channels = self.out_channels.unwrap_or(in_channels);
+        let hidden = heads.checked_mul(head_dim).ok_or_else(|| Error::arch("diffusers DiT: heads x head dim overflows"))?;
+        let learn_sigma = match out_channels {
+            o if o == 2 * in_channels => true,
+            o if o == in_channels => false,
+            o => return Err(Error::arch(format!("diffusers DiT: {o} output channels for {in_channels} input channels"))),
+        };
+        let cfg = crate::config::Config {
+            input_size: self.grid()? * patch,
+            patch_size: patch,
+            in_channels,
+            hidden_size: hidden,
+            num_heads: heads,
+            mlp_hidden: 4 * hidden,
+            num_classes: need(self.num_embeds_ada_norm, "num_embeds_ada_norm (the class count)")?,
+            class_null: true,
+            learn_sigma,
+            layout: crate::config::Layout::Dense { depth: need(self.num_layers, "num_layers")? },
+            semantic_size: 8,
+            num_frames: None,
+            pooled_middle: None,
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 
@@ -109,20 +175,7 @@ pub fn locate(path: &Path) -> Option<DiffusersFiles> {
 
 pub fn read_config(path: &Path) -> Result<DiffusersConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
-    let cfg: DiffusersConfig = serde_json::from_str(&text)
-        .map_err(|e| Error::Checkpoint { path: path.display().to_string(), reason: format!("not a DiT transformer config.json: {e}") })?;
-    let bad = |reason: String| Error::Checkpoint { path: path.display().to_string(), reason };
-    match cfg.class_name.as_deref() {
-        None | Some("DiTTransformer2DModel" | "Transformer2DModel") => {
-            let (s, p, _) = cfg.dit_geometry().map_err(|e| bad(e.to_string()))?;
-            if p == 0 || s == 0 || !s.is_multiple_of(p) {
-                return Err(bad(format!("sample_size {s} is not a multiple of patch_size {p}")));
-            }
-        }
-        Some("AutoencoderTiny" | "AutoencoderKL") => {}
-        Some(c) => return Err(bad(format!("a {c}: read are DiT transformers, AutoencoderTiny (TAESD) and AutoencoderKL (SD-VAE)"))),
-    }
-    Ok(cfg)
+    DiffusersConfig::parse(&text, &path.display().to_string())
 }
 
 fn take(map: &mut TensorMap, name: &str) -> Result<Tensor> {

@@ -961,6 +961,36 @@ fn encode_header(
     metadata: &[(String, MetaValue)],
     tensors: &[TensorToWrite],
 ) -> Result<(Vec<u8>, Vec<u64>)> {
+    encode_header_entries(
+        metadata,
+        tensors.iter().map(|t| (t.name, t.shape, t.ty, Some(t.data.len()))),
+    )
+}
+
+/// A tensor of a header written before its data: name, PyTorch-order shape and type.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorEntry<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub ty: TensorType,
+}
+
+/// The header [`write()`] would write for `tensors` (padded to the alignment), and each
+/// tensor's data offset, without their data: for a writer that streams the data after it, each
+/// tensor at its offset (zero padding between), in this order. Checked as [`write()`] checks.
+pub fn header_bytes(
+    metadata: &[(String, MetaValue)],
+    tensors: &[TensorEntry],
+) -> Result<(Vec<u8>, Vec<u64>)> {
+    encode_header_entries(metadata, tensors.iter().map(|t| (t.name, t.shape, t.ty, None)))
+}
+
+/// (name, shape, type, data length when the data is given) of every tensor -> header bytes and
+/// data offsets.
+fn encode_header_entries<'a>(
+    metadata: &[(String, MetaValue)],
+    tensors: impl ExactSizeIterator<Item = (&'a str, &'a [usize], TensorType, Option<usize>)>,
+) -> Result<(Vec<u8>, Vec<u64>)> {
     let mut keys = HashSet::with_capacity(metadata.len());
     for (key, value) in metadata {
         if !keys.insert(key.as_str()) {
@@ -994,33 +1024,28 @@ fn encode_header(
     let mut names = HashSet::with_capacity(tensors.len());
     let mut offsets = Vec::with_capacity(tensors.len());
     let mut next = 0u64;
-    for t in tensors {
-        if !names.insert(t.name) {
+    for (name, shape, ty, data_len) in tensors {
+        if !names.insert(name) {
             return Err(writer_error(format_args!(
-                "tensor name '{}' appears more than once",
-                t.name
+                "tensor name '{name}' appears more than once"
             )));
         }
-        let nbytes = tensor_nbytes(t.name, t.shape, t.ty).map_err(writer_error)?;
-        if t.data.len() != nbytes {
+        let nbytes = tensor_nbytes(name, shape, ty).map_err(writer_error)?;
+        if let Some(len) = data_len.filter(|&len| len != nbytes) {
             return Err(writer_error(format_args!(
-                "tensor '{}' has {} bytes of data, but shape {:?} in {} takes {nbytes}",
-                t.name,
-                t.data.len(),
-                t.shape,
-                t.ty
+                "tensor '{name}' has {len} bytes of data, but shape {shape:?} in {ty} takes {nbytes}"
             )));
         }
         let offset = next.next_multiple_of(DEFAULT_ALIGNMENT as u64);
         next = offset + nbytes as u64;
         offsets.push(offset);
 
-        put_str(&mut buf, t.name);
-        put_u32(&mut buf, t.shape.len() as u32);
-        for &dim in t.shape.iter().rev() {
+        put_str(&mut buf, name);
+        put_u32(&mut buf, shape.len() as u32);
+        for &dim in shape.iter().rev() {
             put_u64(&mut buf, dim as u64); // ggml order: innermost first
         }
-        put_u32(&mut buf, t.ty.ggml_id());
+        put_u32(&mut buf, ty.ggml_id());
         put_u64(&mut buf, offset);
     }
     buf.resize(buf.len().next_multiple_of(DEFAULT_ALIGNMENT), 0);

@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod blocks;
 pub mod config;
+pub mod convert_stream;
 pub mod decoder;
 pub mod diffusers;
 pub mod diffusion;

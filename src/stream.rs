@@ -54,22 +54,22 @@ pub struct PackStream {
     failed: Option<String>,
 }
 
+/// An expected sha256 as lower-case hex (64 digits, either case given), or why it is not one.
+pub fn normalize_sha256(s: &str) -> Result<String> {
+    let s = s.trim().to_ascii_lowercase();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::arg(format!("expected sha256 {s:?} is not 64 hex digits")));
+    }
+    Ok(s)
+}
+
 /// Headers larger than this are refused (a GGUF header of a DiT-XL pack is ~60 KB).
 const MAX_HEADER: usize = 64 << 20;
 
 impl PackStream {
     /// `expected_sha256` is hex (either case); `None` skips that check.
     pub fn new(expected_size: Option<u64>, expected_sha256: Option<&str>) -> Result<PackStream> {
-        let sha = match expected_sha256 {
-            Some(s) => {
-                let s = s.trim().to_ascii_lowercase();
-                if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(Error::arg(format!("expected sha256 {s:?} is not 64 hex digits")));
-                }
-                Some(s)
-            }
-            None => None,
-        };
+        let sha = expected_sha256.map(normalize_sha256).transpose()?;
         Ok(PackStream {
             expected_size,
             expected_sha256: sha,

@@ -14,6 +14,14 @@
 //!   push(chunk: Uint8Array): void         // throws on corrupt data (bad magic / header, more bytes than announced)
 //!   bytes_received(): number
 //!   finish_load(): ModelInfo              // throws on truncation, size or sha256 mismatch, wrong tensors
+//!   begin_convert(config_json: string | null, quant: "q8_0"|"q4_0"|"f16"|"f32", size?: number,
+//!                 sha256?: string, name?: string): void  // a safetensors checkpoint (diffusers' DiT
+//!                                         // layout + its config.json, or official names) -> a pack
+//!   push_convert(chunk: Uint8Array): Uint8Array  // the pack bytes ready (often empty): store them and
+//!                                         // push() them into a begin_load()ed stream
+//!   convert_pack_size(): number | null    // the pack's size, once the checkpoint's header is in
+//!   finish_convert(): ConvertInfo         // throws on truncation, size or sha256 mismatch of the SOURCE
+//!   abort_convert(): void                 // drops the conversion and any load in progress
 //!   model_info(): ModelInfo | null
 //!   layout(grid: number): BlockInfo[]     // token view at sparse grid side `grid` (dense models ignore it)
 //!   run_plan(opts): { grids: number[], timesteps: number[], macs }  // what generate(opts) would run:
@@ -45,6 +53,11 @@
 //! result = { image: Float32Array, channels, size, shape, ms_total, ms_steps: number[], grids: number[], cancelled,
 //!            (after a cancel, image is the partly denoised latent)
 //!            decoded?: { image: Float32Array (in [-1, 1]), channels: 3, size: 8 * size, ms, decoder } }
+//! ConvertInfo = { layout: "diffusers"|"official", arch, source_bytes, source_sha256, pack_bytes,
+//!                 peak_buffered }
+//! plan_diffusers_pack(config_json, quant, name?) (a free function): what a diffusers DiT's pack
+//!   will take before any weight arrives: { arch, params, pack_bytes, tensor_bytes, input_size,
+//!   num_classes, depth, hidden_size }
 //! DecoderInfo = { arch: "taesd"|"sdvae", latent_channels, out_channels, upscale, params, bytes, sha256,
 //!                 backend: "webgpu"|"cpu", gpu_bytes: number | null, f16_weights }
 //! ```
@@ -57,6 +70,7 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
 use crate::config::{Config, GridSchedule, PooledMiddle};
+use crate::convert_stream::{plan_pack, ConvertStream};
 use crate::decoder::{Decoder, DecoderConfig};
 use crate::diffusion::SamplerKind;
 use crate::engine::{Engine as Core, Net, SampleRequest};
@@ -128,6 +142,8 @@ struct Inner {
     gpu: Option<Rc<Gpu>>,
     adapter: String,
     loading: Option<(PackStream, Sink)>,
+    /// A checkpoint being converted to a pack (its output is pushed into `loading` by the page).
+    converting: Option<ConvertStream>,
     loaded: Option<Rc<Loaded>>,
     decoder: Option<Rc<LoadedDecoder>>,
 }
@@ -316,7 +332,7 @@ impl Engine {
             (None, "CPU (WebGPU not requested)".to_string())
         };
         Ok(Engine {
-            inner: Rc::new(RefCell::new(Inner { gpu, adapter, loading: None, loaded: None, decoder: None })),
+            inner: Rc::new(RefCell::new(Inner { gpu, adapter, loading: None, converting: None, loaded: None, decoder: None })),
             cancel: Rc::new(Cell::new(false)),
             busy: Rc::new(Cell::new(false)),
         })
@@ -333,11 +349,7 @@ impl Engine {
     /// Start a streamed load (drops any load in progress; the loaded model stays until
     /// `finish_load` succeeds).
     pub fn begin_load(&self, expected_size: Option<f64>, expected_sha256: Option<String>) -> Result<(), JsValue> {
-        let size = match expected_size {
-            Some(s) if !(s.is_finite() && s >= 0.0 && s.fract() == 0.0) => return Err(call_err(format!("expected size {s} is not a byte count"))),
-            Some(s) => Some(s as u64),
-            None => None,
-        };
+        let size = byte_count(expected_size)?;
         let stream = PackStream::new(size, expected_sha256.as_deref()).map_err(js_err)?;
         let mut inner = self.inner.borrow_mut();
         let sink = match &inner.gpu {
@@ -396,6 +408,66 @@ impl Engine {
         let js = to_js(&info)?;
         inner.loaded = Some(Rc::new(Loaded { engine, info }));
         Ok(js)
+    }
+
+    /// Start converting a safetensors checkpoint into a pack of type `quant` (drops any
+    /// conversion in progress). `config_json`: diffusers' transformer `config.json` (needed for
+    /// diffusers' layout); `expected_size` / `expected_sha256`: of the checkpoint, checked by
+    /// `finish_convert`; `name`: the pack's `general.name`.
+    pub fn begin_convert(
+        &self,
+        config_json: Option<String>,
+        quant: String,
+        expected_size: Option<f64>,
+        expected_sha256: Option<String>,
+        name: Option<String>,
+    ) -> Result<(), JsValue> {
+        let quant = crate::gguf::TensorType::parse(&quant).map_err(js_err)?;
+        let size = byte_count(expected_size)?;
+        let sha = expected_sha256.filter(|s| !s.is_empty());
+        let mut c = ConvertStream::new(config_json.as_deref(), quant, size, sha.as_deref()).map_err(js_err)?;
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            c = c.with_name(&n);
+        }
+        self.inner.borrow_mut().converting = Some(c);
+        Ok(())
+    }
+
+    /// Feed the next checkpoint bytes; returns the pack bytes ready (possibly none).
+    pub fn push_convert(&self, chunk: &[u8]) -> Result<Vec<u8>, JsValue> {
+        let mut inner = self.inner.borrow_mut();
+        let c = inner.converting.as_mut().ok_or_else(|| call_err("push_convert before begin_convert"))?;
+        let r = c.push(chunk);
+        if r.is_err() {
+            inner.converting = None;
+        }
+        r.map_err(js_err)
+    }
+
+    /// The pack's size once the checkpoint's header has arrived, else null.
+    pub fn convert_pack_size(&self) -> Option<f64> {
+        self.inner.borrow().converting.as_ref().and_then(|c| c.pack_size()).map(|n| n as f64)
+    }
+
+    /// Check the whole checkpoint (size, sha256) and that every pack byte went out.
+    pub fn finish_convert(&self) -> Result<JsValue, JsValue> {
+        let c = self.inner.borrow_mut().converting.take().ok_or_else(|| call_err("finish_convert before begin_convert"))?;
+        let s = c.finish().map_err(js_err)?;
+        to_js(&serde_json::json!({
+            "layout": s.layout.name(),
+            "arch": s.cfg.arch_name(),
+            "source_bytes": s.source_bytes as f64,
+            "source_sha256": s.source_sha256,
+            "pack_bytes": s.pack_bytes as f64,
+            "peak_buffered": s.peak_buffered as f64,
+        }))
+    }
+
+    /// Drop the conversion and any streamed load in progress (a failed or cancelled download).
+    pub fn abort_convert(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.converting = None;
+        inner.loading = None;
     }
 
     pub fn model_info(&self) -> Result<JsValue, JsValue> {
@@ -579,6 +651,34 @@ impl Engine {
     }
 }
 
+
+/// An optional byte count from JS (a whole, non-negative number).
+fn byte_count(n: Option<f64>) -> Result<Option<u64>, JsValue> {
+    match n {
+        Some(s) if !(s.is_finite() && s >= 0.0 && s.fract() == 0.0) => Err(call_err(format!("expected size {s} is not a byte count"))),
+        Some(s) => Ok(Some(s as u64)),
+        None => Ok(None),
+    }
+}
+
+/// What the pack of a diffusers DiT (`config.json` of its transformer) takes with `quant`,
+/// before any weight is downloaded: `{ arch, params, pack_bytes, tensor_bytes, input_size,
+/// num_classes, depth, hidden_size }`.
+#[wasm_bindgen]
+pub fn plan_diffusers_pack(config_json: &str, quant: &str, name: Option<String>) -> Result<JsValue, JsValue> {
+    let quant = crate::gguf::TensorType::parse(quant).map_err(js_err)?;
+    let p = plan_pack(config_json, quant, name.as_deref().unwrap_or("model")).map_err(js_err)?;
+    to_js(&serde_json::json!({
+        "arch": p.cfg.arch_name(),
+        "params": p.params as f64,
+        "pack_bytes": p.pack_bytes as f64,
+        "tensor_bytes": p.tensor_bytes as f64,
+        "input_size": p.cfg.input_size,
+        "num_classes": p.cfg.num_classes,
+        "depth": p.cfg.layout.depth(),
+        "hidden_size": p.cfg.hidden_size,
+    }))
+}
 
 /// The grids the token view and the block timings take: 1..=n.
 fn check_grid(cfg: &Config, grid: usize) -> crate::Result<()> {

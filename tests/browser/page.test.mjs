@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { startServer } from '../../scripts/static-server.mjs';
@@ -39,7 +40,15 @@ const SPARSE_VIDEO_PACK = 'sparselatte-f3.gguf';
 const GENERATE_TIMEOUT = 10 * 60_000;
 const LOAD_TIMEOUT = 3 * 60_000;
 
+// The config.json of DiT-XL/2 256 in diffusers' layout (the opt-in XL test from the Hub).
+const XL_CONFIG = JSON.stringify({
+  _class_name: 'DiTTransformer2DModel', sample_size: 32, patch_size: 2, num_attention_heads: 16, attention_head_dim: 72,
+  num_layers: 28, in_channels: 4, out_channels: 8, num_embeds_ada_norm: 1000,
+});
+
 let server, baseUrl, browser;
+// Requests for the stand-in Hub's files (paths under /hub/…/resolve/ and /cdn/), in order.
+const hubRequests = [];
 
 function readSafetensors(file, name) {
   const buf = fs.readFileSync(file);
@@ -139,7 +148,7 @@ function assertLocalOnly(log) {
  * no-WebGPU fallback runs), on the page opened at `query`; asserts that no request left
  * 127.0.0.1.
  */
-async function withCpuPage(query, body) {
+async function withCpuPage(query, body, { init } = {}) {
   const cpuBrowser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -150,6 +159,7 @@ async function withCpuPage(query, body) {
     const page = await cpuBrowser.newPage();
     const requests = [];
     page.on('request', (r) => requests.push(r.url()));
+    if (init) await page.addInitScript(init);
     await page.goto(`${baseUrl}${query}`);
     await body(page);
     assertLocalOnly({ requests });
@@ -204,7 +214,39 @@ before(async () => {
     execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data', src), ...args, '-o', out], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
     extra[`/extra/${name}`] = { body: fs.readFileSync(out) };
   }
-  ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra }));
+  // A stand-in for the Hugging Face Hub (the page's ?hub=/hub): the tree API of a diffusers DiT
+  // repo (sizes and the LFS sha256 of the fixture written by diffusers), its config.json, and
+  // the weights behind a redirect to a CDN-like path, as huggingface.co answers. test/dit-bad-sha
+  // lists a wrong sha256; test/dit-quota is for the storage-quota check.
+  const hubDir = path.join(ROOT, 'tests/fixtures/data/dit_dense_diffusers/transformer');
+  const hubWeights = fs.readFileSync(path.join(hubDir, 'diffusion_pytorch_model.safetensors'));
+  const hubConfig = fs.readFileSync(path.join(hubDir, 'config.json'));
+  const hubSha = createHash('sha256').update(hubWeights).digest('hex');
+  for (const [repo, oid] of [['test/dit', hubSha], ['test/dit-bad-sha', 'ab'.repeat(32)], ['test/dit-quota', hubSha]]) {
+    const tree = [
+      { type: 'file', oid: '1'.repeat(40), size: hubConfig.length, path: 'transformer/config.json' },
+      { type: 'file', oid: '2'.repeat(40), size: hubWeights.length, path: 'transformer/diffusion_pytorch_model.safetensors', lfs: { oid, size: hubWeights.length, pointerSize: 135 } },
+    ];
+    extra[`/hub/api/models/${repo}/tree/main/transformer`] = { body: JSON.stringify(tree), type: 'application/json' };
+    extra[`/hub/${repo}/resolve/main/transformer/config.json`] = { body: hubConfig, type: 'application/json' };
+    extra[`/hub/${repo}/resolve/main/transformer/diffusion_pytorch_model.safetensors`] = { redirect: `/cdn/${repo}/${hubSha}` };
+    extra[`/cdn/${repo}/${hubSha}`] = { body: hubWeights };
+  }
+  if (process.env.SPARSEDIT_HUB_XL) {
+    // DiT-XL/2 256's shapes in diffusers' layout (3.0 GB of f32, pseudo-random weights, written
+    // once into target/browser-artifacts) behind the same stand-in Hub, as test/dit-xl.
+    const xl = writeSyntheticXl(path.join(ARTIFACTS, 'dit-xl2-256-diffusers.safetensors'));
+    const tree = [
+      { type: 'file', oid: '1'.repeat(40), size: XL_CONFIG.length, path: 'transformer/config.json' },
+      { type: 'file', oid: '2'.repeat(40), size: xl.size, path: 'transformer/diffusion_pytorch_model.safetensors', lfs: { oid: xl.sha256, size: xl.size, pointerSize: 135 } },
+    ];
+    extra['/hub/api/models/test/dit-xl/tree/main/transformer'] = { body: JSON.stringify(tree), type: 'application/json' };
+    extra['/hub/test/dit-xl/resolve/main/transformer/config.json'] = { body: XL_CONFIG, type: 'application/json' };
+    extra['/hub/test/dit-xl/resolve/main/transformer/diffusion_pytorch_model.safetensors'] = { redirect: `/cdn/test/dit-xl/${xl.sha256}` };
+    extra[`/cdn/test/dit-xl/${xl.sha256}`] = { file: xl.file };
+  }
+  const onRequest = (p) => { if (p.startsWith('/cdn/') || /^\/hub\/.*\/resolve\//.test(p)) hubRequests.push(p); };
+  ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra, onRequest }));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -1052,6 +1094,232 @@ test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) stream
       + `wasm heap ${(res.heap / 2 ** 20).toFixed(1)} MiB; max |page - CLI|: latent ${dz.worst.toExponential(3)} (max |z| ${scale.toFixed(2)}), image ${di.worst.toExponential(3)}`);
     assert.ok(dz.worst <= TOLERANCE * Math.max(1, scale), `latent: max abs difference ${dz.worst} at index ${dz.at}`);
     assert.ok(di.worst <= TOLERANCE, `decoded image: max abs difference ${di.worst} at index ${di.at}`);
+    assertLocalOnly(log);
+  } finally {
+    await context.close();
+  }
+});
+
+/** The page's OPFS folder of Hub packs: [name, size] of every file. */
+async function opfsFiles(page) {
+  return page.evaluate(async () => {
+    const root = await navigator.storage.getDirectory();
+    let dir;
+    try { dir = await root.getDirectoryHandle('sparsedit-hub'); } catch { return []; }
+    const out = [];
+    for await (const [name, h] of dir.entries()) if (h.kind === 'file') out.push([name, (await h.getFile()).size]);
+    return out.sort();
+  });
+}
+
+test('a DiT from the Hugging Face Hub (diffusers layout): converted while it downloads, kept in OPFS, reloaded from there; wrong sha256 and short quota keep nothing', { timeout: 15 * 60_000 }, async (t) => {
+  const weights = (repo) => hubRequests.filter((p) => (p.includes(`/${repo}/`) && p.endsWith('.safetensors')) || p.startsWith(`/cdn/${repo}/`));
+  // The CLI's pack of the same files: `convert <snapshot folder> --quant q8_0`.
+  ensureCli();
+  const cliPack = path.join(ARTIFACTS, 'dit-diffusers-q8_0.gguf');
+  execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data/dit_dense_diffusers'), '-o', cliPack, '--quant', 'q8_0'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  const cls = 3, steps = 10;
+
+  await withCpuPage('?hub=/hub&hf=test/dit&pack=q8_0', async (page) => {
+    await t.test('?hf= converts the Hub\'s safetensors as it arrives and loads it', async () => {
+      const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+      assert.match(status, /^ready — test\/dit .*downloaded from the Hub and converted/, status);
+      assert.equal(weights('test/dit').length, 2, `weights fetched once (resolve + CDN): ${hubRequests.join(', ')}`);
+      const info = await page.evaluate(() => window.sparsedit.info);
+      assert.deepEqual([info.arch, Number(info.num_classes), Number(info.depth), Number(info.input_size)], ['dit', 7, 3, 8]);
+      const plan = await page.getByTestId('hub-plan').textContent();
+      console.log(`# Hub plan: ${plan}`);
+      assert.match(plan, /download 1\.15 MB .*sha256 .* keep a q8_0 pack of 287\.\d KB in this browser \(OPFS\)/, plan);
+      assert.match(plan, /wasm memory|GPU memory/);
+    });
+
+    await t.test('the pack kept in OPFS: one entry, its size in the list, no temporary file', async () => {
+      const files = await opfsFiles(page);
+      assert.equal(files.length, 2, JSON.stringify(files));
+      const pack = files.find(([n]) => n.endsWith('.gguf'));
+      assert.ok(pack && files.some(([n]) => n.endsWith('.json')), JSON.stringify(files));
+      const info = await page.evaluate(() => window.sparsedit.info);
+      assert.equal(pack[1], Number(info.bytes), 'the kept file is the loaded pack');
+      const entry = page.getByTestId('hub-entry');
+      assert.equal(await entry.count(), 1);
+      assert.equal(Number(await entry.getAttribute('data-size')), pack[1]);
+      assert.match(await entry.textContent(), /test\/dit@main · q8_0 · 287\.\d KB/);
+    });
+
+    await t.test('its sample equals `sparsedit sample` of the CLI-converted pack', async () => {
+      await generateIn(page, { cls, steps });
+      const image = await page.evaluate(() => Array.from(window.sparsedit.lastResult.image));
+      const out = path.join(ARTIFACTS, 'cli-dit-diffusers-q8_0.safetensors');
+      execFileSync(CLI, ['sample', '--model', cliPack, '--class', String(cls), '--seed', String(SEED), '--steps', String(steps),
+        '--cfg', String(CFG), '--backend', 'cpu', '--latent-out', out], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+      const cli = readSafetensors(out, 'sample');
+      assert.equal(image.length, cli.data.length);
+      const { worst, at } = maxAbsDiff(image, cli.data);
+      const scale = cli.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      // The pack the page kept, sampled by the CLI: the same tensors as `convert`'s pack, so the
+      // same sample to the bit (the page's difference is wasm vs native arithmetic).
+      const kept = await page.evaluate(async () => {
+        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('sparsedit-hub');
+        for await (const [name, h] of dir.entries()) {
+          if (name.endsWith('.gguf')) return Array.from(new Uint8Array(await (await h.getFile()).arrayBuffer()));
+        }
+        return null;
+      });
+      const keptPack = path.join(ARTIFACTS, 'hub-kept-q8_0.gguf');
+      fs.writeFileSync(keptPack, Buffer.from(kept));
+      const outKept = path.join(ARTIFACTS, 'cli-hub-kept-q8_0.safetensors');
+      execFileSync(CLI, ['sample', '--model', keptPack, '--class', String(cls), '--seed', String(SEED), '--steps', String(steps),
+        '--cfg', String(CFG), '--backend', 'cpu', '--latent-out', outKept], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+      const fromKept = maxAbsDiff(readSafetensors(outKept, 'sample').data, cli.data).worst;
+      console.log(`# Hub-converted pack in the page vs CLI convert + sample: max |diff| = ${worst.toExponential(3)} (max |z| ${scale.toFixed(2)}); CLI sample of the kept OPFS pack vs of convert's: ${fromKept}`);
+      assert.equal(fromKept, 0, 'the kept pack samples as convert\'s does');
+      assert.ok(worst <= TOLERANCE * Math.max(1, scale), `max abs difference ${worst} at index ${at}`);
+    });
+
+    await t.test('a reload loads the pack from OPFS without asking for the weights', async () => {
+      const before = weights('test/dit').length;
+      await page.reload();
+      const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+      assert.match(status, /^ready — test\/dit .*from this browser's storage \(OPFS\)/, status);
+      assert.equal(weights('test/dit').length, before, `weights fetched again: ${hubRequests.join(', ')}`);
+      assert.match(page.url(), /hf=test%2Fdit|hf=test\/dit/);
+    });
+
+    await t.test('offline (the Hub unreachable), a reload still loads the kept pack', async () => {
+      await page.route('**/hub/**', (route) => route.abort('internetdisconnected'));
+      try {
+        await page.reload();
+        const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+        assert.match(status, /^ready — test\/dit .*from this browser's storage \(OPFS\)/, status);
+        assert.match(await page.getByTestId('hub-plan').textContent(), /the Hub is unreachable/);
+      } finally {
+        await page.unroute('**/hub/**');
+      }
+    });
+
+    await t.test('a wrong sha256 in the tree listing: an error, nothing kept, the loaded model stays', async () => {
+      await page.getByTestId('hub-repo').fill('test/dit-bad-sha');
+      await page.getByTestId('hub-load').click();
+      const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+      assert.match(status, /^error: .*sha256 mismatch/, status);
+      assert.equal(weights('test/dit-bad-sha').length, 2, 'it was downloaded');
+      const files = await opfsFiles(page);
+      assert.deepEqual(files.filter(([n]) => n.includes('bad-sha')), [], JSON.stringify(files));
+      assert.equal(files.length, 2, 'the good entry stays');
+      assert.equal(await page.getByTestId('hub-entry').count(), 1);
+      assert.equal(await page.evaluate(() => window.sparsedit.engine.model_info()?.name), 'test/dit');
+    });
+
+    await t.test('Delete removes the entry and its files', async () => {
+      await page.getByTestId('hub-delete').click();
+      await page.waitForFunction(() => document.querySelectorAll('[data-testid="hub-entry"]').length === 0, null, { timeout: 10_000 });
+      assert.deepEqual(await opfsFiles(page), []);
+      assert.match(await page.getByTestId('hub-cache-note').textContent(), /none yet/);
+    });
+  });
+
+  await t.test('a storage quota too small for the pack: a clear message, nothing downloaded', async () => {
+    const init = () => {
+      navigator.storage.estimate = async () => ({ quota: 200_000, usage: 150_000 });
+    };
+    await withCpuPage('?hub=/hub&hf=test/dit-quota&pack=q8_0', async (page) => {
+      const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+      assert.match(status, /^error: .*not enough storage for this pack: it needs 287\.\d KB, this browser grants the page 48\.8 KB more/, status);
+      assert.match(await page.getByTestId('hub-plan').textContent(), /not enough storage.*nothing was downloaded/);
+      assert.deepEqual(weights('test/dit-quota'), [], 'the weights were requested');
+      assert.deepEqual(await opfsFiles(page), []);
+    }, { init });
+  });
+});
+
+// ---------------------------------------------------------------- DiT-XL/2 from the Hub (opt-in)
+
+/**
+ * A diffusers-layout safetensors file with DiT-XL/2 256's tensors (f32, in the order Python's
+ * safetensors writes them, the per-block embedder copies identical), written once; returns
+ * { file, size, sha256 }.
+ */
+function writeSyntheticXl(file) {
+  const meta = `${file}.json`;
+  if (fs.existsSync(file) && fs.existsSync(meta)) return { file, ...JSON.parse(fs.readFileSync(meta, 'utf8')) };
+  const c = 1152, p = 2;
+  const t = [['pos_embed.proj.weight', [c, 4, p, p]], ['pos_embed.proj.bias', [c]]];
+  for (let i = 0; i < 28; i++) {
+    for (const [n, s] of [['attn1.to_q', [c, c]], ['attn1.to_k', [c, c]], ['attn1.to_v', [c, c]], ['attn1.to_out.0', [c, c]],
+      ['ff.net.0.proj', [4 * c, c]], ['ff.net.2', [c, 4 * c]], ['norm1.linear', [6 * c, c]],
+      ['norm1.emb.timestep_embedder.linear_1', [c, 256]], ['norm1.emb.timestep_embedder.linear_2', [c, c]]]) {
+      t.push([`transformer_blocks.${i}.${n}.weight`, s], [`transformer_blocks.${i}.${n}.bias`, [s[0]]]);
+    }
+    t.push([`transformer_blocks.${i}.norm1.emb.class_embedder.embedding_table.weight`, [1001, c]]);
+  }
+  t.push(['proj_out_1.weight', [2 * c, c]], ['proj_out_1.bias', [2 * c]], ['proj_out_2.weight', [p * p * 8, c]], ['proj_out_2.bias', [p * p * 8]]);
+  t.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  const header = {};
+  let pos = 0;
+  for (const [n, s] of t) {
+    const bytes = 4 * s.reduce((a, b) => a * b, 1);
+    header[n] = { dtype: 'F32', shape: s, data_offsets: [pos, pos + bytes] };
+    pos += bytes;
+  }
+  let json = Buffer.from(JSON.stringify(header));
+  json = Buffer.concat([json, Buffer.alloc((8 - (json.length % 8)) % 8, 0x20)]);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  const hash = createHash('sha256');
+  const fd = fs.openSync(`${file}.partial`, 'w');
+  const write = (b) => { hash.update(b); fs.writeSync(fd, b); };
+  write(len);
+  write(json);
+  for (const [n, s] of t) {
+    // the embedder copies of every block hold the same values: seed by the name without the block
+    const key = n.includes('norm1.emb.') ? n.replace(/^transformer_blocks\.\d+\./, '') : n;
+    let x = 2166136261;
+    for (const ch of key) x = Math.imul(x ^ ch.charCodeAt(0), 16777619) >>> 0;
+    const total = s.reduce((a, b) => a * b, 1);
+    for (let done = 0; done < total;) {
+      const k = Math.min(total - done, 1 << 20);
+      const f = new Float32Array(k);
+      for (let i = 0; i < k; i++) {
+        x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+        f[i] = (x / 4294967296 - 0.5) * 0.1;
+      }
+      write(Buffer.from(f.buffer));
+      done += k;
+    }
+  }
+  fs.closeSync(fd);
+  fs.renameSync(`${file}.partial`, file);
+  const out = { size: 8 + json.length + pos, sha256: hash.digest('hex') };
+  fs.writeFileSync(meta, JSON.stringify(out));
+  return { file, ...out };
+}
+
+test('DiT-XL/2 256 shapes from the Hub (3.0 GB f32 safetensors): converted to q8_0 while streaming into WebGPU with the wasm heap bounded, kept in OPFS, reloaded from there', {
+  timeout: 40 * 60_000,
+  skip: !process.env.SPARSEDIT_HUB_XL && 'set SPARSEDIT_HUB_XL=1 (writes a 3.0 GB file, minutes)',
+}, async () => {
+  const { context, page, log } = await openPage('?hub=/hub&hf=test/dit-xl&pack=q8_0');
+  try {
+    const t0 = Date.now();
+    const status = await waitStatus(page, /^(ready|error)/, 30 * 60_000);
+    const secs = (Date.now() - t0) / 1e3;
+    assert.match(status, /^ready — test\/dit-xl .*downloaded from the Hub and converted/, status);
+    const got = await page.evaluate(() => ({ heap: window.sparseditWasmMemory.buffer.byteLength, info: window.sparsedit.info, backend: window.sparsedit.engine.backend() }));
+    const plan = await page.getByTestId('hub-plan').textContent();
+    const files = await opfsFiles(page);
+    console.log(`# XL/2 from the Hub on ${got.backend}: ${secs.toFixed(0)} s for download + convert + GPU upload; wasm heap ${(got.heap / 2 ** 20).toFixed(1)} MiB; pack ${got.info.bytes} bytes; OPFS ${JSON.stringify(files)}; ${plan}`);
+    assert.equal(got.backend, 'webgpu');
+    assert.ok(got.heap < 256 * 2 ** 20, `wasm heap ${got.heap} bytes`);
+    assert.deepEqual([Number(got.info.depth), Number(got.info.num_classes), Number(got.info.input_size)], [28, 1000, 32]);
+    assert.equal(files.find(([n]) => n.endsWith('.gguf'))?.[1], Number(got.info.bytes));
+    const t1 = Date.now();
+    await page.reload();
+    const again = await waitStatus(page, /^(ready|error)/, 30 * 60_000);
+    assert.match(again, /from this browser's storage \(OPFS\)/, again);
+    const heap2 = await page.evaluate(() => window.sparseditWasmMemory.buffer.byteLength);
+    console.log(`# XL/2 reloaded from OPFS in ${((Date.now() - t1) / 1e3).toFixed(0)} s, wasm heap ${(heap2 / 2 ** 20).toFixed(1)} MiB`);
+    assert.ok(heap2 < 256 * 2 ** 20, `wasm heap ${heap2} bytes`);
+    assert.equal(hubRequests.filter((r) => r.startsWith('/cdn/test/dit-xl/')).length, 1);
     assertLocalOnly(log);
   } finally {
     await context.close();

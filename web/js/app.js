@@ -14,8 +14,9 @@ import { measureGpu, renderTokenView } from './tokenpanel.js';
 import { showFrame, togglePlay } from './player.js';
 import {
   createEngine, load, manifestSourceFor, selectedManifestSource, fillModelSelect, refreshCachedMark,
-  clearModelCache, switchBackend, recoverFromDeviceLoss,
+  clearModelCache, switchBackend, recoverFromDeviceLoss, fillHubForm, loadFromHub, renderHubCache,
 } from './model.js';
+import { sourceFromUrl, dropPartials } from './hub.js';
 
 const params = new URLSearchParams(location.search);
 const MANIFEST_URL = params.get('manifest') || 'models/manifest.json';
@@ -56,6 +57,8 @@ $('decoder-file').addEventListener('change', (ev) => {
   else unloadDecoder();
 });
 $('clear-cache').addEventListener('click', clearModelCache);
+$('hub-load').addEventListener('click', loadFromHub);
+$('hub-preset').addEventListener('change', () => { $('hub-repo').value = ''; });
 $('prefer-gpu').addEventListener('change', (ev) => switchBackend(ev.target));
 
 // ---------------------------------------------------------------- the form
@@ -101,10 +104,24 @@ async function start() {
     showError(err, 'model list');
   }
   fillModelSelect();
+  fillHubForm();
   updateButtons();
+  // No conversion runs yet: a temporary OPFS file is one a closed tab left behind.
+  await dropPartials().catch(() => {});
+  renderHubCache();
   const requested = params.get('model');
   let source = null;
-  if (requested) {
+  let hub = null;
+  try { hub = sourceFromUrl(); } catch (err) { showError(err, 'hf= in the address'); }
+  if (hub) {
+    source = hub;
+    $('hub-quant').value = hub.quant;
+    if (![...$('hub-preset').options].some((o) => o.value === hub.repo && hub.revision === 'main')) {
+      $('hub-repo').value = hub.revision === 'main' ? hub.repo : `${hub.repo}@${hub.revision}`;
+    } else {
+      $('hub-preset').value = hub.repo;
+    }
+  } else if (requested) {
     $('model-url').value = requested;
     try { source = manifestSourceFor(requested); } catch (err) { showError(err, 'model URL'); }
   } else {
@@ -113,7 +130,7 @@ async function start() {
   const decoderUrl = params.get('decoder');
   if (decoderUrl) await loadDecoder(decoderUrl);
   if (source) await load(source);
-  else if (!requested) setStatus('error: no model in the manifest', 'error');
+  else if (!requested && !hub) setStatus('error: no model in the manifest', 'error');
 }
 
 if (window.wasmBindings) {

@@ -134,7 +134,7 @@ export function updateButtons() {
   const ready = !!(state.engine && state.info);
   $('generate').disabled = !ready || busy;
   $('cancel').disabled = !(state.generating || state.comparing);
-  for (const id of ['load-bundled', 'load-url', 'model-file', 'model-select', 'clear-cache', 'prefer-gpu', 'decoder-file']) $(id).disabled = busy || !state.engine;
+  for (const id of ['load-bundled', 'load-url', 'model-file', 'model-select', 'clear-cache', 'prefer-gpu', 'decoder-file', 'hub-load', 'hub-preset', 'hub-quant', 'hub-repo']) $(id).disabled = busy || !state.engine;
   $('compare-run').disabled = !ready || busy || !compareCounterpart();
   $('measure-gpu').disabled = !ready || busy;
 }

@@ -1,4 +1,5 @@
-// Model loading: manifest, streamed download into the engine, progress, Cache API.
+// Model loading: manifest, streamed download into the engine, progress, Cache API. (Models from
+// the Hugging Face Hub, converted in the page and kept in OPFS: hub.js, through streamInto here.)
 //
 // The weights are never held as one ArrayBuffer: every chunk of the response body goes straight
 // into engine.push(), which parses and hashes as it goes. The engine checks size and SHA-256 in
@@ -43,7 +44,7 @@ export async function clearCache() {
 }
 
 /** Progress bookkeeping: bytes, MB/s and ETA, throttled by the caller's onProgress. */
-class Meter {
+export class Meter {
   constructor(total, phase, onProgress) {
     this.total = total || 0;
     this.phase = phase;
@@ -66,8 +67,11 @@ class Meter {
   }
 }
 
-/** Pushes a byte stream into the engine chunk by chunk. Returns the engine's ModelInfo. */
-async function streamInto(engine, stream, { size, sha256, meter, signal }) {
+/**
+ * Pushes a byte stream into the engine chunk by chunk. Returns the engine's ModelInfo. (Also the
+ * loader of packs kept in OPFS, hub.js: one loader, two stores.)
+ */
+export async function streamInto(engine, stream, { size, sha256, meter, signal }) {
   // wasm-bindgen maps Option<f64>/Option<String> to undefined.
   engine.begin_load(size ?? undefined, sha256 || undefined);
   const reader = stream.getReader();

@@ -1,6 +1,6 @@
 // The engine and its model: starting (or restarting) the Engine, loading a pack into it from the
-// manifest, a URL or a file, what the page shows about the loaded model, the model cache, and
-// the restart after a lost GPU device.
+// manifest, a URL, a file or the Hugging Face Hub (hub.js), what the page shows about the loaded
+// model, the model cache and the Hub packs kept in OPFS, and the restart after a lost GPU device.
 
 import { $ } from './dom.js';
 import { state } from './state.js';
@@ -11,6 +11,7 @@ import { resetRunView } from './run.js';
 import { renderTokenView } from './tokenpanel.js';
 import { reloadDecoder } from './decoder.js';
 import { playerForModel } from './player.js';
+import { PRESETS, PACK_TYPES, loadHub, listEntries, deleteEntry, hubSource, parseRepo, rememberInUrl, hasOpfs } from './hub.js';
 
 const ARCH_TITLE = { dit: 'DiT', sparsedit: 'SparseDiT', latte: 'Latte', sparselatte: 'sparse Latte' };
 
@@ -38,6 +39,7 @@ export async function createEngine() {
 
 function sourceLabel(src) {
   if (src.kind === 'file') return src.file.name;
+  if (src.kind === 'hub') return src.label;
   return src.label || src.url;
 }
 
@@ -81,7 +83,7 @@ function onProgress(p) {
   }
   const rate = `${(p.bps / 1e6).toFixed(1)} MB/s`;
   const eta = Number.isFinite(p.eta) && !p.done ? ` · ETA ${p.eta < 1 ? '<1' : p.eta.toFixed(0)} s` : '';
-  const where = p.phase === 'cache' ? 'from cache' : p.phase === 'file' ? 'from file' : 'downloaded';
+  const where = { cache: 'from cache', file: 'from file', opfs: 'from this browser\'s storage (OPFS)', hub: 'downloaded + converted' }[p.phase] || 'downloaded';
   $('load-text').textContent =
     `${formatBytes(p.received)}${p.total ? ` / ${formatBytes(p.total)}` : ''} ${where} · ${rate}${eta}`;
 }
@@ -93,12 +95,16 @@ export async function load(source) {
   setStatus(`loading ${sourceLabel(source)}…`);
   $('load-progress').value = 0;
   try {
-    const { info, fromCache } = await loadModel(state.engine, source, { onProgress });
+    const { info, fromCache, from } = source.kind === 'hub'
+      ? await loadHub(state.engine, source, { onProgress, onPlan: showHubPlan })
+      : await loadModel(state.engine, source, { onProgress });
     state.info = info;
     state.source = source;
     modelLoaded();
+    if (source.kind === 'hub') rememberInUrl(source);
     const notCached = info.cacheError ? `, not cached (${info.cacheError}): the weights stay loaded for this session` : '';
-    setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${fromCache ? ', from cache' : ''}${notCached}`);
+    const whence = fromCache ? ', from cache' : from === 'opfs' ? ', from this browser\'s storage (OPFS)' : from === 'hub' ? ', downloaded from the Hub and converted' : '';
+    setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${whence}${notCached}`);
   } catch (err) {
     state.info = loadedInfo();
     if (!state.info) $('model-badge').textContent = 'no model';
@@ -107,6 +113,7 @@ export async function load(source) {
     state.loading = false;
     updateButtons();
     refreshCachedMark();
+    if (source.kind === 'hub') renderHubCache();
   }
 }
 
@@ -156,6 +163,87 @@ export async function clearModelCache() {
     showError(err, 'clear cache');
   }
   refreshCachedMark();
+}
+
+// ---------------------------------------------------------------- the Hugging Face Hub
+
+/** Fills the preset and pack-type lists. */
+export function fillHubForm() {
+  $('hub-preset').replaceChildren(...PRESETS.map((p, i) => {
+    const o = document.createElement('option');
+    o.value = p.repo;
+    o.textContent = `${p.label} (${p.repo})`;
+    o.selected = i === 0;
+    return o;
+  }));
+  $('hub-quant').replaceChildren(...PACK_TYPES.map((q, i) => {
+    const o = document.createElement('option');
+    o.value = q;
+    o.textContent = q;
+    o.selected = i === 0;
+    return o;
+  }));
+}
+
+/** What the plan line says (kind 'error' when the download cannot go ahead). */
+function showHubPlan(text, kind = '') {
+  const el = $('hub-plan');
+  el.textContent = text;
+  el.classList.toggle('error', kind === 'error');
+}
+
+/** "Get from the Hub": the repo typed in (owner/name[@revision]) or the preset, as the picked pack type. */
+export function loadFromHub() {
+  let source;
+  try {
+    const typed = $('hub-repo').value.trim();
+    const { repo, revision } = parseRepo(typed || $('hub-preset').value);
+    source = hubSource(repo, revision, $('hub-quant').value);
+  } catch (err) {
+    showError(err, 'Hub model');
+    return Promise.resolve();
+  }
+  return load(source);
+}
+
+/** The list of converted packs kept in OPFS: each with its size, a Load and a Delete button. */
+export async function renderHubCache() {
+  const list = $('hub-cache');
+  let entries = [];
+  try {
+    entries = await listEntries();
+  } catch (err) {
+    list.replaceChildren();
+    $('hub-cache-note').textContent = `the kept packs cannot be listed: ${err?.message || err}`;
+    return;
+  }
+  $('hub-cache-note').textContent = !hasOpfs() ? 'this browser has no OPFS: Hub packs are not kept'
+    : entries.length ? `${entries.length} pack${entries.length > 1 ? 's' : ''}, ${formatBytes(entries.reduce((a, e) => a + e.size, 0))} in all`
+      : 'none yet';
+  list.replaceChildren(...entries.map((e) => {
+    const li = document.createElement('li');
+    li.dataset.key = e.key;
+    li.dataset.size = String(e.size);
+    li.setAttribute('data-testid', 'hub-entry');
+    const text = document.createElement('span');
+    text.className = 'grow';
+    text.textContent = `${e.repo}@${e.revision} · ${e.quant} · ${formatBytes(e.size)} · source sha256 ${String(e.sha256).slice(0, 12)}…`;
+    const loadBtn = document.createElement('button');
+    loadBtn.type = 'button';
+    loadBtn.textContent = 'Load';
+    loadBtn.addEventListener('click', () => load(hubSource(e.repo, e.revision, e.quant)));
+    const del = document.createElement('button');
+    del.type = 'button';
+    del.textContent = 'Delete';
+    del.setAttribute('data-testid', 'hub-delete');
+    del.addEventListener('click', async () => {
+      if (state.loading) return;
+      await deleteEntry(e.key);
+      renderHubCache();
+    });
+    li.append(text, loadBtn, del);
+    return li;
+  }));
 }
 
 // ---------------------------------------------------------------- restarts

@@ -1,0 +1,345 @@
+// Models straight from the Hugging Face Hub, converted in the page and kept in the Origin Private
+// File System (OPFS).
+//
+// A DiT published in diffusers' layout (`facebook/DiT-XL-2-256`: transformer/config.json +
+// transformer/diffusion_pytorch_model.safetensors) is downloaded once: every chunk of the
+// safetensors body goes through the engine's converter (engine.push_convert, src/convert_stream.rs),
+// which hands back the pack's bytes as soon as they are ready; those go both into an OPFS file and
+// into the engine's streamed loader (engine.push), which uploads each tensor when it completes. So
+// neither the 2.7 GB source nor the pack is ever held whole. The file is written under a temporary
+// name and committed (renamed, then its record written) only after the converter has checked the
+// source's size and sha256 against the Hub's and the loader has built the model; on any error
+// both are deleted and nothing is kept.
+//
+// OPFS entries are keyed by (repo, revision, source sha256, pack type). Loading the same model again
+// (the same preset, or a reload: the page's URL then says ?hf=repo@revision&pack=type) reads the
+// pack from OPFS, checked against the size and sha256 recorded when it was written, without
+// downloading the weights again (the Hub's tree listing is still asked, to notice a new revision;
+// offline, the newest entry of that repo / revision / type is used). `?hub=<base URL>` points the
+// page at another Hub (tests use a local stand-in).
+
+import { state } from './state.js';
+import { Meter, streamInto, formatBytes } from './loader.js';
+
+export const PRESETS = [
+  { repo: 'facebook/DiT-XL-2-256', label: 'DiT-XL/2 256 × ImageNet' },
+  { repo: 'facebook/DiT-XL-2-512', label: 'DiT-XL/2 512 × ImageNet' },
+];
+export const PACK_TYPES = ['q8_0', 'q4_0', 'f16'];
+
+const params = new URLSearchParams(location.search);
+/** The Hub's base URL: https://huggingface.co unless `?hub=` says otherwise (may be relative). */
+export const HUB = new URL(params.get('hub') || 'https://huggingface.co', location.href).href.replace(/\/+$/, '');
+
+const OPFS_DIR = 'sparsedit-hub';
+const WEIGHTS = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.fp16.safetensors'];
+const PARTIAL = '.partial';
+/** What the storage check leaves free beyond the pack (browsers round usage up). */
+const QUOTA_MARGIN = 1.02;
+/** Most f32 weight bytes the CPU engine takes (wasm32 memory is 4 GB; the model is built from copies). */
+const CPU_PATH_MAX_F32 = 1024 * 1024 * 1024;
+
+export const hasOpfs = () => !!(navigator.storage?.getDirectory) && window.isSecureContext;
+
+/** "owner/name" or "owner/name@revision" -> { repo, revision }; throws on anything else. */
+export function parseRepo(text) {
+  const t = String(text || '').trim();
+  const m = /^([A-Za-z0-9][\w.-]*\/[\w.-]+)(?:@([\w.\/-]+))?$/.exec(t);
+  if (!m || m[1].includes('..') || (m[2] || '').includes('..')) {
+    throw Object.assign(new Error(`"${t}" is not a Hub repo id (owner/name, optionally @revision)`), { kind: 'invalid_argument' });
+  }
+  return { repo: m[1], revision: m[2] || 'main' };
+}
+
+/** A model source for model.js's load(): the Hub repo, converted to `quant`. */
+export function hubSource(repo, revision, quant) {
+  if (!PACK_TYPES.includes(quant) && quant !== 'f32') throw new Error(`pack type ${quant} is not one of ${PACK_TYPES.join(', ')}`);
+  return { kind: 'hub', repo, revision, quant, label: `${repo}@${revision} (${quant})` };
+}
+
+/** The ?hf=…&pack=… part of the page's URL for a Hub source (a reload loads it again, from OPFS). */
+export function rememberInUrl(source) {
+  const u = new URL(location.href);
+  u.searchParams.delete('model');
+  u.searchParams.set('hf', source.revision === 'main' ? source.repo : `${source.repo}@${source.revision}`);
+  u.searchParams.set('pack', source.quant);
+  history.replaceState(null, '', u.href);
+}
+
+/** The Hub source the page's URL asks for (?hf=repo[@rev]&pack=type), or null. */
+export function sourceFromUrl() {
+  const hf = params.get('hf');
+  if (!hf) return null;
+  const { repo, revision } = parseRepo(hf);
+  return hubSource(repo, revision, params.get('pack') || 'q8_0');
+}
+
+// ---------------------------------------------------------------- OPFS
+
+async function opfsDir() {
+  if (!hasOpfs()) throw new Error('this browser has no Origin Private File System (navigator.storage.getDirectory): the converted pack cannot be kept');
+  const root = await navigator.storage.getDirectory();
+  return root.getDirectoryHandle(OPFS_DIR, { create: true });
+}
+
+const safe = (s) => String(s).replace(/\//g, '--').replace(/[^A-Za-z0-9._-]/g, '_');
+
+/** The OPFS file name of an entry (without extension). */
+function entryKey({ repo, revision, sha256, quant }) {
+  return `${safe(repo)}~${safe(revision)}~${safe(sha256)}~${quant}`;
+}
+
+/** Every committed entry: its record plus the pack file's size, newest first. */
+export async function listEntries() {
+  if (!hasOpfs()) return [];
+  const dir = await opfsDir();
+  const files = new Map();
+  for await (const [name, handle] of dir.entries()) if (handle.kind === 'file') files.set(name, handle);
+  const out = [];
+  for (const [name, handle] of files) {
+    if (!name.endsWith('.json')) continue;
+    const key = name.slice(0, -5);
+    const pack = files.get(`${key}.gguf`);
+    if (!pack) continue; // a record without its pack: not committed
+    try {
+      const rec = JSON.parse(await (await handle.getFile()).text());
+      const size = (await pack.getFile()).size;
+      out.push({ ...rec, key, size });
+    } catch { /* an unreadable record is not an entry */ }
+  }
+  return out.sort((a, b) => (b.created || 0) - (a.created || 0));
+}
+
+/** Deletes an entry's pack and record (and a temporary file of it). */
+export async function deleteEntry(key) {
+  const dir = await opfsDir();
+  for (const name of [`${key}.json`, `${key}.gguf`, `${key}.gguf${PARTIAL}`]) {
+    await dir.removeEntry(name).catch(() => {});
+  }
+}
+
+/** Temporary files left by a conversion that never finished (a closed tab): none runs at start. */
+export async function dropPartials() {
+  if (!hasOpfs()) return;
+  const dir = await opfsDir();
+  const names = [];
+  for await (const [name] of dir.entries()) if (name.endsWith(PARTIAL)) names.push(name);
+  for (const n of names) await dir.removeEntry(n).catch(() => {});
+}
+
+async function findEntry({ repo, revision, quant, sha256 }) {
+  const all = await listEntries();
+  return all.find((e) => e.repo === repo && e.revision === revision && e.quant === quant && (sha256 == null || e.sha256 === sha256)) || null;
+}
+
+// ---------------------------------------------------------------- the Hub
+
+async function hubFetch(url, what, signal) {
+  let resp;
+  try {
+    resp = await fetch(url, { signal, credentials: 'omit', cache: 'no-cache' });
+  } catch (err) {
+    if (err?.name === 'AbortError') throw err;
+    throw Object.assign(new Error(`could not reach the Hub for ${what} (${url}): ${err?.message || err}`), { offline: true });
+  }
+  if (!resp.ok) {
+    const why = resp.status === 401 || resp.status === 403 ? ' (a gated or private repo needs a login this page does not do)' : resp.status === 404 ? ' (no such repo, revision or file)' : '';
+    throw new Error(`the Hub answered HTTP ${resp.status} for ${what}${why}`);
+  }
+  return resp;
+}
+
+/**
+ * What converting `source` takes, from the Hub's tree listing and the transformer's config.json:
+ * { weightsUrl, file, size, sha256, configText, plan: { pack_bytes, tensor_bytes, params, arch, … } }.
+ */
+export async function inspect(source, signal) {
+  const { repo, revision, quant } = source;
+  const rev = encodeURIComponent(revision);
+  const treeUrl = `${HUB}/api/models/${repo}/tree/${rev}/transformer`;
+  const tree = await (await hubFetch(treeUrl, `the file list of ${repo}@${revision}`, signal)).json().catch(() => null);
+  if (!Array.isArray(tree)) throw new Error(`the Hub's file list of ${repo}@${revision}/transformer is not a list`);
+  const files = new Map(tree.filter((e) => e && e.type === 'file').map((e) => [String(e.path).split('/').pop(), e]));
+  const name = WEIGHTS.find((w) => files.has(w));
+  if (!name || !files.has('config.json')) {
+    throw new Error(`${repo}@${revision} has no transformer/config.json + transformer/${WEIGHTS[0]} (a diffusers DiTTransformer2DModel is needed)`);
+  }
+  const entry = files.get(name);
+  const size = Number(entry.lfs?.size ?? entry.size);
+  const oid = entry.lfs?.oid ?? entry.lfs?.sha256;
+  const sha256 = typeof oid === 'string' && /^[0-9a-f]{64}$/i.test(oid) ? oid.toLowerCase() : null;
+  if (!Number.isSafeInteger(size) || size <= 0) throw new Error(`the Hub's file list gives no size for transformer/${name}`);
+  const configText = await (await hubFetch(`${HUB}/${repo}/resolve/${rev}/transformer/config.json`, `${repo}'s transformer/config.json`, signal)).text();
+  const plan = state.bindings.plan_diffusers_pack(configText, quant, repo);
+  return { weightsUrl: `${HUB}/${repo}/resolve/${rev}/transformer/${name}`, file: name, size, sha256, configText, plan };
+}
+
+/** navigator.storage.estimate() against `need` bytes: { ok, free, quota, usage }. */
+async function storageCheck(need) {
+  const est = await navigator.storage?.estimate?.().catch(() => null);
+  if (!est || !Number.isFinite(est.quota)) return { ok: true, free: NaN, quota: NaN, usage: NaN };
+  const usage = est.usage || 0;
+  const free = Math.max(est.quota - usage, 0);
+  return { ok: need * QUOTA_MARGIN <= free, free, quota: est.quota, usage };
+}
+
+/** The plan as one line: what is downloaded, what is kept, what the GPU holds. */
+export function describePlan(meta, source, backend) {
+  const p = meta.plan;
+  const where = backend === 'webgpu'
+    ? `GPU memory for the weights ≈ ${formatBytes(p.tensor_bytes)}`
+    : `CPU path: the weights take ≈ ${formatBytes(p.params * 4)} of wasm memory as f32`;
+  return `${source.repo}@${source.revision}: download ${formatBytes(meta.size)} (transformer/${meta.file}` +
+    `${meta.sha256 ? `, sha256 ${meta.sha256.slice(0, 12)}…` : ', no sha256 from the Hub'}) → ` +
+    `keep a ${source.quant} pack of ${formatBytes(p.pack_bytes)} in this browser (OPFS) · ${where} · ` +
+    `${p.arch}, ${(p.params / 1e6).toFixed(1)} M parameters, ${p.input_size}×${p.input_size} latent, ${p.num_classes} classes`;
+}
+
+// ---------------------------------------------------------------- loading
+
+/**
+ * Loads a Hub source into `engine`: from OPFS when converted before, else downloaded, converted
+ * and kept. `onPlan(text)` shows what will happen (before any download); `onProgress` as
+ * loader.js. Resolves to { info, from: 'opfs' | 'hub' }.
+ */
+export async function loadHub(engine, source, { onProgress, onPlan, signal } = {}) {
+  let meta = null;
+  let offline = null;
+  try {
+    meta = await inspect(source, signal);
+  } catch (err) {
+    // Offline (the Hub unreachable): a pack converted before still loads. Any other answer
+    // (no such repo, not a DiT) is the error to show.
+    if (err?.name === 'AbortError' || !err?.offline) throw err;
+    offline = err;
+  }
+  const key = meta && entryKey({ ...source, sha256: meta.sha256 || `size${meta.size}` });
+  const entry = hasOpfs()
+    ? await findEntry({ ...source, sha256: meta ? (meta.sha256 || `size${meta.size}`) : null })
+    : null;
+  if (entry) {
+    onPlan?.(`${source.repo}@${source.revision} (${source.quant}): loading the converted pack kept in this browser (OPFS, ${formatBytes(entry.size)})${offline ? ' — the Hub is unreachable, so the newest one is used' : ''}`);
+    try {
+      const dir = await opfsDir();
+      const file = await (await dir.getFileHandle(`${entry.key}.gguf`)).getFile();
+      const meter = new Meter(file.size, 'opfs', onProgress);
+      const info = await streamInto(engine, file.stream(), { size: entry.pack_bytes, sha256: entry.pack_sha256, meter, signal });
+      return { info, from: 'opfs' };
+    } catch (err) {
+      if (err?.name === 'AbortError') throw err;
+      console.warn('the OPFS pack failed its check; it is deleted and converted again:', err);
+      await deleteEntry(entry.key);
+      if (!meta) throw err;
+    }
+  }
+  if (!meta) throw offline;
+  onPlan?.(describePlan(meta, source, engine.backend()));
+
+  // The CPU path keeps every weight as f32 in wasm memory (4 GB at most, with copies while the
+  // model is built): refuse before downloading what it could never hold.
+  if (engine.backend() !== 'webgpu' && meta.plan.params * 4 > CPU_PATH_MAX_F32) {
+    const msg = `the CPU engine cannot hold this model: its ${(meta.plan.params / 1e6).toFixed(0)} M weights take ${formatBytes(meta.plan.params * 4)} as f32 in wasm memory ` +
+      `(at most ${formatBytes(CPU_PATH_MAX_F32)} here). Use a browser with WebGPU; nothing was downloaded.`;
+    onPlan?.(`${describePlan(meta, source, engine.backend())} — ${msg}`, 'error');
+    throw Object.assign(new Error(msg), { kind: 'invalid_argument' });
+  }
+
+  // Room for the pack? (Nothing is downloaded when there is not.)
+  const room = await storageCheck(meta.plan.pack_bytes);
+  if (!room.ok) {
+    const msg = `not enough storage for this pack: it needs ${formatBytes(meta.plan.pack_bytes)}, this browser grants the page ${formatBytes(room.free)} more ` +
+      `(quota ${formatBytes(room.quota)}, ${formatBytes(room.usage)} used). Delete kept packs below or free disk space; nothing was downloaded.`;
+    onPlan?.(`${describePlan(meta, source, engine.backend())} — ${msg}`, 'error');
+    throw Object.assign(new Error(msg), { kind: 'quota' });
+  }
+  const persisted = await navigator.storage?.persist?.().catch(() => false);
+  if (!persisted) console.info('persistent storage not granted: the browser may evict the kept pack under storage pressure');
+
+  const dir = await opfsDir();
+  const partialName = `${key}.gguf${PARTIAL}`;
+  await deleteEntry(key);
+  const handle = await dir.getFileHandle(partialName, { create: true });
+  const writable = await handle.createWritable();
+  const abort = new AbortController();
+  const onAbort = () => abort.abort();
+  signal?.addEventListener('abort', onAbort);
+  let done = false;
+  try {
+    let resp;
+    try {
+      resp = await fetch(meta.weightsUrl, { signal: abort.signal, credentials: 'omit' });
+    } catch (err) {
+      if (err?.name === 'AbortError') throw err;
+      throw new Error(`could not download ${meta.weightsUrl}: ${err?.message || err}`);
+    }
+    if (!resp.ok || !resp.body) throw new Error(`could not download ${meta.weightsUrl}: HTTP ${resp.status}`);
+    engine.begin_convert(meta.configText, source.quant, meta.size, meta.sha256 || undefined, source.repo);
+    engine.begin_load(undefined, undefined);
+    const meter = new Meter(meta.size, 'hub', onProgress);
+    const reader = resp.body.getReader();
+    let checkedRoom = false;
+    try {
+      for (;;) {
+        if (signal?.aborted) throw new DOMException('load cancelled', 'AbortError');
+        const { value, done: end } = await reader.read();
+        if (end) break;
+        const out = engine.push_convert(value);
+        if (out.length) {
+          engine.push(out);
+          await writable.write(out);
+        }
+        if (!checkedRoom && engine.convert_pack_size() != null) {
+          // the exact size, now the checkpoint's header is in
+          checkedRoom = true;
+          const exact = engine.convert_pack_size();
+          if (exact > meta.plan.pack_bytes * QUOTA_MARGIN && !(await storageCheck(exact - meta.plan.pack_bytes)).ok) {
+            throw Object.assign(new Error(`not enough storage: the pack takes ${formatBytes(exact)}`), { kind: 'quota' });
+          }
+        }
+        meter.add(value.byteLength);
+      }
+    } catch (err) {
+      reader.cancel(err).catch(() => {});
+      throw err;
+    }
+    meter.emit();
+    const conv = engine.finish_convert(); // the source's size and sha256
+    const info = engine.finish_load(); // the pack's tensors, the model
+    info.source_sha256 = conv.source_sha256;
+    // Commit: the pack under its name, then its record (an entry exists once both do). The model
+    // is loaded whatever happens here: a failure only means it is not kept.
+    done = true;
+    try {
+      await writable.close();
+      if (typeof handle.move === 'function') {
+        await handle.move(`${key}.gguf`);
+      } else {
+        const w = await (await dir.getFileHandle(`${key}.gguf`, { create: true })).createWritable();
+        await (await handle.getFile()).stream().pipeTo(w);
+        await dir.removeEntry(partialName);
+      }
+      const record = {
+        repo: source.repo, revision: source.revision, quant: source.quant, sha256: meta.sha256 || `size${meta.size}`,
+        file: meta.file, source_bytes: conv.source_bytes, source_sha256: conv.source_sha256,
+        pack_bytes: info.bytes, pack_sha256: info.sha256, arch: info.arch, created: Date.now(),
+      };
+      const rw = await (await dir.getFileHandle(`${key}.json`, { create: true })).createWritable();
+      await rw.write(JSON.stringify(record));
+      await rw.close();
+    } catch (err) {
+      info.cacheError = `${err?.name === 'QuotaExceededError' ? 'storage quota exceeded' : err?.message || err}`;
+      await deleteEntry(key);
+    }
+    return { info, from: 'hub' };
+  } catch (err) {
+    abort.abort();
+    if (!done) {
+      try { engine.abort_convert(); } catch { /* engine gone */ }
+      await writable.abort().catch(() => {});
+    }
+    await deleteEntry(key);
+    throw err;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
