@@ -81,6 +81,8 @@ pub struct PackPlan {
     pub tensor_bytes: u64,
     /// Trained parameters (as `Config::num_parameters`: the frozen position table not counted).
     pub params: u64,
+    /// The largest tensor in its pack type: the largest weight buffer the GPU must allocate.
+    pub largest_tensor_bytes: u64,
 }
 
 /// The pack a diffusers DiT `config.json` converts to with `quant`.
@@ -90,15 +92,15 @@ pub fn plan_pack(config_json: &str, quant: TensorType, name: &str) -> Result<Pac
     let types: Vec<TensorType> = expected.iter().map(|(n, s)| pack::storage_type(n, s, quant)).collect();
     let entries: Vec<TensorEntry> = expected.iter().zip(&types).map(|((n, s), &ty)| TensorEntry { name: n, shape: s, ty }).collect();
     let (header, offsets) = gguf::header_bytes(&metadata(&cfg, name, quant), &entries)?;
-    let mut tensor_bytes = 0u64;
-    let mut end = 0u64;
+    let (mut tensor_bytes, mut largest_tensor_bytes, mut end) = (0u64, 0u64, 0u64);
     for (((_, shape), ty), off) in expected.iter().zip(&types).zip(&offsets) {
         let b = ty.bytes_for(shape.iter().product())? as u64;
         tensor_bytes += b;
+        largest_tensor_bytes = largest_tensor_bytes.max(b);
         end = off + b;
     }
     let params = cfg.num_parameters() as u64;
-    Ok(PackPlan { cfg, pack_bytes: header.len() as u64 + end, tensor_bytes, params })
+    Ok(PackPlan { cfg, pack_bytes: header.len() as u64 + end, tensor_bytes, params, largest_tensor_bytes })
 }
 
 /// The pack's metadata, as `pack::write_pack` writes it.

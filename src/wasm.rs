@@ -9,6 +9,7 @@
 //! class Engine {
 //!   static create(prefer_gpu: boolean): Promise<Engine>   // WebGPU when available and wanted, else the CPU (candle) path
 //!   backend(): "webgpu" | "cpu"
+//!   gpu_limits(): { max_buffer_size, max_storage_buffer_binding_size } | null
 //!   adapter(): string                     // adapter description, or why WebGPU is unavailable
 //!   begin_load(expected_size?: number, expected_sha256_hex?: string): void  // starts (or restarts) a streamed load
 //!   push(chunk: Uint8Array): void         // throws on corrupt data (bad magic / header, more bytes than announced)
@@ -56,8 +57,8 @@
 //! ConvertInfo = { layout: "diffusers"|"official", arch, source_bytes, source_sha256, pack_bytes,
 //!                 peak_buffered }
 //! plan_diffusers_pack(config_json, quant, name?) (a free function): what a diffusers DiT's pack
-//!   will take before any weight arrives: { arch, params, pack_bytes, tensor_bytes, input_size,
-//!   num_classes, depth, hidden_size }
+//!   will take before any weight arrives: { arch, params, pack_bytes, tensor_bytes,
+//!   largest_tensor_bytes, input_size, num_classes, depth, hidden_size }
 //! DecoderInfo = { arch: "taesd"|"sdvae", latent_channels, out_channels, upscale, params, bytes, sha256,
 //!                 backend: "webgpu"|"cpu", gpu_bytes: number | null, f16_weights }
 //! ```
@@ -340,6 +341,19 @@ impl Engine {
 
     pub fn backend(&self) -> String {
         if self.inner.borrow().gpu.is_some() { "webgpu" } else { "cpu" }.into()
+    }
+
+    /// The adapter's buffer limits the engine runs with, `{ max_buffer_size,
+    /// max_storage_buffer_binding_size }` in bytes, or null on the CPU path: what a model's
+    /// buffers are checked against before a download.
+    pub fn gpu_limits(&self) -> Result<JsValue, JsValue> {
+        match &self.inner.borrow().gpu {
+            Some(g) => to_js(&serde_json::json!({
+                "max_buffer_size": g.limits.max_buffer_size as f64,
+                "max_storage_buffer_binding_size": g.limits.max_storage_buffer_binding_size as f64,
+            })),
+            None => Ok(JsValue::NULL),
+        }
     }
 
     pub fn adapter(&self) -> String {
@@ -673,6 +687,7 @@ pub fn plan_diffusers_pack(config_json: &str, quant: &str, name: Option<String>)
         "params": p.params as f64,
         "pack_bytes": p.pack_bytes as f64,
         "tensor_bytes": p.tensor_bytes as f64,
+        "largest_tensor_bytes": p.largest_tensor_bytes as f64,
         "input_size": p.cfg.input_size,
         "num_classes": p.cfg.num_classes,
         "depth": p.cfg.layout.depth(),

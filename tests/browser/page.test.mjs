@@ -1112,6 +1112,39 @@ async function opfsFiles(page) {
   });
 }
 
+test('fitting the device: a weight larger than the adapter\'s buffers stops a Hub download before it starts; a small device is warned', { timeout: 10 * 60_000 }, async () => {
+  const { context, page } = await openPage();
+  try {
+    assert.match(await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT), /^ready/);
+    const r = await page.evaluate(async () => {
+      const hub = await import('/js/hub.js');
+      // DiT-XL/2 256 as diffusers' config.json states it
+      const cfg = JSON.stringify({ _class_name: 'DiTTransformer2DModel', sample_size: 32, patch_size: 2, num_attention_heads: 16,
+        attention_head_dim: 72, in_channels: 4, out_channels: 8, num_layers: 28, num_embeds_ada_norm: 1000 });
+      const f32 = window.wasmBindings.plan_diffusers_pack(cfg, 'f32', 'xl');
+      const q8 = window.wasmBindings.plan_diffusers_pack(cfg, 'q8_0', 'xl');
+      const tight = { max_buffer_size: 9 * 2 ** 20, max_storage_buffer_binding_size: 9 * 2 ** 20 };
+      const real = window.sparsedit.engine.gpu_limits();
+      return {
+        largest: [f32.largest_tensor_bytes, q8.largest_tensor_bytes],
+        f32: hub.deviceFit(f32, 'f32', tight, 8), q8: hub.deviceFit(q8, 'q8_0', tight, 8),
+        small: hub.deviceFit(q8, 'q8_0', null, 1), roomy: hub.deviceFit(q8, 'q8_0', real, 8), real,
+      };
+    });
+    console.log(`# XL/2 largest weight: f32 ${r.largest[0]} B, q8_0 ${r.largest[1]} B; adapter limits ${JSON.stringify(r.real)}`);
+    // adaLN_modulation.1 (6C x C = 6912 x 1152) is the largest weight: 31.9 MB as f32, 8.5 MB as
+    // q8_0 (34-byte blocks of 32): over a 9 MiB buffer limit as f32, under it as q8_0
+    assert.deepEqual(r.largest, [6912 * 1152 * 4, 6912 * 1152 / 32 * 34]);
+    assert.match(r.f32.problem, /largest weight takes .* as f32.*Choose q8_0 or q4_0.*Nothing was downloaded/);
+    assert.deepEqual(r.q8, {});
+    assert.match(r.small.warning, /reports 1 GB of memory .* may not fit/);
+    assert.ok(r.real && r.real.max_buffer_size > 0, 'the WebGPU engine reports its limits');
+    assert.ok(!r.roomy.problem, r.roomy.problem);
+  } finally {
+    await context.close();
+  }
+});
+
 test('a DiT from the Hugging Face Hub (diffusers layout): converted while it downloads, kept in OPFS, reloaded from there; wrong sha256 and short quota keep nothing', { timeout: 15 * 60_000 }, async (t) => {
   const weights = (repo) => hubRequests.filter((p) => (p.includes(`/${repo}/`) && p.endsWith('.safetensors')) || p.startsWith(`/cdn/${repo}/`));
   // The CLI's pack of the same files: `convert <snapshot folder> --quant q8_0`.

@@ -183,6 +183,31 @@ async function storageCheck(need) {
   return { ok: need * QUOTA_MARGIN <= free, free, quota: est.quota, usage };
 }
 
+/**
+ * Whether a planned pack fits this device, before anything is downloaded: its largest weight
+ * against the adapter's buffer limits (`limits` from engine.gpu_limits(), null on the CPU path),
+ * all its weights against the memory the device reports (`deviceMemory`, GB, as
+ * navigator.deviceMemory: rounded down, at most 8 in Chromium). Returns { problem?, warning? }:
+ * a problem stops the download, a warning is said.
+ */
+export function deviceFit(plan, quant, limits, deviceMemory) {
+  const out = {};
+  if (limits) {
+    const cap = Math.min(limits.max_buffer_size, limits.max_storage_buffer_binding_size);
+    if (plan.largest_tensor_bytes > cap) {
+      const smaller = quant === 'f32' || quant === 'f16' ? ' Choose q8_0 or q4_0: their weights are 2-4x smaller.' : '';
+      out.problem = `this WebGPU adapter cannot hold the model: its largest weight takes ${formatBytes(plan.largest_tensor_bytes)} as ${quant}, ` +
+        `the adapter's largest buffer is ${formatBytes(cap)}.${smaller} Nothing was downloaded.`;
+      return out;
+    }
+  }
+  if (Number.isFinite(deviceMemory) && deviceMemory > 0 && plan.tensor_bytes > 0.5 * deviceMemory * 2 ** 30) {
+    out.warning = `this device reports ${deviceMemory} GB of memory and the weights alone take ${formatBytes(plan.tensor_bytes)} as ${quant}: ` +
+      'it may not fit (a smaller pack type needs less)';
+  }
+  return out;
+}
+
 /** The plan as one line: what is downloaded, what is kept, what the GPU holds. */
 export function describePlan(meta, source, backend) {
   const p = meta.plan;
@@ -243,6 +268,14 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
     onPlan?.(`${describePlan(meta, source, engine.backend())} — ${msg}`, 'error');
     throw Object.assign(new Error(msg), { kind: 'invalid_argument' });
   }
+
+  // Does it fit this device? (Nothing is downloaded when it cannot.)
+  const fit = deviceFit(meta.plan, source.quant, engine.gpu_limits?.() ?? null, navigator.deviceMemory);
+  if (fit.problem) {
+    onPlan?.(`${describePlan(meta, source, engine.backend())} — ${fit.problem}`, 'error');
+    throw Object.assign(new Error(fit.problem), { kind: 'invalid_argument' });
+  }
+  if (fit.warning) onPlan?.(`${describePlan(meta, source, engine.backend())} — ${fit.warning}`);
 
   // Room for the pack? (Nothing is downloaded when there is not.)
   const room = await storageCheck(meta.plan.pack_bytes);
