@@ -95,6 +95,8 @@ fn convert_from_a_hub_repo() {
     assert!(fetched.iter().all(|p| p.starts_with("/lfs/transformer/")) && !fetched.iter().any(|p| p.contains("fp16")), "only the f32 transformer files: {fetched:?}");
     assert!(home.join("hub/models--test--dit/snapshots/c0ffee/transformer/diffusion_pytorch_model.safetensors").exists(), "kept in HF_HOME's cache");
 
+    let info = cli(&["info", pack.to_str().unwrap()], &endpoint, &home);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("name: test/dit"), "the pack is named after the repo");
     // The pack is the official model: its forward equals the dit_dense fixture.
     let inputs = fixture_dir("dit_dense").join("inputs.safetensors");
     let fwd = dir.path().join("out.safetensors");

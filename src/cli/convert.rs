@@ -50,10 +50,19 @@ pub(super) struct DitToSparseArgs {
     import: ImportFlags,
 }
 
+/// The pack's `general.name`: the Hub repo (`owner/name`) of an `hf://` address, else the file or
+/// folder name without its extension.
+fn pack_name(ckpt: &std::path::Path) -> String {
+    match ckpt.to_str().and_then(|s| s.strip_prefix("hf://")) {
+        Some(rest) => rest.split('/').take(2).collect::<Vec<_>>().join("/").split('@').next().unwrap_or("model").to_string(),
+        None => ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string(),
+    }
+}
+
 pub(super) fn convert(mut a: ConvertArgs) -> Result<()> {
+    let name = pack_name(&a.ckpt);
     a.ckpt = super::hub::local(&a.ckpt)?;
     let quant = a.quant.into();
-    let name = a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
     let (cfg, tensors) = match load_any(&a.ckpt, &a.decoder)? {
         Loaded::Decoder(cfg, tensors) => {
             // Validate the whole decoder before writing anything.
@@ -73,12 +82,12 @@ pub(super) fn convert(mut a: ConvertArgs) -> Result<()> {
 }
 
 pub(super) fn dit_to_sparse(mut a: DitToSparseArgs) -> Result<()> {
+    let name = format!("{}-sparsedit", pack_name(&a.ckpt));
     a.ckpt = super::hub::local(&a.ckpt)?;
     let layout = parse_layout(&a.layout)?;
     let (dense_cfg, dense) = load_model_tensors(&a.ckpt, &a.import)?;
     let (cfg, sparse) = dit_to_sparsedit(&dense, &dense_cfg, layout)?;
     let check = Model::from_tensors(cfg.clone(), sparse.clone())?;
     drop(check);
-    let name = format!("{}-sparsedit", a.ckpt.file_stem().and_then(|s| s.to_str()).unwrap_or("model"));
     write_pack_file(&a.out, &cfg, &sparse, a.quant.into(), &name, false)
 }
