@@ -23,7 +23,7 @@ const TYPES = {
 
 /**
  * Starts the server. `extra` maps URL paths to { body: Buffer|string, type } or { file } (used by
- * the tests to serve corrupted packs), or { redirect: location, status = 302 } (a stand-in Hub's
+ * the tests to serve corrupted packs; ranged GETs are answered, unless `ranges: false`), or { redirect: location, status = 302 } (a stand-in Hub's
  * resolve URLs, which redirect to a CDN); `onRequest(pathname, req)` sees every request (tests
  * count them). Resolves to { server, url, port }.
  */
@@ -43,6 +43,16 @@ export function startServer({ root = 'dist', port = 8080, host = '127.0.0.1', ex
     }
     if (x && x.body != null) {
       const body = Buffer.from(x.body);
+      // `Range: bytes=a-b` (as the Hub's CDN answers): 206 with that slice.
+      const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
+      if (range && x.ranges !== false) {
+        const a = Number(range[1]), b = range[2] === '' ? body.length - 1 : Math.min(Number(range[2]), body.length - 1);
+        if (a > b || a >= body.length) { res.writeHead(416, { 'content-range': `bytes */${body.length}` }).end(); return; }
+        res.writeHead(206, { 'content-type': 'application/octet-stream', 'content-length': b - a + 1,
+          'content-range': `bytes ${a}-${b}/${body.length}`, 'cache-control': 'no-cache' });
+        res.end(req.method === 'HEAD' ? undefined : body.subarray(a, b + 1));
+        return;
+      }
       res.writeHead(200, { 'content-type': x.type || TYPES[path.extname(pathname)] || 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-cache' });
       res.end(req.method === 'HEAD' ? undefined : body);
       return;

@@ -292,3 +292,28 @@ pub fn dit_from_diffusers(mut map: TensorMap, cfg: &DiffusersConfig) -> Result<T
     }
     Ok(out)
 }
+
+/// A diffusers autoencoder held in memory — `AutoencoderTiny` (TAESD) or `AutoencoderKL`
+/// (SD-VAE; the decoder's tensors suffice) as safetensors bytes, with its `config.json` — as a
+/// decoder pack of `quant` (the page's decoder from the Hub). Checked as `convert` checks: the
+/// whole decoder is built before the pack is written.
+pub fn decoder_pack_from_bytes(safetensors: &[u8], config_json: &str, quant: crate::gguf::TensorType, name: &str) -> Result<Vec<u8>> {
+    use crate::decoder::{canonical_decoder_tensors, Decoder, DecoderConfig, DecoderOptions};
+    let cfg = DiffusersConfig::parse(config_json, "config.json")?;
+    if cfg.class() == DiffusersClass::Dit {
+        return Err(Error::arch("a DiT transformer, not an autoencoder (AutoencoderTiny / AutoencoderKL)"));
+    }
+    let map = crate::import::read_safetensors_bytes(safetensors, "decoder weights")?;
+    let (map, _) = to_official(map, &cfg, Path::new("decoder weights"))?;
+    let map = canonical_decoder_tensors(map)?;
+    let v: serde_json::Value = serde_json::from_str(config_json).map_err(|e| Error::arch(format!("config.json: {e}")))?;
+    let opts = DecoderOptions {
+        norm_groups: v.get("norm_num_groups").and_then(|x| x.as_u64()).map(|x| x as usize),
+        scaling_factor: v.get("scaling_factor").and_then(|x| x.as_f64()).filter(|_| cfg.class() == DiffusersClass::AutoencoderKl),
+    };
+    let dcfg = DecoderConfig::infer(&map, &opts)?.ok_or_else(|| Error::arch("no latent decoder in these weights"))?;
+    drop(Decoder::from_tensors(dcfg.clone(), map.clone())?);
+    let mut out = Vec::new();
+    crate::pack::write_decoder_pack(&mut out, &dcfg, &map, quant, name, |_, _| {})?;
+    Ok(out)
+}

@@ -86,12 +86,7 @@ fn read_tensor_file(path: &Path) -> Result<TensorMap> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let raw: Vec<(String, Tensor)> = if ext == "safetensors" {
         let bytes = std::fs::read(path).map_err(|e| Error::io(&shown, e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ck_err(format!("not a valid safetensors file: {e}")))?;
-        let mut out = Vec::new();
-        for (name, view) in st.tensors() {
-            out.push((name.to_string(), safetensor_to_tensor(&name, &view).map_err(|e| ck_err(e.to_string()))?));
-        }
-        out
+        safetensors_tensors(&bytes).map_err(ck_err)?
     } else {
         read_pickle(path).map_err(ck_err)?
     };
@@ -105,6 +100,18 @@ fn read_tensor_file(path: &Path) -> Result<TensorMap> {
         map.insert(name, t);
     }
     Ok(map)
+}
+
+/// Every tensor of safetensors bytes, in the file's dtypes (a reason string on failure).
+fn safetensors_tensors(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    st.tensors().into_iter().map(|(name, view)| Ok((name.to_string(), safetensor_to_tensor(&name, &view).map_err(|e| e.to_string())?))).collect()
+}
+
+/// Safetensors bytes held in memory (`origin` names them in messages) as f32 tensors.
+pub fn read_safetensors_bytes(bytes: &[u8], origin: &str) -> Result<TensorMap> {
+    let raw = safetensors_tensors(bytes).map_err(|reason| Error::Checkpoint { path: origin.to_string(), reason })?;
+    raw.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?))).collect()
 }
 
 /// A safetensors view as a CPU tensor (f32 / f16 / bf16 / f64 / integer types).

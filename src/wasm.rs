@@ -56,6 +56,8 @@
 //!            decoded?: { image: Float32Array (in [-1, 1]), channels: 3, size: 8 * size, ms, decoder } }
 //! ConvertInfo = { layout: "diffusers"|"official", arch, source_bytes, source_sha256, pack_bytes,
 //!                 peak_buffered }
+//! decoder_pack_from_diffusers(safetensors, config_json, quant, name?) (a free function): a
+//!   diffusers AutoencoderTiny / AutoencoderKL as a decoder pack (Uint8Array) for load_decoder
 //! plan_diffusers_pack(config_json, quant, name?) (a free function): what a diffusers DiT's pack
 //!   will take before any weight arrives: { arch, params, pack_bytes, tensor_bytes,
 //!   largest_tensor_bytes, input_size, num_classes, depth, hidden_size }
@@ -675,9 +677,18 @@ fn byte_count(n: Option<f64>) -> Result<Option<u64>, JsValue> {
     }
 }
 
+/// A diffusers autoencoder's safetensors bytes (TAESD's whole file, or the SD-VAE's decoder
+/// tensors) and config.json as a decoder pack for `load_decoder`.
+#[wasm_bindgen]
+pub fn decoder_pack_from_diffusers(safetensors: &[u8], config_json: &str, quant: &str, name: Option<String>) -> Result<js_sys::Uint8Array, JsValue> {
+    let quant = crate::gguf::TensorType::parse(quant).map_err(js_err)?;
+    let pack = crate::diffusers::decoder_pack_from_bytes(safetensors, config_json, quant, name.as_deref().unwrap_or("decoder")).map_err(js_err)?;
+    Ok(js_sys::Uint8Array::from(pack.as_slice()))
+}
+
 /// What the pack of a diffusers DiT (`config.json` of its transformer) takes with `quant`,
-/// before any weight is downloaded: `{ arch, params, pack_bytes, tensor_bytes, input_size,
-/// num_classes, depth, hidden_size }`.
+/// before any weight is downloaded: `{ arch, params, pack_bytes, tensor_bytes,
+/// largest_tensor_bytes, input_size, num_classes, depth, hidden_size }`.
 #[wasm_bindgen]
 pub fn plan_diffusers_pack(config_json: &str, quant: &str, name: Option<String>) -> Result<JsValue, JsValue> {
     let quant = crate::gguf::TensorType::parse(quant).map_err(js_err)?;

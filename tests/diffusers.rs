@@ -162,3 +162,35 @@ fn diffusers_autoencoder_folders_are_latent_decoders() {
         assert!(out.status.success(), "{folder}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn autoencoders_in_memory_become_decoder_packs() {
+    use sparsedit::decoder::Decoder;
+    use sparsedit::diffusers::decoder_pack_from_bytes;
+    use sparsedit::gguf::TensorType;
+    // As the page gets them from the Hub: the safetensors bytes (for the SD-VAE only the decoder's
+    // tensors, as HTTP ranges fetch them) and config.json.
+    for (case, folder) in [("taesd", "taesd_diffusers"), ("sdvae", "sdvae")] {
+        let dir = fixture_dir(folder);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let full: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("diffusion_pytorch_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let decoder_only: HashMap<String, Tensor> =
+            full.iter().filter(|(k, _)| k.starts_with("decoder.") || k.starts_with("post_quant_conv.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("w.safetensors");
+        candle_core::safetensors::save(&decoder_only, &path).unwrap();
+        let pack = decoder_pack_from_bytes(&std::fs::read(&path).unwrap(), &config, TensorType::F32, folder).unwrap();
+        let loaded = sparsedit::pack::load_decoder_pack_bytes(&pack).unwrap();
+        let dec = Decoder::from_tensors(loaded.cfg, loaded.tensors).unwrap();
+        let exp = load_st(&fixture_dir(case).join("expected.safetensors"));
+        let img = dec.decode(&exp["z"]).unwrap();
+        assert_close(&format!("{folder} from bytes: decoded image"), &f32s(&img), &f32s(&exp["image"]), 1e-3);
+    }
+    // A DiT is not an autoencoder; broken bytes are a clear error.
+    let dit_cfg = std::fs::read_to_string(snapshot().join("transformer/config.json")).unwrap();
+    let e = decoder_pack_from_bytes(b"{}", &dit_cfg, TensorType::F32, "x").unwrap_err().to_string();
+    assert!(e.contains("not an autoencoder"), "{e}");
+    let taesd_cfg = std::fs::read_to_string(fixture_dir("taesd_diffusers").join("config.json")).unwrap();
+    let e = decoder_pack_from_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}", &taesd_cfg, TensorType::F32, "x").unwrap_err().to_string();
+    assert!(!e.is_empty());
+}

@@ -47,6 +47,8 @@ const XL_CONFIG = JSON.stringify({
 });
 
 let server, baseUrl, browser;
+// Requests for the stand-in Hub's decoder weights: { path, range }.
+const vaeRequests = [];
 // Requests for the stand-in Hub's files (paths under /hub/…/resolve/ and /cdn/), in order.
 const hubRequests = [];
 
@@ -245,7 +247,26 @@ before(async () => {
     extra['/hub/test/dit-xl/resolve/main/transformer/diffusion_pytorch_model.safetensors'] = { redirect: `/cdn/test/dit-xl/${xl.sha256}` };
     extra[`/cdn/test/dit-xl/${xl.sha256}`] = { file: xl.file };
   }
-  const onRequest = (p) => { if (p.startsWith('/cdn/') || /^\/hub\/.*\/resolve\//.test(p)) hubRequests.push(p); };
+  // Latent decoders in diffusers folders at the repo root: test/taesd (AutoencoderTiny) and
+  // test/sdvae (AutoencoderKL), the weights behind a redirect to a CDN path that serves ranges.
+  for (const [repo, folder] of [['test/taesd', 'taesd_diffusers'], ['test/sdvae', 'sdvae']]) {
+    const dir = path.join(ROOT, 'tests/fixtures/data', folder);
+    const w = fs.readFileSync(path.join(dir, 'diffusion_pytorch_model.safetensors'));
+    const cfg = fs.readFileSync(path.join(dir, 'config.json'));
+    const oid = createHash('sha256').update(w).digest('hex');
+    const tree = [
+      { type: 'file', oid: '3'.repeat(40), size: cfg.length, path: 'config.json' },
+      { type: 'file', oid: '4'.repeat(40), size: w.length, path: 'diffusion_pytorch_model.safetensors', lfs: { oid, size: w.length, pointerSize: 135 } },
+    ];
+    extra[`/hub/api/models/${repo}/tree/main`] = { body: JSON.stringify(tree), type: 'application/json' };
+    extra[`/hub/${repo}/resolve/main/config.json`] = { body: cfg, type: 'application/json' };
+    extra[`/hub/${repo}/resolve/main/diffusion_pytorch_model.safetensors`] = { redirect: `/cdn/vae/${repo}` };
+    extra[`/cdn/vae/${repo}`] = { body: w };
+  }
+  const onRequest = (p, req) => {
+    if (p.startsWith('/cdn/') || /^\/hub\/.*\/resolve\//.test(p)) hubRequests.push(p);
+    if (p.startsWith('/cdn/vae/')) vaeRequests.push({ path: p, range: req.headers.range || null });
+  };
   ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra, onRequest }));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -1111,6 +1132,43 @@ async function opfsFiles(page) {
     return out.sort();
   });
 }
+
+test('latent decoders from the Hub: TAESD whole (sha256 checked), an SD-VAE by its decoder tensors only (HTTP ranges); both decode as the CLI', { timeout: 10 * 60_000 }, async () => {
+  await withCpuPage('?model=/extra/dit-latent.gguf&hub=/hub', async (page) => {
+    assert.match(await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT), /^ready/);
+    for (const [repo, folder, arch] of [['test/taesd', 'taesd_diffusers', 'taesd'], ['test/sdvae', 'sdvae', 'sdvae']]) {
+      await page.evaluate((r) => { const sel = document.getElementById('hub-decoder'); sel.add(new Option(r, r)); sel.value = r; }, repo);
+      vaeRequests.length = 0;
+      await page.getByTestId('hub-decoder-load').click();
+      await page.waitForFunction((a) => document.querySelector('[data-testid="decoder-info"]').dataset.arch === a, arch, { timeout: 60_000, polling: 200 });
+      const size = fs.statSync(path.join(ROOT, 'tests/fixtures/data', folder, 'diffusion_pytorch_model.safetensors')).size;
+      const ranged = vaeRequests.map((r) => r.range);
+      const bytes = ranged.reduce((sum, r) => { const m = /bytes=(\d+)-(\d+)/.exec(r || ''); return sum + (m ? Number(m[2]) - Number(m[1]) + 1 : size); }, 0);
+      console.log(`# ${repo}: ${vaeRequests.length} weight request(s), ${bytes} of ${size} bytes fetched`);
+      if (arch === 'sdvae') {
+        assert.ok(ranged.every((r) => r), `every SD-VAE weight request is ranged: ${JSON.stringify(ranged)}`);
+        assert.ok(bytes < size, `only the decoder's tensors: ${bytes} of ${size} bytes`);
+      } else {
+        assert.deepEqual(ranged, [null], 'TAESD comes whole (its sha256 is checked)');
+      }
+      await generateIn(page, { cls: 3, steps: 3 });
+      const dec = await page.evaluate(() => Array.from(window.sparsedit.lastResult.decoded.image));
+      // The CLI: convert the same folder (f16, as the page) and decode the same sample.
+      ensureCli();
+      const pack = path.join(ARTIFACTS, `hub-${arch}.gguf`), z = path.join(ARTIFACTS, `hub-${arch}-z.safetensors`), img = path.join(ARTIFACTS, `hub-${arch}-img.safetensors`);
+      execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data', folder), '-o', pack, '--quant', 'f16'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+      execFileSync(CLI, ['sample', '--model', path.join(ARTIFACTS, 'dit-latent.gguf'), '--class', '3', '--seed', String(SEED),
+        '--steps', '3', '--cfg', String(CFG), '--backend', 'cpu', '--latent-out', z], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+      execFileSync(CLI, ['decode', '--decoder', pack, '--latents', z, '--out', img, '--backend', 'cpu'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+      const want = readSafetensors(img, 'image');
+      // raw decoder output: TAESD in [0, 1], the SD-VAE in [-1, 1]; the page's is in [-1, 1]
+      const scaled = Array.from(want.data, (v) => (arch === 'taesd' ? 2 * v - 1 : v));
+      const { worst, at } = maxAbsDiff(dec, scaled);
+      console.log(`# ${repo} from the Hub, decoded in the page vs CLI decode of convert(folder): max abs diff ${worst.toExponential(3)}`);
+      assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
+    }
+  });
+});
 
 test('fitting the device: a weight larger than the adapter\'s buffers stops a Hub download before it starts; a small device is warned', { timeout: 10 * 60_000 }, async () => {
   const { context, page } = await openPage();

@@ -9,7 +9,7 @@ import { loadManifest } from './loader.js';
 import { filterClasses, randomSeed, syncPooledMiddle, updateButtons, updateSparsityHint } from './controls.js';
 import { generate, cancel, scrubTo } from './run.js';
 import { compare } from './compare.js';
-import { loadDecoder, unloadDecoder } from './decoder.js';
+import { loadDecoder, loadHubDecoder, unloadDecoder } from './decoder.js';
 import { measureGpu, renderTokenView } from './tokenpanel.js';
 import { showFrame, togglePlay } from './player.js';
 import {
@@ -56,6 +56,7 @@ $('decoder-file').addEventListener('change', (ev) => {
   if (file) loadDecoder(file);
   else unloadDecoder();
 });
+$('hub-decoder-load').addEventListener('click', () => loadHubDecoder($('hub-decoder').value));
 $('clear-cache').addEventListener('click', clearModelCache);
 $('hub-load').addEventListener('click', loadFromHub);
 $('hub-preset').addEventListener('change', () => { $('hub-repo').value = ''; });

@@ -31,6 +31,26 @@ export async function loadDecoder(source) {
   }
 }
 
+/**
+ * A latent decoder from the Hugging Face Hub (hub.js fetchHubDecoder: TAESD whole, an SD-VAE's
+ * decoder tensors only), loaded as a pack.
+ */
+export async function loadHubDecoder(repo) {
+  if (!state.engine || state.generating) return;
+  $('decoder-info').textContent = `fetching the decoder of ${repo} from the Hub…`;
+  try {
+    const { fetchHubDecoder } = await import('./hub.js');
+    const { pack, fetched, size } = await fetchHubDecoder(repo);
+    const info = state.engine.load_decoder(pack, undefined);
+    state.decoder = { bytes: pack, info, label: `${repo} (Hub)` };
+    state.decoder.fetched = { bytes: fetched, of: size };
+    showDecoderInfo(info);
+  } catch (err) {
+    showDecoderInfo(state.decoder?.info ?? null);
+    await engineError(err, `loading the latent decoder ${repo} from the Hub`);
+  }
+}
+
 /** Drops the decoder: results are latents again. */
 export function unloadDecoder() {
   if (!state.decoder || state.generating) return;

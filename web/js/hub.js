@@ -376,3 +376,97 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
     signal?.removeEventListener('abort', onAbort);
   }
 }
+
+// ---------------------------------------------------------------- latent decoders from the Hub
+
+
+async function sha256Hex(bytes) {
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** bytes [a, b] of `url` (a ranged GET; the Hub's resolve URL redirects to its CDN). */
+async function fetchRange(url, a, b, what, signal) {
+  const resp = await fetch(url, { signal, credentials: 'omit', cache: 'no-cache', headers: { Range: `bytes=${a}-${b}` } });
+  if (resp.status !== 206) throw new Error(`the Hub answered HTTP ${resp.status} to a ranged request for ${what}: it must serve byte ranges`);
+  const buf = new Uint8Array(await resp.arrayBuffer());
+  if (buf.length !== b - a + 1) throw new Error(`${what}: ${buf.length} bytes came for a range of ${b - a + 1}`);
+  return buf;
+}
+
+/**
+ * Only the decoder's tensors of a diffusers AutoencoderKL's safetensors, fetched with HTTP ranges
+ * from the header's offsets (the encoder, half the file, is never downloaded), re-assembled as a
+ * safetensors file of those tensors. `size` is the file's size from the tree listing.
+ */
+async function fetchDecoderTensors(url, size, signal) {
+  const head = await fetchRange(url, 0, 7, 'the safetensors header length', signal);
+  const n = Number(new DataView(head.buffer).getBigUint64(0, true));
+  if (!(n > 1 && n < 100 * 2 ** 20 && 8 + n <= size)) throw new Error(`the safetensors header length ${n} does not fit a file of ${size} bytes`);
+  const header = JSON.parse(new TextDecoder().decode(await fetchRange(url, 8, 8 + n - 1, 'the safetensors header', signal)));
+  const keep = Object.entries(header).filter(([k]) => k.startsWith('decoder.') || k.startsWith('post_quant_conv.'))
+    .map(([k, v]) => ({ k, v, a: v.data_offsets[0], b: v.data_offsets[1] })).sort((x, y) => x.a - y.a);
+  if (keep.length === 0) throw new Error('no decoder.* tensors in this autoencoder');
+  // Adjacent tensors share one request.
+  const spans = [];
+  for (const t of keep) {
+    const last = spans[spans.length - 1];
+    if (last && last.b === t.a) last.b = t.b; else spans.push({ a: t.a, b: t.b });
+  }
+  const chunks = [];
+  for (const s of spans) chunks.push({ ...s, bytes: await fetchRange(url, 8 + n + s.a, 8 + n + s.b - 1, 'decoder tensors', signal) });
+  // The new file: the kept tensors, back to back.
+  const out = {};
+  let at = 0;
+  for (const t of keep) {
+    out[t.k] = { dtype: t.v.dtype, shape: t.v.shape, data_offsets: [at, at + (t.b - t.a)] };
+    at += t.b - t.a;
+  }
+  let json = JSON.stringify(out);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const hj = new TextEncoder().encode(json);
+  const file = new Uint8Array(8 + hj.length + at);
+  new DataView(file.buffer).setBigUint64(0, BigInt(hj.length), true);
+  file.set(hj, 8);
+  let pos = 8 + hj.length;
+  for (const t of keep) {
+    const c = chunks.find((s) => s.a <= t.a && t.b <= s.b);
+    file.set(c.bytes.subarray(t.a - c.a, t.b - c.a), pos);
+    pos += t.b - t.a;
+  }
+  return { file, fetched: chunks.reduce((s, c) => s + c.bytes.length, 0) + 8 + n };
+}
+
+/**
+ * A latent decoder straight from the Hub (diffusers `AutoencoderTiny` or `AutoencoderKL` at the
+ * repo root), as a decoder pack (Uint8Array) for engine.load_decoder: TAESD is downloaded whole and
+ * checked against the Hub's sha256; of an SD-VAE only the decoder's tensors are fetched (ranges),
+ * so no whole-file hash applies there. Resolves to { pack, fetched, size, klass }.
+ */
+export async function fetchHubDecoder(repo, revision = 'main', quant = 'f16', signal) {
+  const rev = encodeURIComponent(revision);
+  const configText = await (await hubFetch(`${HUB}/${repo}/resolve/${rev}/config.json`, `${repo}'s config.json`, signal)).text();
+  let klass;
+  try { klass = JSON.parse(configText)._class_name; } catch { klass = null; }
+  if (klass !== 'AutoencoderTiny' && klass !== 'AutoencoderKL') {
+    throw new Error(`${repo} is a ${klass || 'model without a class name'}, not a latent decoder (AutoencoderTiny or AutoencoderKL)`);
+  }
+  const tree = await (await hubFetch(`${HUB}/api/models/${repo}/tree/${rev}`, `the file list of ${repo}@${revision}`, signal)).json().catch(() => null);
+  const entry = Array.isArray(tree) ? tree.find((e) => e && e.type === 'file' && e.path === WEIGHTS[0]) : null;
+  if (!entry) throw new Error(`${repo}@${revision} has no ${WEIGHTS[0]} at its root`);
+  const size = Number(entry.lfs?.size ?? entry.size);
+  const url = `${HUB}/${repo}/resolve/${rev}/${WEIGHTS[0]}`;
+  let file, fetched;
+  if (klass === 'AutoencoderTiny') {
+    file = new Uint8Array(await (await hubFetch(url, `${repo}/${WEIGHTS[0]}`, signal)).arrayBuffer());
+    fetched = file.length;
+    const want = entry.lfs?.oid;
+    if (typeof want === 'string' && /^[0-9a-f]{64}$/i.test(want) && (await sha256Hex(file)) !== want.toLowerCase()) {
+      throw new Error(`${repo}/${WEIGHTS[0]}: its sha256 differs from the Hub's: nothing was loaded`);
+    }
+  } else {
+    ({ file, fetched } = await fetchDecoderTensors(url, size, signal));
+  }
+  const pack = state.bindings.decoder_pack_from_diffusers(file, configText, quant, repo);
+  return { pack, fetched, size, klass };
+}
