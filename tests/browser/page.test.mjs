@@ -140,6 +140,16 @@ async function cacheEntries(page) {
   });
 }
 
+/** The end of a page's run: no request left 127.0.0.1, no CSP violation, no page error shown. */
+async function assertCleanRun(page, log) {
+  assertLocalOnly(log);
+  const csp = await page.evaluate(() => window.__csp);
+  const cspConsole = log.console.filter((m) => /Content Security Policy/i.test(m));
+  assert.deepEqual([...csp, ...cspConsole], [], 'CSP violations');
+  assert.deepEqual(log.errors, [], 'page errors');
+  assert.equal(await page.getByTestId('errors').isVisible(), false, 'error area shown');
+}
+
 function assertLocalOnly(log) {
   const foreign = log.requests.filter((u) => !/^(data:|blob:)/.test(u) && new URL(u).hostname !== '127.0.0.1');
   assert.deepEqual(foreign, [], `requests left 127.0.0.1: ${foreign.join(', ')}`);
@@ -432,14 +442,7 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       assert.match(caps[1], /^SparseDiT \(s 4\): .* MACs \(\d+ %\)/, caps[1]);
     });
 
-    await t.test('no request left 127.0.0.1, no CSP violation, no page error', async () => {
-      assertLocalOnly(log);
-      const csp = await page.evaluate(() => window.__csp);
-      const cspConsole = log.console.filter((m) => /Content Security Policy/i.test(m));
-      assert.deepEqual([...csp, ...cspConsole], [], 'CSP violations');
-      assert.deepEqual(log.errors, [], 'page errors');
-      assert.equal(await page.getByTestId('errors').isVisible(), false, 'error area shown');
-    });
+    await t.test('no request left 127.0.0.1, no CSP violation, no page error', () => assertCleanRun(page, log));
 
     await t.test('a lost GPU device: the error is shown, the engine restarts and reloads from the cache', async () => {
       const devices = await page.evaluate(() => (window.__gpuDevices || []).length);
@@ -863,14 +866,7 @@ test('video (Latte, 8 frames): the page samples the CLI\'s clip on WebGPU and on
       await page.screenshot({ path: path.join(ARTIFACTS, 'video-player.png'), fullPage: true });
     });
 
-    await t.test('no request left 127.0.0.1, no CSP violation, no page error', async () => {
-      assertLocalOnly(log);
-      const csp = await page.evaluate(() => window.__csp);
-      const cspConsole = log.console.filter((m) => /Content Security Policy/i.test(m));
-      assert.deepEqual([...csp, ...cspConsole], [], 'CSP violations');
-      assert.deepEqual(log.errors, [], 'page errors');
-      assert.equal(await page.getByTestId('errors').isVisible(), false, 'error area shown');
-    });
+    await t.test('no request left 127.0.0.1, no CSP violation, no page error', () => assertCleanRun(page, log));
   } finally {
     await context.close();
   }
