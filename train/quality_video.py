@@ -44,7 +44,7 @@ import quality as Q  # noqa: E402
 from clips import Clips, centroids  # noqa: E402
 
 CACHE = os.path.join(HERE, "runs", "quality_video")
-CLI = os.path.join(ROOT, "target", "release", "sparsedit")
+CLI = os.environ.get("SPARSEDIT") or os.path.join(ROOT, "target", "release", "sparsedit")
 MARK_BEGIN, MARK_END = "<!-- video-quality:begin -->", "<!-- video-quality:end -->"
 
 
@@ -107,35 +107,40 @@ def metrics(net, clips, labels, real_feats=None):
     return row, clip_feats
 
 
-def sample_row(name, model, extra, per_class, chunk, steps, sampler):
-    """Clips of every class for one row, sampled by the CLI in cached chunks."""
+def sample_row(name, model, extra, a):
+    """Clips of every class for one row, sampled by the CLI in cached chunks (`a.jobs` CLI
+    processes at a time, one thread each on the CPU)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     d = os.path.join(CACHE, re.sub(r"[^a-z0-9]+", "-", name.lower()))
     os.makedirs(d, exist_ok=True)
-    clips, labels, secs, gmacs = [], [], 0.0, 0.0
+    chunks = []
     for k in range(10):
-        for j in range((per_class + chunk - 1) // chunk):
-            num = min(chunk, per_class - j * chunk)
-            out = os.path.join(d, f"class{k}-chunk{j}-n{num}.safetensors")
-            meta = out + ".json"
-            if not os.path.exists(meta):
-                p = Q.run([CLI, "sample", "--model", model, "--class", k, "--num", num, "--seed", 1000 + 100 * j + k,
-                           "--steps", steps, "--sampler", sampler, "--backend", "cpu", "--latent-out", out] + extra)
-                s, g = Q.parse_gmacs(p.stderr)
-                with open(meta, "w") as f:
-                    json.dump({"seconds": s, "gmacs": g}, f)
-            with open(meta) as f:
-                m = json.load(f)
-            secs += m["seconds"] or 0.0
-            gmacs += m["gmacs"] or 0.0
-            clips.append(Q.load_latent(out))
-            labels += [k] * num
+        for j in range((a.per_class + a.chunk - 1) // a.chunk):
+            num = min(a.chunk, a.per_class - j * a.chunk)
+            chunks.append((k, j, num, os.path.join(d, f"class{k}-chunk{j}-n{num}.safetensors")))
+
+    def one(c):
+        k, j, num, out = c
+        if not os.path.exists(out + ".json"):
+            p = Q.run([CLI, "sample", "--model", model, "--class", k, "--num", num, "--seed", 1000 + 100 * j + k,
+                       "--steps", a.steps, "--sampler", a.sampler, "--backend", a.backend, "--latent-out", out] + extra)
+            s, g = Q.parse_gmacs(p.stderr)
+            with open(out + ".json", "w") as f:
+                json.dump({"seconds": s, "gmacs": g}, f)
+
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        list(pool.map(one, chunks))
+    clips, labels, secs, gmacs = [], [], 0.0, 0.0
+    for k, j, num, out in chunks:
+        with open(out + ".json") as f:
+            m = json.load(f)
+        secs += m["seconds"] or 0.0
+        gmacs += m["gmacs"] or 0.0
+        clips.append(Q.load_latent(out))
+        labels += [k] * num
     Q.log(f"{name}: {len(labels)} clips, {secs:.0f} s of sampling")
     return np.concatenate(clips), np.asarray(labels), secs, gmacs
-
-
-def flops_per_forward(model, extra):
-    p = Q.run([CLI, "flops", "--model", model, "--json"] + [a for a in extra if a.startswith("--semantic-size") or a.isdigit()])
-    return json.loads(p.stdout)
 
 
 def write_md(rows, a):
@@ -176,6 +181,8 @@ def main():
     ap.add_argument("--chunk", type=int, default=10)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--sampler", default="dpm-solver++")
+    ap.add_argument("--backend", default="cpu", help="the CLI's --backend: cpu, or gpu on a machine with one")
+    ap.add_argument("--jobs", type=int, default=2, help="CLI processes at a time (one thread each)")
     ap.add_argument("--real", type=int, default=1000, help="held-out real clips")
     ap.add_argument("--epochs", type=int, default=10, help="frame classifier epochs (300 steps of 16 clips each)")
     ap.add_argument("--seed", type=int, default=0)
@@ -203,7 +210,7 @@ def main():
         if a.sparse_q8:
             specs.append((f"sparse q8_0, s = {a.grid}", a.sparse_q8, ["--semantic-size", str(a.grid)]))
         for name, model, extra in specs:
-            clips, labels, secs, gmacs = sample_row(name, model, extra, a.per_class, a.chunk, a.steps, a.sampler)
+            clips, labels, secs, gmacs = sample_row(name, model, extra, a)
             row, _ = metrics(net, clips, labels, real_feats)
             row.update(name=name, seconds=secs, gmacs_forward=gmacs / max(1, len(labels)) / a.steps / 2)
             rows.append(row)
