@@ -23,7 +23,7 @@ const TYPES = {
 
 /**
  * Starts the server. `extra` maps URL paths to { body: Buffer|string, type } or { file } (used by
- * the tests to serve corrupted packs; ranged GETs are answered, unless `ranges: false`), or { redirect: location, status = 302 } (a stand-in Hub's
+ * the tests to serve corrupted packs; ranged GETs are answered, unless `ranges: false`; `dropAfter: n` breaks the first whole GET off after n bytes), or { redirect: location, status = 302 } (a stand-in Hub's
  * resolve URLs, which redirect to a CDN); `onRequest(pathname, req)` sees every request (tests
  * count them). Resolves to { server, url, port }.
  */
@@ -43,6 +43,15 @@ export function startServer({ root = 'dist', port = 8080, host = '127.0.0.1', ex
     }
     if (x && x.body != null) {
       const body = Buffer.from(x.body);
+      // `dropAfter: n` (tests): the first whole-file GET breaks off after n bytes, as a flaky
+      // connection does.
+      if (x.dropAfter != null && !req.headers.range) {
+        const n = x.dropAfter;
+        x.dropAfter = null;
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-cache' });
+        res.write(body.subarray(0, n), () => setTimeout(() => res.destroy(), 50));
+        return;
+      }
       // `Range: bytes=a-b` (as the Hub's CDN answers): 206 with that slice.
       const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
       if (range && x.ranges !== false) {

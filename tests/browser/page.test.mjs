@@ -47,6 +47,8 @@ const XL_CONFIG = JSON.stringify({
 });
 
 let server, baseUrl, browser;
+// The Range headers of test/dit-flaky's weight requests (null: a whole-file GET).
+const flakyRequests = [];
 // Requests for the stand-in Hub's decoder weights: { path, range }.
 const vaeRequests = [];
 // Requests for the stand-in Hub's files (paths under /hub/…/resolve/ and /cdn/), in order.
@@ -234,7 +236,7 @@ before(async () => {
   const hubWeights = fs.readFileSync(path.join(hubDir, 'diffusion_pytorch_model.safetensors'));
   const hubConfig = fs.readFileSync(path.join(hubDir, 'config.json'));
   const hubSha = createHash('sha256').update(hubWeights).digest('hex');
-  for (const [repo, oid] of [['test/dit', hubSha], ['test/dit-bad-sha', 'ab'.repeat(32)], ['test/dit-quota', hubSha]]) {
+  for (const [repo, oid] of [['test/dit', hubSha], ['test/dit-bad-sha', 'ab'.repeat(32)], ['test/dit-quota', hubSha], ['test/dit-flaky', hubSha]]) {
     const tree = [
       { type: 'file', oid: '1'.repeat(40), size: hubConfig.length, path: 'transformer/config.json' },
       { type: 'file', oid: '2'.repeat(40), size: hubWeights.length, path: 'transformer/diffusion_pytorch_model.safetensors', lfs: { oid, size: hubWeights.length, pointerSize: 135 } },
@@ -242,7 +244,8 @@ before(async () => {
     extra[`/hub/api/models/${repo}/tree/main/transformer`] = { body: JSON.stringify(tree), type: 'application/json' };
     extra[`/hub/${repo}/resolve/main/transformer/config.json`] = { body: hubConfig, type: 'application/json' };
     extra[`/hub/${repo}/resolve/main/transformer/diffusion_pytorch_model.safetensors`] = { redirect: `/cdn/${repo}/${hubSha}` };
-    extra[`/cdn/${repo}/${hubSha}`] = { body: hubWeights };
+    // test/dit-flaky's first download breaks off after 400,000 bytes
+    extra[`/cdn/${repo}/${hubSha}`] = { body: hubWeights, dropAfter: repo === 'test/dit-flaky' ? 400_000 : null };
   }
   if (process.env.SPARSEDIT_HUB_XL) {
     // DiT-XL/2 256's shapes in diffusers' layout (3.0 GB of f32, pseudo-random weights, written
@@ -276,6 +279,7 @@ before(async () => {
   const onRequest = (p, req) => {
     if (p.startsWith('/cdn/') || /^\/hub\/.*\/resolve\//.test(p)) hubRequests.push(p);
     if (p.startsWith('/cdn/vae/')) vaeRequests.push({ path: p, range: req.headers.range || null });
+    if (p.startsWith('/cdn/test/dit-flaky/')) flakyRequests.push(req.headers.range || null);
   };
   ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra, onRequest }));
   browser = await chromium.launch({
@@ -1197,6 +1201,31 @@ test('fitting the device: a weight larger than the adapter\'s buffers stops a Hu
   } finally {
     await context.close();
   }
+});
+
+test('a Hub download that breaks off is picked up where it stopped (Range) and converts to the same model', { timeout: 10 * 60_000 }, async () => {
+  ensureCli();
+  const cliPack = path.join(ARTIFACTS, 'dit-diffusers-q8_0.gguf');
+  execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data/dit_dense_diffusers'), '-o', cliPack, '--quant', 'q8_0'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  flakyRequests.length = 0;
+  await withCpuPage('?hub=/hub&hf=test/dit-flaky&pack=q8_0', async (page) => {
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready — test\/dit-flaky .*downloaded from the Hub and converted/, status);
+    console.log(`# test/dit-flaky weight requests (Range): ${JSON.stringify(flakyRequests)}`);
+    assert.equal(flakyRequests[0], null, 'the first request is a whole-file GET');
+    const resumed = flakyRequests.slice(1).map((r) => Number(/^bytes=(\d+)-$/.exec(r || '')?.[1]));
+    assert.ok(resumed.length >= 1 && resumed.every((b) => b > 0 && b <= 400_000), `resumed from where it stopped: ${JSON.stringify(flakyRequests)}`);
+    await generateIn(page, { cls: 3, steps: 4 });
+    const image = await page.evaluate(() => Array.from(window.sparsedit.lastResult.image));
+    const out = path.join(ARTIFACTS, 'cli-dit-flaky-q8_0.safetensors');
+    execFileSync(CLI, ['sample', '--model', cliPack, '--class', '3', '--seed', String(SEED), '--steps', '4',
+      '--cfg', String(CFG), '--backend', 'cpu', '--latent-out', out], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    const cli = readSafetensors(out, 'sample');
+    const scale = cli.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const { worst, at } = maxAbsDiff(image, cli.data);
+    console.log(`# resumed download's model vs the CLI's: max |diff| ${worst.toExponential(3)} (scale ${scale.toFixed(1)})`);
+    assert.ok(worst <= 1e-4 * scale + 1e-3, `max abs difference ${worst} at index ${at}`);
+  });
 });
 
 test('a DiT from the Hugging Face Hub (diffusers layout): converted while it downloads, kept in OPFS, reloaded from there; wrong sha256 and short quota keep nothing', { timeout: 15 * 60_000 }, async (t) => {

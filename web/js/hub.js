@@ -222,6 +222,54 @@ export function describePlan(meta, source, backend) {
 
 // ---------------------------------------------------------------- loading
 
+/** Tries to pick a broken-off download up again, and the pause before try k. */
+const RESUME_TRIES = 5;
+const resumePause = (k) => new Promise((r) => setTimeout(r, 250 * k));
+
+/**
+ * The bytes of `url` (`total` of them) as chunks, from the response `first`. A connection that
+ * breaks off (a network error, or an end before `total` bytes) is picked up where it stopped with
+ * a ranged GET (`Range: bytes=<received>-`, answered 206 from that byte), up to RESUME_TRIES
+ * times: the converter in the engine holds its state, so it simply goes on.
+ */
+async function* resumableBody(first, url, total, signal) {
+  let resp = first, received = 0;
+  for (let tries = 0; ; ) {
+    const reader = resp.body.getReader();
+    let why = null;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        received += value.byteLength;
+        yield value;
+      }
+    } catch (err) {
+      if (err?.name === 'AbortError' || signal?.aborted) throw err;
+      why = err;
+    } finally {
+      reader.releaseLock();
+      if (why || received < total) resp.body.cancel().catch(() => {});
+    }
+    if (received >= total) return;
+    tries += 1;
+    const what = `the download of ${url} broke off at byte ${received} of ${total}${why ? ` (${why?.message || why})` : ''}`;
+    if (tries > RESUME_TRIES) throw new Error(`${what}; ${RESUME_TRIES} tries to resume it failed`);
+    await resumePause(tries);
+    try {
+      resp = await fetch(url, { signal, credentials: 'omit', cache: 'no-store', headers: { Range: `bytes=${received}-` } });
+    } catch (err) {
+      if (err?.name === 'AbortError') throw err;
+      continue; // the next try
+    }
+    const range = resp.headers.get('content-range') || '';
+    if (resp.status !== 206 || !range.startsWith(`bytes ${received}-`) || !resp.body) {
+      throw new Error(`${what}, and the server cannot resume it (HTTP ${resp.status}${range ? `, ${range}` : ''})`);
+    }
+    console.info(`resumed ${url} at byte ${received} (try ${tries})`);
+  }
+}
+
 /**
  * Loads a Hub source into `engine`: from OPFS when converted before, else downloaded, converted
  * and kept. `onPlan(text)` shows what will happen (before any download); `onProgress` as
@@ -309,13 +357,10 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
     engine.begin_convert(meta.configText, source.quant, meta.size, meta.sha256 || undefined, source.repo);
     engine.begin_load(undefined, undefined);
     const meter = new Meter(meta.size, 'hub', onProgress);
-    const reader = resp.body.getReader();
     let checkedRoom = false;
-    try {
-      for (;;) {
+    {
+      for await (const value of resumableBody(resp, meta.weightsUrl, meta.size, abort.signal)) {
         if (signal?.aborted) throw new DOMException('load cancelled', 'AbortError');
-        const { value, done: end } = await reader.read();
-        if (end) break;
         const out = engine.push_convert(value);
         if (out.length) {
           engine.push(out);
@@ -331,9 +376,6 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
         }
         meter.add(value.byteLength);
       }
-    } catch (err) {
-      reader.cancel(err).catch(() => {});
-      throw err;
     }
     meter.emit();
     const conv = engine.finish_convert(); // the source's size and sha256
