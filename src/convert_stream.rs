@@ -342,14 +342,9 @@ struct Mapping {
 }
 
 fn diffusers_mapping(sources: &[SourceTensor], config: &SourceConfig) -> Result<Mapping> {
+    use crate::diffusers::{dit_depth, dit_name_map, DitSource};
     let index: HashMap<&str, usize> = sources.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-    let depth = (0..).take_while(|i| index.contains_key(format!("transformer_blocks.{i}.attn1.to_q.weight").as_str())).count();
-    if depth == 0 {
-        return Err(Error::arch("diffusers DiT: no transformer_blocks.0.attn1.to_q.weight"));
-    }
-    if let Some(n) = config.num_layers.filter(|&n| n != depth) {
-        return Err(Error::arch(format!("diffusers DiT: config.json says {n} layers, the weights hold {depth}")));
-    }
+    let depth = dit_depth(|k| index.contains_key(k), config)?;
     let mut used = vec![false; sources.len()];
     let mut take = |name: &str| -> Result<usize> {
         let i = *index.get(name).ok_or_else(|| Error::arch(format!("diffusers DiT: '{name}' is missing")))?;
@@ -357,42 +352,26 @@ fn diffusers_mapping(sources: &[SourceTensor], config: &SourceConfig) -> Result<
         Ok(i)
     };
     let mut outputs: BTreeMap<String, (Vec<usize>, bool)> = BTreeMap::new();
-    for w in ["weight", "bias"] {
-        outputs.insert(format!("x_embedder.proj.{w}"), (vec![take(&format!("pos_embed.proj.{w}"))?], false));
-    }
-    let shared: [(&str, &str); 5] = [
-        ("t_embedder.mlp.0.weight", "norm1.emb.timestep_embedder.linear_1.weight"),
-        ("t_embedder.mlp.0.bias", "norm1.emb.timestep_embedder.linear_1.bias"),
-        ("t_embedder.mlp.2.weight", "norm1.emb.timestep_embedder.linear_2.weight"),
-        ("t_embedder.mlp.2.bias", "norm1.emb.timestep_embedder.linear_2.bias"),
-        ("y_embedder.embedding_table.weight", "norm1.emb.class_embedder.embedding_table.weight"),
-    ];
-    for (official, suffix) in shared {
-        let copies = (0..depth).map(|i| take(&format!("transformer_blocks.{i}.{suffix}"))).collect::<Result<Vec<_>>>()?;
-        let first = &sources[copies[0]];
-        for &c in &copies[1..] {
-            if sources[c].shape != first.shape {
-                return Err(Error::arch(format!(
-                    "diffusers DiT: {} has shape {:?}, block 0's copy {:?}; a converted DiT shares one embedder (this checkpoint is not one)",
-                    sources[c].name, sources[c].shape, first.shape
-                )));
+    for (official, source) in dit_name_map(depth) {
+        let entry = match source {
+            DitSource::One(s) => (vec![take(&s)?], false),
+            DitSource::Joined(parts) => (parts.iter().map(|p| take(p)).collect::<Result<Vec<_>>>()?, false),
+            DitSource::Shared(names) => {
+                // The copies' values are compared as they arrive; their shapes can be now.
+                let copies = names.iter().map(|n| take(n)).collect::<Result<Vec<_>>>()?;
+                let first = &sources[copies[0]];
+                for &c in &copies[1..] {
+                    if sources[c].shape != first.shape {
+                        return Err(Error::arch(format!(
+                            "diffusers DiT: {} has shape {:?}, block 0's copy {:?}; a converted DiT shares one embedder (this checkpoint is not one)",
+                            sources[c].name, sources[c].shape, first.shape
+                        )));
+                    }
+                }
+                (copies, true)
             }
-        }
-        outputs.insert(official.to_string(), (copies, true));
-    }
-    for i in 0..depth {
-        let (d, o) = (format!("transformer_blocks.{i}."), format!("blocks.{i}."));
-        for w in ["weight", "bias"] {
-            let qkv = ["q", "k", "v"].iter().map(|p| take(&format!("{d}attn1.to_{p}.{w}"))).collect::<Result<Vec<_>>>()?;
-            outputs.insert(format!("{o}attn.qkv.{w}"), (qkv, false));
-            for (official, ours) in [("attn.proj", "attn1.to_out.0"), ("adaLN_modulation.1", "norm1.linear"), ("mlp.fc1", "ff.net.0.proj"), ("mlp.fc2", "ff.net.2")] {
-                outputs.insert(format!("{o}{official}.{w}"), (vec![take(&format!("{d}{ours}.{w}"))?], false));
-            }
-        }
-    }
-    for w in ["weight", "bias"] {
-        outputs.insert(format!("final_layer.adaLN_modulation.1.{w}"), (vec![take(&format!("proj_out_1.{w}"))?], false));
-        outputs.insert(format!("final_layer.linear.{w}"), (vec![take(&format!("proj_out_2.{w}"))?], false));
+        };
+        outputs.insert(official, entry);
     }
     let pos_check = index.get("pos_embed.pos_embed").copied();
     if let Some(i) = pos_check {

@@ -182,13 +182,12 @@ fn take(map: &mut TensorMap, name: &str) -> Result<Tensor> {
     map.remove(name).ok_or_else(|| Error::arch(format!("diffusers DiT: '{name}' is missing")))
 }
 
-/// The copies of one shared tensor in every block must be identical; returns block 0's.
-fn shared(map: &mut TensorMap, depth: usize, suffix: &str) -> Result<Tensor> {
-    let first = take(map, &format!("transformer_blocks.0.{suffix}"))?;
+/// The copies of one shared tensor (one per block) must be identical; returns block 0's.
+fn shared(map: &mut TensorMap, copies: &[String]) -> Result<Tensor> {
+    let first = take(map, &copies[0])?;
     let want = first.flatten_all()?.to_vec1::<f32>()?;
-    for i in 1..depth {
-        let name = format!("transformer_blocks.{i}.{suffix}");
-        let t = take(map, &name)?;
+    for name in &copies[1..] {
+        let t = take(map, name)?;
         if t.dims() != first.dims() || t.flatten_all()?.to_vec1::<f32>()? != want {
             return Err(Error::arch(format!(
                 "diffusers DiT: {name} differs from block 0's copy; a converted DiT shares one embedder (this checkpoint is not one)"
@@ -238,41 +237,79 @@ pub fn taesd_from_diffusers(map: TensorMap) -> Result<TensorMap> {
     Ok(out)
 }
 
-/// diffusers' DiT tensors (f32) -> the official names, with the position table of `cfg`.
-pub fn dit_from_diffusers(mut map: TensorMap, cfg: &DiffusersConfig) -> Result<TensorMap> {
-    let depth = (0..).take_while(|i| map.contains_key(&format!("transformer_blocks.{i}.attn1.to_q.weight"))).count();
+/// Where an official DiT tensor comes from in diffusers' layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DitSource {
+    /// One tensor, renamed.
+    One(String),
+    /// q, k and v, concatenated on dim 0 (`attn.qkv`).
+    Joined(Vec<String>),
+    /// The per-block copies of a shared embedder, which must be identical (block 0's is kept).
+    Shared(Vec<String>),
+}
+
+/// The blocks of a diffusers DiT (`contains` tells which tensors there are), checked against
+/// `config.json`'s `num_layers` when it states one.
+pub fn dit_depth(contains: impl Fn(&str) -> bool, cfg: &DiffusersConfig) -> Result<usize> {
+    let depth = (0..).take_while(|i| contains(&format!("transformer_blocks.{i}.attn1.to_q.weight"))).count();
     if depth == 0 {
         return Err(Error::arch("diffusers DiT: no transformer_blocks.0.attn1.to_q.weight"));
     }
     if let Some(n) = cfg.num_layers.filter(|&n| n != depth) {
         return Err(Error::arch(format!("diffusers DiT: config.json says {n} layers, the weights hold {depth}")));
     }
-    let mut out = TensorMap::new();
-    let mut put = |k: &str, t: Tensor| out.insert(k.to_string(), t);
-    put("x_embedder.proj.weight", take(&mut map, "pos_embed.proj.weight")?);
-    put("x_embedder.proj.bias", take(&mut map, "pos_embed.proj.bias")?);
-    for (official, ours) in [("t_embedder.mlp.0", "linear_1"), ("t_embedder.mlp.2", "linear_2")] {
-        for w in ["weight", "bias"] {
-            put(&format!("{official}.{w}"), shared(&mut map, depth, &format!("norm1.emb.timestep_embedder.{ours}.{w}"))?);
-        }
+    Ok(depth)
+}
+
+/// The mapping of diffusers' `convert_dit_to_diffusers.py`, reversed: every official tensor of a
+/// DiT of `depth` blocks and its diffusers sources (`pos_embed` is not there: it is computed).
+/// The one spelling of the layout, for the folder import and the streamed conversion alike.
+pub fn dit_name_map(depth: usize) -> Vec<(String, DitSource)> {
+    let one = |s: String| DitSource::One(s);
+    let mut m = Vec::new();
+    for w in ["weight", "bias"] {
+        m.push((format!("x_embedder.proj.{w}"), one(format!("pos_embed.proj.{w}"))));
     }
-    put("y_embedder.embedding_table.weight", shared(&mut map, depth, "norm1.emb.class_embedder.embedding_table.weight")?);
+    let shared = [
+        ("t_embedder.mlp.0.weight", "norm1.emb.timestep_embedder.linear_1.weight"),
+        ("t_embedder.mlp.0.bias", "norm1.emb.timestep_embedder.linear_1.bias"),
+        ("t_embedder.mlp.2.weight", "norm1.emb.timestep_embedder.linear_2.weight"),
+        ("t_embedder.mlp.2.bias", "norm1.emb.timestep_embedder.linear_2.bias"),
+        ("y_embedder.embedding_table.weight", "norm1.emb.class_embedder.embedding_table.weight"),
+    ];
+    for (official, suffix) in shared {
+        m.push((official.to_string(), DitSource::Shared((0..depth).map(|i| format!("transformer_blocks.{i}.{suffix}")).collect())));
+    }
     for i in 0..depth {
         let (d, o) = (format!("transformer_blocks.{i}."), format!("blocks.{i}."));
         for w in ["weight", "bias"] {
-            let q = take(&mut map, &format!("{d}attn1.to_q.{w}"))?;
-            let k = take(&mut map, &format!("{d}attn1.to_k.{w}"))?;
-            let v = take(&mut map, &format!("{d}attn1.to_v.{w}"))?;
-            put(&format!("{o}attn.qkv.{w}"), Tensor::cat(&[&q, &k, &v], 0)?);
-            put(&format!("{o}attn.proj.{w}"), take(&mut map, &format!("{d}attn1.to_out.0.{w}"))?);
-            put(&format!("{o}adaLN_modulation.1.{w}"), take(&mut map, &format!("{d}norm1.linear.{w}"))?);
-            put(&format!("{o}mlp.fc1.{w}"), take(&mut map, &format!("{d}ff.net.0.proj.{w}"))?);
-            put(&format!("{o}mlp.fc2.{w}"), take(&mut map, &format!("{d}ff.net.2.{w}"))?);
+            m.push((format!("{o}attn.qkv.{w}"), DitSource::Joined(["q", "k", "v"].iter().map(|p| format!("{d}attn1.to_{p}.{w}")).collect())));
+            for (official, ours) in [("attn.proj", "attn1.to_out.0"), ("adaLN_modulation.1", "norm1.linear"), ("mlp.fc1", "ff.net.0.proj"), ("mlp.fc2", "ff.net.2")] {
+                m.push((format!("{o}{official}.{w}"), one(format!("{d}{ours}.{w}"))));
+            }
         }
     }
     for w in ["weight", "bias"] {
-        put(&format!("final_layer.adaLN_modulation.1.{w}"), take(&mut map, &format!("proj_out_1.{w}"))?);
-        put(&format!("final_layer.linear.{w}"), take(&mut map, &format!("proj_out_2.{w}"))?);
+        m.push((format!("final_layer.adaLN_modulation.1.{w}"), one(format!("proj_out_1.{w}"))));
+        m.push((format!("final_layer.linear.{w}"), one(format!("proj_out_2.{w}"))));
+    }
+    m
+}
+
+/// diffusers' DiT tensors (f32) -> the official names, with the position table of `cfg`.
+pub fn dit_from_diffusers(mut map: TensorMap, cfg: &DiffusersConfig) -> Result<TensorMap> {
+    let depth = dit_depth(|k| map.contains_key(k), cfg)?;
+    let mut out = TensorMap::new();
+    for (official, source) in dit_name_map(depth) {
+        let t = match source {
+            DitSource::One(s) => take(&mut map, &s)?,
+            DitSource::Joined(parts) => {
+                let parts = parts.iter().map(|p| take(&mut map, p)).collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)?
+            }
+            DitSource::Shared(copies) => shared(&mut map, &copies)?,
+        };
+        out.insert(official, t);
     }
     let hidden = out["x_embedder.proj.weight"].dim(0)?;
     let (sample_size, patch, _) = cfg.dit_geometry()?;
