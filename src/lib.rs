@@ -31,6 +31,7 @@ pub mod model;
 pub mod pack;
 pub mod stream;
 pub mod layout;
+pub mod matmul;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
