@@ -132,8 +132,12 @@ def train(a, kind):
     if ck is None and kind == "finetune":
         model.load_state_dict(M.load_weights(os.path.join(d, "init.pt")))
     if ck is None and kind == "dense" and M.is_video(cfg) and a.init_image:
-        M.video_from_image(model, M.load_weights(a.init_image))
-        print(f"spatial blocks, embedders and final layer from {a.init_image}; temporal blocks: adaLN-Zero identity")
+        init = M.load_weights(a.init_image)
+        M.video_from_image(model, init)
+        if "temp_embed" in init:
+            print(f"every weight from the video model {a.init_image} (an earlier run's EMA)")
+        else:
+            print(f"spatial blocks, embedders and final layer from {a.init_image}; temporal blocks: adaLN-Zero identity")
     ema = M.make_ema(model, cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr,
                             weight_decay=a.weight_decay, betas=(0.9, 0.999))
