@@ -132,7 +132,8 @@ fn safetensor_to_tensor(name: &str, view: &safetensors::tensor::TensorView) -> R
 }
 
 /// The state dict of a zip pickle: under `ema`, `model` or `state_dict` if present, else the
-/// top-level dict. Never panics (a malformed pickle is an error).
+/// top-level dict. Never panics (a malformed pickle is an error; a panic in candle's pickle parser
+/// is caught).
 fn read_pickle(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
     let attempt = |key: Option<&str>| {
         let p = path.to_path_buf();
@@ -167,47 +168,108 @@ fn read_pickle(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String
     Err(last_err)
 }
 
-/// All tensors of a zip pickle's state dict (under `key`). Contiguous tensors come through
-/// candle; strided views (slices saved without `.contiguous()`) are gathered element by element.
+/// All tensors of a zip pickle's state dict (under `key`): candle parses the pickle, each tensor
+/// is read here from its storage record ([`read_view`]).
 fn read_pickle_key(path: &Path, key: Option<&str>) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let file = std::fs::File::open(path)?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    check_pickles(&mut zip)?;
     let pth = candle_core::pickle::PthTensors::new(path, key)?;
     let mut out = Vec::with_capacity(pth.tensor_infos().len());
     for (name, info) in pth.tensor_infos() {
-        let layout = &info.layout;
-        let t = if layout.is_contiguous() || layout.is_fortran_contiguous() {
-            pth.get(name)?.ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} vanished")))?
-        } else {
-            read_strided(path, info)?
-        };
-        out.push((name.clone(), t));
+        out.push((name.clone(), read_view(&mut zip, info)?));
     }
     Ok(out)
 }
 
-/// Gather a strided tensor from its storage record in the zip archive.
-fn read_strided(path: &Path, info: &candle_core::pickle::TensorInfo) -> candle_core::Result<Tensor> {
+/// Walks the opcodes of every `data.pkl` of the archive before candle reads them: candle
+/// allocates a string's claimed length (`BinUnicode`, up to 4 GiB) before reading it, so a length
+/// that runs past the pickle is refused here first.
+fn check_pickles<R: std::io::Read + std::io::Seek>(zip: &mut zip::ZipArchive<R>) -> candle_core::Result<()> {
+    use std::io::Read;
+    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok()).filter(|n| n.ends_with("data.pkl")).map(|n| n.into_owned()).collect();
+    for name in names {
+        let mut pkl = Vec::new();
+        zip.by_name(&name).map_err(|e| candle_core::Error::Msg(e.to_string()))?.read_to_end(&mut pkl)?;
+        let mut i = 0;
+        while let Some(&op) = pkl.get(i) {
+            i += 1;
+            let arg = match op {
+                b'.' => break,
+                // Global: module and class, each a line
+                b'c' => {
+                    for _ in 0..2 {
+                        i += pkl.get(i..).and_then(|r| r.iter().position(|&b| b == b'\n')).map_or(pkl.len(), |p| p + 1);
+                    }
+                    0
+                }
+                b'X' => {
+                    let len = pkl.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                    if len > pkl.len().saturating_sub(i + 4) {
+                        return Err(candle_core::Error::Msg(format!("{name}: a {len}-byte string at byte {} runs past the {}-byte pickle", i - 1, pkl.len())));
+                    }
+                    4 + len
+                }
+                0x80 | b'q' | b'K' | b'h' => 1,
+                b'M' => 2,
+                b'r' | b'J' | b'j' => 4,
+                b'G' => 8,
+                0x8a => 1 + pkl.get(i).map_or(0, |&n| n as usize),
+                // opcodes without an argument; candle refuses any other
+                b')' | b'R' | b'(' | b't' | b'Q' | b'N' | 0x81 | 0x85..=0x89 | b's' | b'u' | b'}' | b'd' | b'b' | b']' | b'a' | b'e' => 0,
+                _ => break,
+            };
+            i += arg;
+        }
+    }
+    Ok(())
+}
+
+/// Most elements a view may have beyond its storage's (a stride-0 view repeats elements).
+const MAX_BROADCAST_ELEMS: usize = 1 << 24;
+
+/// One tensor of a zip pickle, from its storage record: contiguous, Fortran-order or strided
+/// (slices saved without `.contiguous()`, gathered element by element). The view must lie inside
+/// the storage bytes actually there, so a pickle's claimed shape alone allocates nothing.
+fn read_view<R: std::io::Read + std::io::Seek>(zip: &mut zip::ZipArchive<R>, info: &candle_core::pickle::TensorInfo) -> candle_core::Result<Tensor> {
     use std::io::Read;
     let err = |m: String| candle_core::Error::Msg(format!("tensor {}: {m}", info.name));
-    let file = std::fs::File::open(path)?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
     let mut entry = zip.by_name(&info.path).map_err(|e| err(e.to_string()))?;
     let mut bytes = Vec::new();
     entry.read_to_end(&mut bytes)?;
     let elem = info.dtype.size_in_bytes();
-    let storage = Tensor::from_raw_buffer(&bytes[..bytes.len() / elem * elem], info.dtype, &[bytes.len() / elem], &Device::Cpu)?;
+    let storage_elems = bytes.len() / elem;
     let dims = info.layout.dims().to_vec();
     let stride = info.layout.stride().to_vec();
     // candle records the view's start offset in bytes.
     let start = info.layout.start_offset() / elem;
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| err(format!("shape {dims:?} overflows")))?;
+    if n == 0 {
+        return Tensor::zeros(dims, info.dtype, &Device::Cpu);
+    }
+    // The last element the view reaches.
+    let last = dims.iter().zip(&stride).try_fold(start, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?));
+    if last.is_none_or(|l| l >= storage_elems) {
+        return Err(err(format!("view {dims:?} (stride {stride:?}, start {start}) reaches past its {storage_elems}-element storage")));
+    }
+    if n > storage_elems.max(MAX_BROADCAST_ELEMS) {
+        return Err(err(format!("view {dims:?} has {n} elements, its storage {storage_elems}")));
+    }
+    let storage = &bytes[..storage_elems * elem];
+    if info.layout.is_contiguous() {
+        return Tensor::from_raw_buffer(&storage[start * elem..(start + n) * elem], info.dtype, &dims, &Device::Cpu);
+    }
+    if info.layout.is_fortran_contiguous() {
+        let reversed: Vec<usize> = dims.iter().rev().copied().collect();
+        let t = Tensor::from_raw_buffer(&storage[start * elem..(start + n) * elem], info.dtype, &reversed, &Device::Cpu)?;
+        return t.permute((0..dims.len()).rev().collect::<Vec<_>>());
+    }
+    let storage = Tensor::from_raw_buffer(storage, info.dtype, &[storage_elems], &Device::Cpu)?;
     let mut index = Vec::with_capacity(n);
     let mut pos = vec![0usize; dims.len()];
     for _ in 0..n {
         let off = start + pos.iter().zip(&stride).map(|(p, s)| p * s).sum::<usize>();
-        if off >= storage.elem_count() {
-            return Err(err(format!("view reaches element {off} of a {}-element storage", storage.elem_count())));
-        }
-        index.push(off as u32);
+        index.push(u32::try_from(off).map_err(|_| err(format!("element {off} is past what a gather can index")))?);
         for d in (0..dims.len()).rev() {
             pos[d] += 1;
             if pos[d] < dims[d] {

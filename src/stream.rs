@@ -65,6 +65,9 @@ pub fn normalize_sha256(s: &str) -> Result<String> {
 
 /// Headers larger than this are refused (a GGUF header of a DiT-XL pack is ~60 KB).
 const MAX_HEADER: usize = 64 << 20;
+/// A tensor claiming more bytes than this is refused with the header (DiT-XL's largest is 21 MB
+/// in F32; the page's wasm32 memory is 4 GiB in all).
+pub const MAX_TENSOR_BYTES: u64 = 1 << 32;
 
 impl PackStream {
     /// `expected_sha256` is hex (either case); `None` skips that check.
@@ -122,6 +125,14 @@ impl PackStream {
             // Without an announced size, check names / shapes / overlaps against "any length";
             // truncation is caught at `finish`.
             header.validate_len(self.expected_size.unwrap_or(u64::MAX))?;
+            if let Some(t) = header.tensors.iter().find(|t| t.nbytes as u64 > MAX_TENSOR_BYTES) {
+                return Err(Error::gguf(format!(
+                    "tensor '{}' claims {} bytes, over the {} GiB a tensor may take (corrupt header?)",
+                    t.name,
+                    t.nbytes,
+                    MAX_TENSOR_BYTES >> 30
+                )));
+            }
             let cfg = pack::config_from_header(&header)?;
             sink.header(&header, &cfg)?;
             let mut order: Vec<usize> = (0..header.tensors.len()).collect();
@@ -157,8 +168,11 @@ impl PackStream {
             }
             let want = (t_end - pos) as usize;
             let take = want.min(bytes.len());
-            if self.current.is_empty() {
-                self.current.reserve_exact(info.nbytes);
+            // The buffer grows with the bytes that arrive (doubling, never past the tensor's
+            // size): a header's claim alone allocates nothing.
+            if self.current.capacity() - self.current.len() < take {
+                let want = (self.current.len() + take).max(2 * self.current.capacity()).min(info.nbytes);
+                self.current.reserve_exact(want - self.current.len());
             }
             self.current.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
