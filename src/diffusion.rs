@@ -461,7 +461,24 @@ impl Sampler {
     /// `t` and labels `y`, returning (B, C_out, H, W). With guidance, each call gets the batch
     /// [x; x] with labels [y; null] (the reference's `forward_with_cfg` on its doubled batch),
     /// and the guided first half drives the update.
-    pub fn sample<M, P>(
+    pub fn sample<M, P>(&self, model: M, z: &Tensor, y: &[i64], guidance: Option<Guidance>, noise: &mut dyn NoiseSource, on_step: P) -> Result<Tensor>
+    where
+        M: FnMut(&Tensor, &[f32], &[i64]) -> Result<Tensor>,
+        P: FnMut(&StepInfo) -> Result<()>,
+    {
+        // Nothing waits between steps here, so one poll runs the whole loop.
+        let run = std::pin::pin!(self.sample_yielding(model, z, y, guidance, noise, on_step, || std::future::ready(true)));
+        match std::future::Future::poll(run, &mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => unreachable!("sample awaits only ready futures"),
+        }
+    }
+
+    /// [`Sampler::sample`], awaiting `between()` after every step's `on_step` but the last: the
+    /// browser's engine worker yields there, so a cancel message can arrive mid-run. A `false`
+    /// from it stops the run with [`Error::Cancelled`] (the last `on_step` saw the latent).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sample_yielding<M, P, B, F>(
         &self,
         mut model: M,
         z: &Tensor,
@@ -469,10 +486,13 @@ impl Sampler {
         guidance: Option<Guidance>,
         noise: &mut dyn NoiseSource,
         mut on_step: P,
+        mut between: B,
     ) -> Result<Tensor>
     where
         M: FnMut(&Tensor, &[f32], &[i64]) -> Result<Tensor>,
         P: FnMut(&StepInfo) -> Result<()>,
+        B: FnMut() -> F,
+        F: std::future::Future<Output = bool>,
     {
         let dims = z.dims().to_vec();
         if !(dims.len() == 4 || dims.len() == 5) || dims[0] != y.len() || dims[0] == 0 {
@@ -519,6 +539,9 @@ impl Sampler {
             };
             x = next;
             on_step(&StepInfo { iter, total, timestep: self.timestep(iter), x: &x, pred_x0: &x0 })?;
+            if iter + 1 < total && !between().await {
+                return Err(Error::Cancelled);
+            }
         }
         Ok(Tensor::from_vec(x, dims.as_slice(), &dev)?)
     }

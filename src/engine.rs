@@ -361,7 +361,20 @@ impl Engine {
 
     /// Run a checked request: `on_step` sees every step and returns whether to go on; a `false`
     /// ends the run after that step with the partly denoised latent (`cancelled`).
-    pub async fn sample(&self, req: &SampleRequest, mut on_step: impl FnMut(&Step) -> Result<bool>) -> Result<Sampled> {
+    pub async fn sample(&self, req: &SampleRequest, on_step: impl FnMut(&Step) -> Result<bool>) -> Result<Sampled> {
+        self.sample_yielding(req, on_step, || std::future::ready(true)).await
+    }
+
+    /// [`Engine::sample`], awaiting `between()` after every CPU-path step but the last; a `false`
+    /// from it ends the run there as a `false` from `on_step` does. The browser's engine worker
+    /// yields there, so a cancel message can arrive mid-run (the GPU path yields on its own,
+    /// waiting for the device).
+    pub async fn sample_yielding<F: std::future::Future<Output = bool>>(
+        &self,
+        req: &SampleRequest,
+        mut on_step: impl FnMut(&Step) -> Result<bool>,
+        mut between: impl FnMut() -> F,
+    ) -> Result<Sampled> {
         let cfg = self.cfg();
         let plan = req.plan(cfg)?;
         let n = plan.images;
@@ -390,8 +403,12 @@ impl Engine {
             Net::Cpu(model) => {
                 let zt = Tensor::from_vec(z, shape.as_slice(), &Device::Cpu)?;
                 let maps: RefCell<Vec<StepAttention>> = RefCell::new(Vec::new());
-                let mut partial: Option<Vec<f32>> = None;
-                let run = plan.sampler.sample(
+                // The latent after the last reported step: what a stop (from `on_step` or from
+                // `between`) returns. One buffer, refilled every step.
+                let mut partial: Vec<f32> = Vec::new();
+                // A stop was asked for (a `Cancelled` from anywhere else stays an error).
+                let stop = std::cell::Cell::new(false);
+                let run = plan.sampler.sample_yielding(
                     |x, t, yb| {
                         let grid = plan.grid_at(t[0] as usize, cfg);
                         if !req.trace {
@@ -417,20 +434,32 @@ impl Engine {
                             attention: &attention,
                         };
                         steps_done += 1;
+                        partial.clear();
+                        partial.extend_from_slice(s.x);
                         if !on_step(&step)? && s.iter + 1 < total {
                             // Stop here: the sampler unwinds with `Cancelled`, the latent is kept.
-                            partial = Some(s.x.to_vec());
+                            stop.set(true);
                             return Err(Error::Cancelled);
                         }
                         Ok(())
                     },
-                );
-                match (run, partial) {
-                    (Err(Error::Cancelled), Some(x)) => {
+                    || {
+                        let next = between();
+                        let stop = &stop;
+                        async move {
+                            let go_on = next.await;
+                            stop.set(stop.get() || !go_on);
+                            go_on
+                        }
+                    },
+                )
+                .await;
+                match run {
+                    Err(Error::Cancelled) if stop.get() => {
                         stopped = true;
-                        x
+                        partial
                     }
-                    (run, _) => to_vec_f32(&run?)?,
+                    run => to_vec_f32(&run?)?,
                 }
             }
         };

@@ -27,7 +27,8 @@
 //!   layout(grid: number): BlockInfo[]     // token view at sparse grid side `grid` (dense models ignore it)
 //!   run_plan(opts): { grids: number[], timesteps: number[], macs }  // what generate(opts) would run:
 //!                                         // the grid and timestep of each step, MACs of all blocks
-//!   generate(opts, on_step: (step) => void): Promise<result>
+//!   generate(opts, on_step: (step) => void | Promise): Promise<result>  // on the CPU path a
+//!                                         // Promise from on_step is awaited before the next step
 //!   cancel(): void                        // the running generate stops after its current step
 //!   block_times(grid: number): Promise<{name, ms}[] | null>   // GPU ms per block (timestamp queries)
 //!   load_decoder(bytes: Uint8Array, expected_sha256?: string): DecoderInfo  // TAESD / SD-VAE pack
@@ -686,6 +687,20 @@ pub fn decoder_pack_from_diffusers(safetensors: &[u8], config_json: &str, quant:
     Ok(js_sys::Uint8Array::from(pack.as_slice()))
 }
 
+/// Chooses the f32 matmul of the CPU path's linear layers for this engine's wasm instance:
+/// `"lanes4"` (the default here, `src/matmul.rs`) or `"gemm"` (candle's), so a benchmark can time
+/// both in one page (`scripts/browser-cpu-bench.mjs`).
+#[wasm_bindgen]
+pub fn set_cpu_matmul(kernel: &str) -> Result<(), JsValue> {
+    use crate::matmul::{set_kernel, Kernel};
+    match kernel {
+        "lanes4" => set_kernel(Kernel::Lanes4),
+        "gemm" => set_kernel(Kernel::Gemm),
+        other => return Err(js_err(Error::arg(format!("set_cpu_matmul: unknown kernel '{other}' (lanes4 | gemm)")))),
+    }
+    Ok(())
+}
+
 /// What the pack of a diffusers DiT (`config.json` of its transformer) takes with `quant`,
 /// before any weight is downloaded: `{ arch, params, pack_bytes, tensor_bytes,
 /// largest_tensor_bytes, input_size, num_classes, depth, hidden_size }`.
@@ -731,9 +746,12 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
     let mut last = start;
     let (mut ms_steps, mut grids) = (Vec::new(), Vec::new());
     let mut thrown: Option<Thrown> = None;
+    // A Promise `on_step` returned: awaited before the next CPU-path step (the page's engine
+    // worker yields there until the page took the step, so its cancel arrives in time).
+    let step_taken: RefCell<Option<js_sys::Promise>> = RefCell::new(None);
     let run = loaded
         .engine
-        .sample(&req, |s| {
+        .sample_yielding(&req, |s| {
             let t = now_ms();
             let out = StepOut { iter: s.iter, total: s.total, timestep: s.timestep, grid: s.grid, ms: t - last };
             last = t;
@@ -747,7 +765,8 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
                 if req.trace {
                     js_sys::Reflect::set(&step, &"attention".into(), &attention_js(s.attention)?)?;
                 }
-                on_step.call1(&JsValue::NULL, &step)?;
+                let ret = on_step.call1(&JsValue::NULL, &step)?;
+                *step_taken.borrow_mut() = ret.dyn_into::<js_sys::Promise>().ok();
                 Ok(())
             };
             if let Err(e) = report() {
@@ -755,6 +774,17 @@ async fn generate(inner: Rc<RefCell<Inner>>, cancel: Rc<Cell<bool>>, opts: JsVal
                 return Err(Error::Cancelled);
             }
             Ok(!cancel.get())
+        }, || {
+            let taken = step_taken.borrow_mut().take();
+            let cancel = cancel.clone();
+            async move {
+                if let Some(p) = taken {
+                    // its outcome is the page's business: only the wait matters here
+                    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
+                }
+                // a cancel that came while waiting stops the run before the next step
+                !cancel.get()
+            }
         })
         .await;
     if let Some(Thrown(e)) = thrown {

@@ -38,6 +38,23 @@ const VIDEO_PACK = 'latte-f8-rgb.gguf';
 const SPARSE_VIDEO_PACK = 'sparselatte-f3.gguf';
 
 const GENERATE_TIMEOUT = 10 * 60_000;
+
+// The engine's worker (web/js/worker.js) with every GPUDevice it requests kept in
+// self.__gpuDevices: static imports run in order, so the hook is in place before the worker's
+// first message opens the engine.
+const GPU_CAPTURE_WORKER = "import '/test/gpu-capture.js';\nimport '/js/worker.js';\n";
+const GPU_CAPTURE = `if (self.GPUAdapter) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const device = await requestDevice.apply(this, args);
+    (self.__gpuDevices ||= []).push(device);
+    return device;
+  };
+}
+`;
+
+/** The page's engine workers (the compare engine has a second one). */
+const engineWorkers = (page) => page.workers().filter((w) => /\/(js\/worker|test\/gpu-capture-worker)\.js$/.test(w.url()));
 const LOAD_TIMEOUT = 3 * 60_000;
 
 // The config.json of DiT-XL/2 256 in diffusers' layout (the opt-in XL test from the Hub).
@@ -106,15 +123,14 @@ async function openPage(query = '') {
   page.on('console', (m) => log.console.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log.errors.push(String(e)));
   await page.addInitScript(() => {
-    // keep the WebGPU devices the engine creates, so a test can destroy one (a "lost" device)
-    if (window.GPUAdapter) {
-      const requestDevice = GPUAdapter.prototype.requestDevice;
-      GPUAdapter.prototype.requestDevice = async function (...args) {
-        const device = await requestDevice.apply(this, args);
-        (window.__gpuDevices ||= []).push(device);
-        return device;
-      };
-    }
+    // The engine's worker through a stand-in that keeps the WebGPU devices it creates, so a test
+    // can destroy one (a "lost" device); see GPU_CAPTURE_WORKER.
+    const PageWorker = window.Worker;
+    window.Worker = class extends PageWorker {
+      constructor(url, opts) {
+        super(/\/js\/worker\.js$/.test(String(url)) ? '/test/gpu-capture-worker.js' : url, opts);
+      }
+    };
     window.__csp = [];
     document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
   });
@@ -123,6 +139,23 @@ async function openPage(query = '') {
 }
 
 const statusText = (page) => page.getByTestId('status').textContent();
+
+/**
+ * Retries `check` (an async function that asserts) until it passes or `timeout` ms pass: for what
+ * the page draws after asking its engine's worker (the token view, the hint follow a setting a
+ * moment later).
+ */
+async function eventually(check, timeout = 10_000) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > end) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
 
 async function waitStatus(page, re, timeout) {
   await page.waitForFunction(
@@ -206,6 +239,8 @@ before(async () => {
   for (let i = corrupt.length - 4096; i < corrupt.length - 4000; i++) corrupt[i] ^= 0x5a; // tensor data only
   const badManifest = { models: [{ ...entry, id: 'corrupt', file: 'corrupt.gguf', default: true }] };
   const extra = {
+    '/test/gpu-capture-worker.js': { body: GPU_CAPTURE_WORKER, type: 'text/javascript' },
+    '/test/gpu-capture.js': { body: GPU_CAPTURE, type: 'text/javascript' },
     '/bad/corrupt.gguf': { body: corrupt },
     '/bad/manifest.json': { body: JSON.stringify(badManifest), type: 'application/json' },
     '/bad/truncated.gguf': { body: good.subarray(0, Math.floor(good.length * 0.6)) },
@@ -366,7 +401,7 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       assert.equal(info.arch, 'sparsedit');
       assert.equal(info.depth, TINY_KINDS.length);
       assert.equal(info.dense_grid, 8);
-      const layout = await page.evaluate((g) => Array.from(window.sparsedit.engine.layout(g), (b) => ({ kind: b.kind, tokens: Number(b.tokens) })), GRID);
+      const layout = await page.evaluate(async (g) => (await window.sparsedit.engine.layout(g)).map((b) => ({ kind: b.kind, tokens: Number(b.tokens) })), GRID);
       assert.deepEqual(layout.map((b) => b.kind), TINY_KINDS);
       assert.deepEqual(layout.map((b) => b.tokens), TINY_TOKENS_S4);
       const shown = [];
@@ -388,23 +423,22 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
       const base = { label: CLASS, seed: SEED, steps: STEPS, sampler: 'ddim', eta: 0, cfg: CFG, num: 1 };
       // MACs of a fixed grid: every step's forward at s = 4, both CFG halves.
       const fixed = await plan({ ...base, sparsity: 'fixed', grid: GRID });
-      const perForward = await page.evaluate((g) => Array.from(window.sparsedit.engine.layout(g)).reduce((a, b) => a + b.macs, 0), GRID);
+      const perForward = await page.evaluate(async (g) => (await window.sparsedit.engine.layout(g)).reduce((a, b) => a + b.macs, 0), GRID);
       assert.deepEqual(fixed.grids, Array(STEPS).fill(GRID));
       assert.equal(fixed.timesteps.length, STEPS);
       assert.ok(fixed.timesteps[0] > fixed.timesteps[STEPS - 1], `timesteps in run order: ${fixed.timesteps}`);
       assert.equal(fixed.macs, perForward * STEPS * 2);
-      const bad = await page.evaluate((o) => {
-        try { window.sparsedit.engine.run_plan(o); return 'no error'; } catch (e) { return e.kind; }
-      }, { ...base, sparsity: 'fixed', grid: 99 });
+      const bad = await page.evaluate((o) => window.sparsedit.engine.run_plan(o).then(() => 'no error', (e) => e.kind), { ...base, sparsity: 'fixed', grid: 99 });
       assert.equal(bad, 'invalid_argument');
       // Timestep-wise: the hint names the first and the last step's grid, as planned.
       const sched = await plan({ ...base, sparsity: 'schedule', r_min: 0.6, r_max: 0.85 });
+      // (the hint follows the engine's plan, asked from its worker: it comes a moment later)
+      const hintMatches = (re) => page.waitForFunction((src) => new RegExp(src).test(document.getElementById('sparsity-hint').textContent), re.source, { timeout: 10_000 });
       await page.check('input[name="sparsity"][value="schedule"]');
-      const hint = await page.locator('#sparsity-hint').textContent();
-      assert.match(hint, new RegExp(`s = ${sched.grids[0]} at the noisy start to s = ${sched.grids[STEPS - 1]} at the last`), hint);
+      await hintMatches(new RegExp(`s = ${sched.grids[0]} at the noisy start to s = ${sched.grids[STEPS - 1]} at the last`));
       assert.ok(sched.grids[0] < sched.grids[STEPS - 1], `schedule grids ${sched.grids}`);
       await page.check('input[name="sparsity"][value="fixed"]');
-      assert.match(await page.locator('#sparsity-hint').textContent(), /^4×4 = 16 sparse tokens/);
+      await hintMatches(/^4×4 = 16 sparse tokens/);
     });
 
     await t.test('cancel: the run stops, the page shows its last step and the partly denoised latent comes back', async () => {
@@ -449,9 +483,12 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
     await t.test('no request left 127.0.0.1, no CSP violation, no page error', () => assertCleanRun(page, log));
 
     await t.test('a lost GPU device: the error is shown, the engine restarts and reloads from the cache', async () => {
-      const devices = await page.evaluate(() => (window.__gpuDevices || []).length);
-      assert.ok(devices >= 1, 'no WebGPU device seen');
-      await page.evaluate(() => window.__gpuDevices.forEach((d) => d.destroy()));
+      // the devices live in the engines' workers
+      const destroyed = await Promise.all(engineWorkers(page).map((w) => w.evaluate(() => {
+        for (const d of self.__gpuDevices || []) d.destroy();
+        return (self.__gpuDevices || []).length;
+      }).catch(() => 0)));
+      assert.ok(destroyed.reduce((a, b) => a + b, 0) >= 1, 'no WebGPU device seen');
       await page.getByTestId('steps').fill('1');
       await page.getByTestId('generate').click();
       await page.waitForFunction(() => /GPU device lost/.test(document.querySelector('[data-testid="errors"]')?.textContent || ''), null, { timeout: GENERATE_TIMEOUT, polling: 250 });
@@ -511,8 +548,9 @@ test('without WebGPU the engine falls back to the CPU path (and still matches th
     console.log(`# CPU path in the browser: ${done}; max |page - CLI| = ${worst.toExponential(3)}`);
     assert.equal(image.length, cli.data.length);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
-    // Cancelled on the CPU path (the sampler runs synchronously there, so from on_step): the
-    // result holds the partly denoised latent, as on WebGPU.
+    // Cancelled on the CPU path from on_step (the worker starts the next step only once the page
+    // took the last, so the cancel lands first): the result holds the partly denoised latent, as
+    // on WebGPU.
     const cancelled = await page.evaluate(async (o) => {
       const engine = window.sparsedit.engine, info = window.sparsedit.info;
       const r = await engine.generate(o, (step) => { if (step.iter === 0) engine.cancel(); });
@@ -520,6 +558,90 @@ test('without WebGPU the engine falls back to the CPU path (and still matches th
     }, { label: CLASS, seed: SEED, steps: STEPS, cfg: CFG, sparsity: 'fixed', grid: GRID, num: 1 });
     assert.deepEqual(cancelled, { cancelled: true, steps: 1, length: cancelled.want, want: cancelled.want });
   });
+});
+
+test('the engine runs in a worker: the page stays responsive during a CPU-path generation, cancel stops it mid-run, a worker error reaches the page', { timeout: 10 * 60_000 }, async (t) => {
+  const init = () => {
+    window.__csp = [];
+    document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+  };
+  await withCpuPage('', async (page) => {
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(status, /^ready/, status);
+    assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'cpu');
+    assert.equal(engineWorkers(page).length, 1, `workers: ${page.workers().map((w) => w.url())}`);
+
+    const STEPS_LONG = 60;
+    await t.test('during a CPU-path generation no main-thread task reaches 50 ms and a click is handled within 100 ms; cancel stops the run', async () => {
+      await page.evaluate(() => {
+        window.__longtasks = [];
+        new PerformanceObserver((list) => {
+          for (const e of list.getEntries()) window.__longtasks.push({ start: e.startTime, ms: e.duration });
+        }).observe({ type: 'longtask' });
+        // how long a click waited for the page's thread: from the input event to its handler
+        window.__clicks = [];
+        document.getElementById('seed-random').addEventListener('click', (ev) => {
+          window.__clicks.push({ ms: performance.now() - ev.timeStamp, at: ev.timeStamp, generating: window.sparsedit.state.generating });
+        });
+      });
+      await page.getByTestId('steps').fill(String(STEPS_LONG));
+      // the buttons in view first: what is measured is the engine's run, not the test scrolling the page
+      await page.locator('#seed-random').scrollIntoViewIfNeeded();
+      await page.getByTestId('cancel').scrollIntoViewIfNeeded();
+      await page.waitForTimeout(200);
+      const tClick = await page.evaluate(() => performance.now());
+      await page.getByTestId('generate').click();
+      // measured from the first finished step on: while the worker computes (the Generate
+      // click's own task, which starts the run, is reported but not part of the measure)
+      await waitStatus(page, /^(generating: step [1-9]|done|error)/, GENERATE_TIMEOUT);
+      const t0 = await page.evaluate(() => performance.now());
+      await waitStatus(page, /^(generating: step ([3-9]|\d\d)|done|error)/, GENERATE_TIMEOUT);
+      for (let k = 0; k < 5; k++) {
+        await page.locator('#seed-random').click();
+        await page.waitForTimeout(50);
+      }
+      await page.getByTestId('cancel').click();
+      const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
+      const got = await page.evaluate(({ t0, tClick }) => ({
+        startTasks: window.__longtasks.filter((e) => e.start >= tClick && e.start < t0),
+        longtasks: window.__longtasks.filter((e) => e.start >= t0),
+        clicks: window.__clicks,
+        cancelled: window.sparsedit.lastResult.cancelled,
+        steps: window.sparsedit.lastResult.ms_steps.length,
+        msPerStep: window.sparsedit.lastResult.ms_total / window.sparsedit.lastResult.ms_steps.length,
+      }), { t0, tClick });
+      const longest = Math.max(0, ...got.longtasks.map((e) => e.ms));
+      console.log(`# CPU path in the worker: ${got.steps} of ${STEPS_LONG} steps (${got.msPerStep.toFixed(0)} ms/step) before the cancel; ` +
+        `main-thread long tasks: ${got.longtasks.length} (longest ${longest.toFixed(0)} ms, at ${got.longtasks.map((e) => (e.start - t0).toFixed(0)).join(', ')} ms); ` +
+        `click handled after ${got.clicks.map((c) => `${c.ms.toFixed(1)} ms (at ${(c.at - t0).toFixed(0)})`).join(', ')}; ` +
+        `long tasks from the Generate click to the first step: ${got.startTasks.map((e) => `${e.ms.toFixed(0)} ms`).join(', ') || 'none'}`);
+      assert.match(done, new RegExp(`^done — cancelled after \\d+ of ${STEPS_LONG} steps`), done);
+      assert.equal(got.cancelled, true);
+      assert.ok(got.steps >= 3 && got.steps < STEPS_LONG, `${got.steps} steps ran`);
+      assert.ok(longest < 50, `longest main-thread task ${longest} ms: ${JSON.stringify(got.longtasks)}`);
+      assert.equal(got.clicks.length, 5);
+      assert.ok(got.clicks.every((c) => c.generating), 'every click came during the generation');
+      assert.ok(got.clicks.every((c) => c.ms < 100), `click latencies ${got.clicks.map((c) => c.ms)}`);
+    });
+
+    await t.test('an error inside the worker reaches the page as a clear message; the engine restarts', async () => {
+      const [worker] = engineWorkers(page);
+      await worker.evaluate(() => { setTimeout(() => { throw new Error('test: an error inside the engine worker'); }, 0); });
+      await page.waitForFunction(() => /engine's worker failed: .*an error inside the engine worker/.test(document.querySelector('[data-testid="errors"]').textContent), null, { timeout: 30_000, polling: 100 });
+      const s = await waitStatus(page, /^ready.*from cache/, LOAD_TIMEOUT);
+      assert.match(s, /^ready/);
+      // an engine error of a call (kind and message) comes back as a rejected promise
+      const bad = await page.evaluate(() => window.sparsedit.engine.run_plan({ sparsity: 'fixed', grid: 99 }).then(() => 'no error', (e) => `${e.kind}: ${e.message}`));
+      assert.match(bad, /^invalid_argument: .*99/, bad);
+      await page.getByTestId('steps').fill('2');
+      await page.getByTestId('generate').click();
+      assert.match(await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT), /^done in/);
+    });
+
+    await t.test('no CSP violation', async () => {
+      assert.deepEqual(await page.evaluate(() => window.__csp), []);
+    });
+  }, { init });
 });
 
 test('DPM-Solver++ (2M) picked in the page samples what the CLI samples', { timeout: 10 * 60_000 }, async () => {
@@ -553,8 +675,8 @@ test('a plain DiT, training-free: the middle blocks on pooled tokens, drawn and 
     await page.locator('input[name="sparsity"][value="fixed"]').check();
     await page.getByTestId('grid').fill(String(GRID));
     await page.getByTestId('grid').dispatchEvent('input');
-    assert.deepEqual(await tokens(), POOLED_TOKENS_S4, 'training-free at s = 4');
-    assert.match(await page.locator('#sparsity-hint').textContent(), /Training-free/);
+    await eventually(async () => assert.deepEqual(await tokens(), POOLED_TOKENS_S4, 'training-free at s = 4'));
+    await eventually(async () => assert.match(await page.locator('#sparsity-hint').textContent(), /Training-free/));
     const steps = 4;
     await generateIn(page, { steps });
     await page.screenshot({ path: path.join(ARTIFACTS, 'training-free.png'), fullPage: true });
@@ -622,9 +744,9 @@ test('a latent model with a TAESD decoder: the final sample is decoded in the pa
     console.log(`# decoded in the page vs CLI decode: max abs diff ${worst.toExponential(3)}`);
     assert.ok(worst <= TOLERANCE, `max abs difference ${worst} at index ${at}`);
 
-    // Live TAESD preview: step clean-image guesses went through engine.decode (at least one; on
-    // the CPU path the sampler does not yield, so the rest are skipped), each the decode of that
-    // step's pred_x0, and scrubbing to a previewed step shows it decoded.
+    // Live TAESD preview: step clean-image guesses went through engine.decode (at least one; a
+    // step that comes while one decodes waits, replacing an older waiting one), each the decode
+    // of that step's pred_x0, and scrubbing to a previewed step shows it decoded.
     await page.waitForFunction(() => (window.sparsedit.state.run.previews || 0) >= 1 && !window.sparsedit.state.run.previewBusy, null, { timeout: 60_000 });
     const live = await page.evaluate(async () => {
       const run = window.sparsedit.state.run;
@@ -666,14 +788,15 @@ test('the wasm engine takes a video pack (Latte): it streams into WebGPU and sam
     const got = await page.evaluate(async ({ steps, cls, seed }) => {
       const engine = window.sparsedit.engine;
       const bytes = new Uint8Array(await (await fetch('/extra/latte.gguf')).arrayBuffer());
-      engine.begin_load(bytes.length, null);
-      for (let i = 0; i < bytes.length; i += 4096) engine.push(bytes.subarray(i, i + 4096));
-      const info = engine.finish_load();
-      let n = 0;
+      await engine.begin_load(bytes.length, null);
+      for (let i = 0; i < bytes.length; i += 4096) await engine.push(bytes.subarray(i, i + 4096));
+      const info = await engine.finish_load();
+      let n = 0, badPreview = null;
       const r = await engine.generate({ label: cls, seed, steps, cfg: 4, sampler: 'ddim', num: 1, preview: true }, (s) => {
         n += 1;
-        if (!s.pred_x0 || s.pred_x0.length !== 3 * 4 * 8 * 8) throw new Error(`preview of ${s.pred_x0 && s.pred_x0.length} values`);
+        if (!s.pred_x0 || s.pred_x0.length !== 3 * 4 * 8 * 8) badPreview = `preview of ${s.pred_x0 && s.pred_x0.length} values`;
       });
+      if (badPreview) throw new Error(badPreview);
       return { info: { arch: info.arch, frames: Number(info.frames), backend: info.backend }, n, shape: Array.from(r.shape, Number), latent: Array.from(r.image) };
     }, { steps, cls, seed: SEED }).catch((e) => ({ error: String(e) }));
     assert.ok(!got.error, got.error);
@@ -930,7 +1053,7 @@ test('video (sparse Latte, 3 frames): every block card shows its axis and tokens
     assert.match(status, /^ready.*\(sparselatte, 5 classes\)/, status);
     const info = await page.evaluate(() => window.sparsedit.info);
     assert.deepEqual([info.arch, Number(info.frames), Number(info.depth), Number(info.dense_grid), Number(info.default_grid)], ['sparselatte', F, 20, n, 4]);
-    const layout = await page.evaluate(() => Array.from(window.sparsedit.engine.layout(4), (b) => ({
+    const layout = await page.evaluate(async () => (await window.sparsedit.engine.layout(4)).map((b) => ({
       axis: b.axis, tokens: Number(b.tokens), grid: b.grid, sequences: Number(b.sequences), len: Number(b.sequence_len), macs: Number(b.macs),
     })));
     assert.deepEqual(layout.map((b) => b.axis), SPARSE_LATTE_AXES);
@@ -967,13 +1090,13 @@ test('video (sparse Latte, 3 frames): every block card shows its axis and tokens
       const p = document.querySelector('[data-testid="macs-axis"]');
       return { spatial: Number(p.dataset.spatial), temporal: Number(p.dataset.temporal), total: Number(p.dataset.total), text: p.textContent };
     });
-    const layoutMacs = (g) => page.evaluate((g) => Array.from(window.sparsedit.engine.layout(g)).reduce((a, b) => a + Number(b.macs), 0), g);
+    const layoutMacs = (g) => page.evaluate(async (g) => (await window.sparsedit.engine.layout(g)).reduce((a, b) => a + Number(b.macs), 0), g);
 
     // before a run, at the planned grid: frame 1, then s = 3 (9 pooled cells)
     expectCards(await cards(), 0, 4);
     await page.getByTestId('grid').fill('3');
     await page.getByTestId('grid').dispatchEvent('input');
-    expectCards(await cards(), 0, 3);
+    await eventually(async () => expectCards(await cards(), 0, 3));
     let split = await macsSplit();
     assert.equal(split.total, await layoutMacs(3));
     await page.getByTestId('grid').fill('4');
@@ -1057,11 +1180,11 @@ test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) stream
     const status = await waitStatus(page, /^(ready|error)/, 15 * 60_000);
     assert.match(status, /^ready/, status);
     const loadS = (Date.now() - t0) / 1e3;
-    const got = await page.evaluate(() => ({
+    const got = await page.evaluate(async () => ({
       backend: window.sparsedit.engine.backend(),
-      heap: window.sparseditWasmMemory.buffer.byteLength,
+      heap: await window.sparsedit.engine.heap_bytes(),
       info: window.sparsedit.info,
-      blocks: window.sparsedit.engine.layout(8).length,
+      blocks: (await window.sparsedit.engine.layout(8)).length,
     }));
     console.log(`# XL/2 pack of ${(size / 1e6).toFixed(0)} MB streamed on ${got.backend} in ${loadS.toFixed(0)} s: wasm heap ${(got.heap / 2 ** 20).toFixed(1)} MiB; ${status}`);
     assert.equal(got.backend, 'webgpu');
@@ -1083,20 +1206,20 @@ test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) stream
     const t1 = Date.now();
     await generateIn(page, { cls, steps, cfg });
     const genS = (Date.now() - t1) / 1e3;
-    const res = await page.evaluate(() => {
+    const res = await page.evaluate(async () => {
       const r = window.sparsedit.lastResult, d = r.decoded;
       return {
         latent: Array.from(r.image),
         decoded: d && { size: Number(d.size), channels: Number(d.channels), decoder: d.decoder, ms: Number(d.ms), image: Array.from(d.image) },
-        heap: window.sparseditWasmMemory.buffer.byteLength,
+        heap: await window.sparsedit.engine.heap_bytes(),
       };
     });
     assert.ok(res.decoded, 'no decoded image in the result');
     assert.deepEqual([res.decoded.size, res.decoded.channels, res.decoded.decoder], [256, 3, 'taesd']);
     assert.ok(res.heap < 256 * 2 ** 20, `wasm heap ${res.heap} bytes after generating and decoding`);
-    // The decoder runs on the CPU path here (software adapter): no live preview of a 32x32
-    // latent, which would block the page for seconds per step.
-    assert.equal(await page.evaluate(() => window.sparsedit.state.run.previews || 0), 0);
+    // The decoder runs on the CPU path here (software adapter), in the engine's worker: the
+    // 32x32 latent's step is previewed too, without blocking the page.
+    assert.ok(await page.evaluate(() => window.sparsedit.state.run.previews || 0) >= 1, 'a live preview of the 32x32 latent');
     await page.screenshot({ path: path.join(ARTIFACTS, 'xl2-generated.png'), fullPage: true });
 
     // The CLI on the CPU: the same seed and settings, then `decode` of its latent.
@@ -1179,8 +1302,8 @@ test('fitting the device: a weight larger than the adapter\'s buffers stops a Hu
       // DiT-XL/2 256 as diffusers' config.json states it
       const cfg = JSON.stringify({ _class_name: 'DiTTransformer2DModel', sample_size: 32, patch_size: 2, num_attention_heads: 16,
         attention_head_dim: 72, in_channels: 4, out_channels: 8, num_layers: 28, num_embeds_ada_norm: 1000 });
-      const f32 = window.wasmBindings.plan_diffusers_pack(cfg, 'f32', 'xl');
-      const q8 = window.wasmBindings.plan_diffusers_pack(cfg, 'q8_0', 'xl');
+      const f32 = await window.sparsedit.engine.plan_diffusers_pack(cfg, 'f32', 'xl');
+      const q8 = await window.sparsedit.engine.plan_diffusers_pack(cfg, 'q8_0', 'xl');
       const tight = { max_buffer_size: 9 * 2 ** 20, max_storage_buffer_binding_size: 9 * 2 ** 20 };
       const real = window.sparsedit.engine.gpu_limits();
       return {
@@ -1323,7 +1446,7 @@ test('a DiT from the Hugging Face Hub (diffusers layout): converted while it dow
       assert.deepEqual(files.filter(([n]) => n.includes('bad-sha')), [], JSON.stringify(files));
       assert.equal(files.length, 2, 'the good entry stays');
       assert.equal(await page.getByTestId('hub-entry').count(), 1);
-      assert.equal(await page.evaluate(() => window.sparsedit.engine.model_info()?.name), 'test/dit');
+      assert.equal(await page.evaluate(async () => (await window.sparsedit.engine.model_info())?.name), 'test/dit');
     });
 
     await t.test('Delete removes the entry and its files', async () => {
@@ -1420,7 +1543,7 @@ test('DiT-XL/2 256 shapes from the Hub (3.0 GB f32 safetensors): converted to q8
     const status = await waitStatus(page, /^(ready|error)/, 30 * 60_000);
     const secs = (Date.now() - t0) / 1e3;
     assert.match(status, /^ready — test\/dit-xl .*downloaded from the Hub and converted/, status);
-    const got = await page.evaluate(() => ({ heap: window.sparseditWasmMemory.buffer.byteLength, info: window.sparsedit.info, backend: window.sparsedit.engine.backend() }));
+    const got = await page.evaluate(async () => ({ heap: await window.sparsedit.engine.heap_bytes(), info: window.sparsedit.info, backend: window.sparsedit.engine.backend() }));
     const plan = await page.getByTestId('hub-plan').textContent();
     const files = await opfsFiles(page);
     console.log(`# XL/2 from the Hub on ${got.backend}: ${secs.toFixed(0)} s for download + convert + GPU upload; wasm heap ${(got.heap / 2 ** 20).toFixed(1)} MiB; pack ${got.info.bytes} bytes; OPFS ${JSON.stringify(files)}; ${plan}`);
@@ -1432,7 +1555,7 @@ test('DiT-XL/2 256 shapes from the Hub (3.0 GB f32 safetensors): converted to q8
     await page.reload();
     const again = await waitStatus(page, /^(ready|error)/, 30 * 60_000);
     assert.match(again, /from this browser's storage \(OPFS\)/, again);
-    const heap2 = await page.evaluate(() => window.sparseditWasmMemory.buffer.byteLength);
+    const heap2 = await page.evaluate(() => window.sparsedit.engine.heap_bytes());
     console.log(`# XL/2 reloaded from OPFS in ${((Date.now() - t1) / 1e3).toFixed(0)} s, wasm heap ${(heap2 / 2 ** 20).toFixed(1)} MiB`);
     assert.ok(heap2 < 256 * 2 ** 20, `wasm heap ${heap2} bytes`);
     assert.equal(hubRequests.filter((r) => r.startsWith('/cdn/test/dit-xl/')).length, 1);

@@ -1,12 +1,12 @@
 // The page's wiring: the test hook, the form's and buttons' events to the modules that act on
 // them, and start-up (engine, manifest, the model and decoder the URL asks for). The engine is
-// the wasm-bindgen `Engine` of src/wasm.rs (window.wasmBindings.Engine).
+// src/wasm.rs's `Engine` in a Web Worker, behind engine.js's async mirror of it.
 
 import { $ } from './dom.js';
 import { state } from './state.js';
-import { setStatus, showError, engineError, installErrorHandlers, onDeviceLost } from './errors.js';
+import { setStatus, showError, engineError, installErrorHandlers, onEngineLost } from './errors.js';
 import { loadManifest } from './loader.js';
-import { filterClasses, randomSeed, syncPooledMiddle, updateButtons, updateSparsityHint } from './controls.js';
+import { filterClasses, randomSeed, refreshPlan, syncPooledMiddle, updateButtons, updateSparsityHint } from './controls.js';
 import { generate, cancel, scrubTo } from './run.js';
 import { compare } from './compare.js';
 import { loadDecoder, loadHubDecoder, unloadDecoder } from './decoder.js';
@@ -14,7 +14,7 @@ import { measureGpu, renderTokenView } from './tokenpanel.js';
 import { showFrame, togglePlay } from './player.js';
 import {
   createEngine, load, manifestSourceFor, selectedManifestSource, fillModelSelect, refreshCachedMark,
-  clearModelCache, switchBackend, recoverFromDeviceLoss, fillHubForm, loadFromHub, renderHubCache,
+  clearModelCache, switchBackend, restartEngine, fillHubForm, loadFromHub, renderHubCache,
 } from './model.js';
 import { sourceFromUrl, dropPartials } from './hub.js';
 
@@ -30,7 +30,7 @@ window.sparsedit = {
 };
 
 installErrorHandlers();
-onDeviceLost(recoverFromDeviceLoss);
+onEngineLost(restartEngine);
 
 // ---------------------------------------------------------------- model and decoder
 
@@ -69,7 +69,8 @@ $('class-search').addEventListener('input', (ev) => filterClasses(ev.target.valu
 for (const el of document.querySelectorAll('input[name="sparsity"], #grid, #rmin, #rmax, #steps, #sampler, #eta, #cfg, #seed, #num')) {
   el.addEventListener('input', async () => {
     if (el.id === 'grid') el.dataset.touched = '1';
-    try { syncPooledMiddle(); } catch (err) { await engineError(err, 'sparsity'); }
+    try { await syncPooledMiddle(); } catch (err) { await engineError(err, 'sparsity'); }
+    await refreshPlan();
     updateSparsityHint();
     if (!state.run) renderTokenView();
   });
@@ -91,8 +92,6 @@ $('compare-run').addEventListener('click', compare);
 
 async function start() {
   try {
-    state.bindings = window.wasmBindings;
-    if (!state.bindings?.Engine) throw new Error('the wasm module has no Engine export');
     setStatus('starting the engine…');
     await createEngine();
   } catch (err) {
@@ -134,11 +133,4 @@ async function start() {
   else if (!requested && !hub) setStatus('error: no model in the manifest', 'error');
 }
 
-if (window.wasmBindings) {
-  start();
-} else if (window.sparseditBootError) {
-  showError(window.sparseditBootError, 'loading the wasm module');
-} else {
-  addEventListener('TrunkApplicationStarted', () => start(), { once: true });
-  addEventListener('sparsedit-boot-error', (ev) => showError(ev.detail, 'loading the wasm module'), { once: true });
-}
+start();

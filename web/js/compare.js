@@ -1,9 +1,11 @@
 // The sparse-vs-dense compare: the loaded model's counterpart (from the manifest) in a second
-// engine, both run from the same seed and settings, side by side with their difference map.
+// engine (its own worker), both run from the same seed and settings, side by side with their
+// difference map.
 
 import { $ } from './dom.js';
 import { state } from './state.js';
-import { setStatus, engineError } from './errors.js';
+import { setStatus, engineError, showError } from './errors.js';
+import { Engine } from './engine.js';
 import { loadModel, formatBytes } from './loader.js';
 import { drawBatch, drawDiff } from './render.js';
 import { formatMacs } from './tokenview.js';
@@ -16,7 +18,15 @@ async function counterpartEngine(other, text) {
   try { state.compareEngine?.free(); } catch { /* already gone */ }
   state.compareEngine = null;
   state.compareInfo = null;
-  const engine = await state.bindings.Engine.create($('prefer-gpu').checked);
+  const engine = await Engine.create($('prefer-gpu').checked, {
+    // a failed compare worker is dropped (the next compare starts another); the page's engine goes on
+    onCrash: (err) => {
+      if (state.compareEngine !== engine) return;
+      state.compareEngine = null;
+      state.compareInfo = null;
+      showError(err, 'compare engine');
+    },
+  });
   state.compareEngine = engine;
   const src = { kind: 'url', url: other.url, size: other.size, sha256: other.sha256, label: other.id };
   const { info } = await loadModel(engine, src, {
@@ -28,7 +38,7 @@ async function counterpartEngine(other, text) {
 export async function compare() {
   let opts;
   try {
-    syncPooledMiddle();
+    await syncPooledMiddle();
     opts = { ...readOpts(), num: 1, trace: false, preview: false };
   } catch (err) {
     await engineError(err, 'settings');
@@ -52,7 +62,7 @@ export async function compare() {
       text.textContent = `running ${name}…`;
       setStatus(`generating: compare (${name})`);
       // MACs of all blocks over the whole run (both CFG halves when guidance is on)
-      side.macs = side.engine.run_plan(o).macs;
+      side.macs = (await side.engine.run_plan(o)).macs;
       const t0 = performance.now();
       side.result = await side.engine.generate(o, () => {});
       side.wall = performance.now() - t0;

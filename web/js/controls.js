@@ -55,23 +55,28 @@ export function readOpts() {
 }
 
 /**
- * The engine's plan for the form's settings (`run_plan`: grid side and timestep of every step,
- * MACs of the run), or `{ error }` when the settings are not valid. Other failures throw.
+ * Asks the engine for its plan of the form's settings (`run_plan`: grid side and timestep of
+ * every step, MACs of the run) into `state.plan`: `{ plan }`, or `{ error }` when the settings
+ * are not valid (other failures are shown). Only the newest request's answer is kept.
  */
-function currentPlan() {
+export async function refreshPlan() {
+  const seq = ++state.planSeq;
+  let next;
   try {
-    return { plan: state.engine.run_plan(readOpts()), error: null };
+    next = { plan: await state.engine.run_plan(readOpts()), error: null };
   } catch (err) {
-    if (err?.kind === 'invalid_argument') return { plan: null, error: errorMessage(err) };
-    throw err;
+    if (err?.kind === 'engine_closed') return; // a new engine asks again
+    if (err?.kind !== 'invalid_argument') showError(err, 'run plan');
+    next = { plan: null, error: errorMessage(err) };
   }
+  if (seq === state.planSeq) state.plan = next;
 }
 
 /** The sparse grid side shown before any run: the first (noisiest) step's, as planned. */
 export function plannedGrid() {
   const info = state.info;
   if (!info) return 0;
-  const { plan } = currentPlan();
+  const plan = state.plan?.plan;
   if (plan) return plan.grids[0];
   return sparsityMode() === 'dense' ? info.dense_grid : info.default_grid;
 }
@@ -80,13 +85,19 @@ export function plannedGrid() {
  * A plain DiT follows the sparsity control with the engine's training-free pooled middle:
  * 'dense' = off, 'fixed' / 'timestep-wise' = the default middle blocks on the pooled grid.
  */
-export function syncPooledMiddle() {
+export async function syncPooledMiddle() {
   if (!state.info || isSparseModel() || state.generating) return;
   const want = sparsityMode() === 'dense' ? null : 'default';
   if (state.pooledSpec === want) return;
-  state.pooledRange = state.engine.set_pooled_middle(want) ?? null;
-  state.pooledSpec = want;
+  state.pooledSpec = want; // asked for: a second change meanwhile does not ask again
   state.layouts.clear();
+  try {
+    state.pooledRange = (await state.engine.set_pooled_middle(want)) ?? null;
+  } catch (err) {
+    state.pooledSpec = undefined;
+    throw err;
+  }
+  state.layouts.clear(); // layouts asked for meanwhile had the old setting
 }
 
 // ---------------------------------------------------------------- hint, buttons
@@ -108,7 +119,7 @@ export function updateSparsityHint() {
     return;
   }
   if (mode === 'dense') { el.textContent = `s = n = ${n}: the sparse blocks compute all ${n * n} tokens.`; return; }
-  const { plan, error } = currentPlan();
+  const { plan, error } = state.plan ?? { plan: null, error: 'no plan yet' };
   if (!plan) { el.textContent = `Not a valid setting: ${error}`; return; }
   const first = plan.grids[0], last = plan.grids[plan.grids.length - 1];
   if (mode === 'fixed') {
@@ -139,8 +150,8 @@ export function updateButtons() {
   $('measure-gpu').disabled = !ready || busy;
 }
 
-/** The form for a newly loaded model: classes, sparsity choice and grid bounds, the hint. */
-export function controlsForModel(info) {
+/** The form for a newly loaded model: classes, sparsity choice and grid bounds, the plan and its hint. */
+export async function controlsForModel(info) {
   buildClasses(info.num_classes);
   // a video model samples clips
   const numLabel = $('num').closest('label').firstChild;
@@ -150,11 +161,13 @@ export function controlsForModel(info) {
   for (const r of document.querySelectorAll('input[name="sparsity"]')) r.disabled = false;
   state.pooledSpec = undefined;
   state.pooledRange = null;
+  state.plan = null;
   if (!sparse) document.querySelector('input[name="sparsity"][value="dense"]').checked = true;
   else if (sparsityMode() === 'dense' && !$('grid').dataset.touched) document.querySelector('input[name="sparsity"][value="fixed"]').checked = true;
-  syncPooledMiddle();
   $('grid').max = String(info.dense_grid);
   if (sparse && !$('grid').dataset.touched) $('grid').value = String(info.default_grid);
+  await syncPooledMiddle();
+  await refreshPlan();
   updateSparsityHint();
 }
 

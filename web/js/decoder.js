@@ -23,7 +23,7 @@ export async function loadDecoder(source) {
       buf = await resp.arrayBuffer();
     }
     const bytes = new Uint8Array(buf);
-    const info = state.engine.load_decoder(bytes, undefined);
+    const info = await state.engine.load_decoder(bytes, undefined);
     state.decoder = { bytes, info, label };
     showDecoderInfo(info);
   } catch (err) {
@@ -40,8 +40,8 @@ export async function loadHubDecoder(repo) {
   $('decoder-info').textContent = `fetching the decoder of ${repo} from the Hub…`;
   try {
     const { fetchHubDecoder } = await import('./hub.js');
-    const { pack, fetched, size } = await fetchHubDecoder(repo);
-    const info = state.engine.load_decoder(pack, undefined);
+    const { pack, fetched, size } = await fetchHubDecoder(state.engine, repo);
+    const info = await state.engine.load_decoder(pack, undefined);
     state.decoder = { bytes: pack, info, label: `${repo} (Hub)` };
     state.decoder.fetched = { bytes: fetched, of: size };
     showDecoderInfo(info);
@@ -52,21 +52,25 @@ export async function loadHubDecoder(repo) {
 }
 
 /** Drops the decoder: results are latents again. */
-export function unloadDecoder() {
+export async function unloadDecoder() {
   if (!state.decoder || state.generating) return;
-  state.engine?.unload_decoder();
   state.decoder = null;
   showDecoderInfo(null);
+  try {
+    await state.engine?.unload_decoder();
+  } catch (err) {
+    await engineError(err, 'unloading the latent decoder');
+  }
 }
 
 /** A new engine (device loss, backend switch) gets the decoder back from its bytes. */
-export function reloadDecoder() {
+export async function reloadDecoder() {
   if (!state.decoder) return;
   try {
-    state.decoder.info = state.engine.load_decoder(state.decoder.bytes, state.decoder.info.sha256);
+    state.decoder.info = await state.engine.load_decoder(state.decoder.bytes, state.decoder.info.sha256);
     showDecoderInfo(state.decoder.info);
   } catch (err) {
-    engineError(err, 'reloading the latent decoder');
+    await engineError(err, 'reloading the latent decoder');
   }
 }
 

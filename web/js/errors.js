@@ -1,5 +1,6 @@
 // Errors and status: the status line, the error list, and `engineError`, the one handler for
-// anything the engine throws (a lost GPU device, known by the error's `kind`, restarts it).
+// anything the engine throws (a lost GPU device or a crashed engine worker, known by the error's
+// `kind`, restarts it).
 
 import { $ } from './dom.js';
 
@@ -17,9 +18,12 @@ export function errorMessage(err) {
   try { return JSON.stringify(err); } catch { return String(err); }
 }
 
-/** An engine error from a lost GPU device (the engine's errors carry the Rust error's kind). */
-export function isDeviceLost(err) {
-  return err?.kind === 'device_lost';
+/**
+ * An error after which the engine is gone: a lost GPU device (the engine's errors carry the Rust
+ * error's kind) or a crashed engine worker (engine.js: 'engine_crashed').
+ */
+export function isEngineLost(err) {
+  return err?.kind === 'device_lost' || err?.kind === 'engine_crashed';
 }
 
 /** A page-side error of the same kind the engine gives bad options. */
@@ -38,21 +42,22 @@ export function showError(err, context) {
   setStatus(`error: ${context ? `${context}: ` : ''}${msg}`, 'error');
 }
 
-// What a lost device triggers: set once by the page's wiring (app.js).
-const hooks = { deviceLost: null };
+// What a lost engine triggers: set once by the page's wiring (app.js).
+const hooks = { engineLost: null };
 
-/** Registers what to run after a lost GPU device (restart the engine, reload the model). */
-export function onDeviceLost(fn) {
-  hooks.deviceLost = fn;
+/** Registers what to run after a lost GPU device or engine worker (restart the engine, reload the model). */
+export function onEngineLost(fn) {
+  hooks.engineLost = fn;
 }
 
 /**
- * The one handler for engine errors: shows `err` under `context`; when it is a lost GPU device,
- * then restarts the engine through the registered hook. Resolves once that is done.
+ * The one handler for engine errors: shows `err` under `context`; when the engine is gone (a
+ * lost GPU device, a crashed worker), then restarts it through the registered hook. Resolves
+ * once that is done.
  */
 export async function engineError(err, context) {
   showError(err, context);
-  if (isDeviceLost(err) && hooks.deviceLost) await hooks.deviceLost();
+  if (isEngineLost(err) && hooks.engineLost) await hooks.engineLost(err);
 }
 
 /** Uncaught errors and rejections go to the error list too; Dismiss clears it. */

@@ -3,10 +3,11 @@
 //
 // A DiT published in diffusers' layout (`facebook/DiT-XL-2-256`: transformer/config.json +
 // transformer/diffusion_pytorch_model.safetensors) is downloaded once: every chunk of the
-// safetensors body goes through the engine's converter (engine.push_convert, src/convert_stream.rs),
-// which hands back the pack's bytes as soon as they are ready; those go both into an OPFS file and
-// into the engine's streamed loader (engine.push), which uploads each tensor when it completes. So
-// neither the 2.7 GB source nor the pack is ever held whole. The file is written under a temporary
+// safetensors body goes to the engine's worker (engine.push_convert_and_load): its converter
+// (src/convert_stream.rs) makes the pack's bytes as soon as they can be, which go into the engine's
+// streamed loader there (uploading each tensor when it completes) and come back to the page for an
+// OPFS file. Each chunk is awaited before the next is read, so neither the 2.7 GB source nor the
+// pack is ever held whole. The file is written under a temporary
 // name and committed (renamed, then its record written) only after the converter has checked the
 // source's size and sha256 against the Hub's and the loader has built the model; on any error
 // both are deleted and nothing is kept.
@@ -18,7 +19,6 @@
 // offline, the newest entry of that repo / revision / type is used). `?hub=<base URL>` points the
 // page at another Hub (tests use a local stand-in).
 
-import { state } from './state.js';
 import { Meter, streamInto, formatBytes } from './loader.js';
 
 export const PRESETS = [
@@ -153,7 +153,7 @@ async function hubFetch(url, what, signal) {
  * What converting `source` takes, from the Hub's tree listing and the transformer's config.json:
  * { weightsUrl, file, size, sha256, configText, plan: { pack_bytes, tensor_bytes, params, arch, … } }.
  */
-export async function inspect(source, signal) {
+export async function inspect(engine, source, signal) {
   const { repo, revision, quant } = source;
   const rev = encodeURIComponent(revision);
   const treeUrl = `${HUB}/api/models/${repo}/tree/${rev}/transformer`;
@@ -170,7 +170,7 @@ export async function inspect(source, signal) {
   const sha256 = typeof oid === 'string' && /^[0-9a-f]{64}$/i.test(oid) ? oid.toLowerCase() : null;
   if (!Number.isSafeInteger(size) || size <= 0) throw new Error(`the Hub's file list gives no size for transformer/${name}`);
   const configText = await (await hubFetch(`${HUB}/${repo}/resolve/${rev}/transformer/config.json`, `${repo}'s transformer/config.json`, signal)).text();
-  const plan = state.bindings.plan_diffusers_pack(configText, quant, repo);
+  const plan = await engine.plan_diffusers_pack(configText, quant, repo);
   return { weightsUrl: `${HUB}/${repo}/resolve/${rev}/transformer/${name}`, file: name, size, sha256, configText, plan };
 }
 
@@ -279,7 +279,7 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
   let meta = null;
   let offline = null;
   try {
-    meta = await inspect(source, signal);
+    meta = await inspect(engine, source, signal);
   } catch (err) {
     // Offline (the Hub unreachable): a pack converted before still loads. Any other answer
     // (no such repo, not a DiT) is the error to show.
@@ -354,32 +354,29 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
       throw new Error(`could not download ${meta.weightsUrl}: ${err?.message || err}`);
     }
     if (!resp.ok || !resp.body) throw new Error(`could not download ${meta.weightsUrl}: HTTP ${resp.status}`);
-    engine.begin_convert(meta.configText, source.quant, meta.size, meta.sha256 || undefined, source.repo);
-    engine.begin_load(undefined, undefined);
+    await engine.begin_convert(meta.configText, source.quant, meta.size, meta.sha256 || undefined, source.repo);
+    await engine.begin_load(undefined, undefined);
     const meter = new Meter(meta.size, 'hub', onProgress);
     let checkedRoom = false;
     {
       for await (const value of resumableBody(resp, meta.weightsUrl, meta.size, abort.signal)) {
         if (signal?.aborted) throw new DOMException('load cancelled', 'AbortError');
-        const out = engine.push_convert(value);
-        if (out.length) {
-          engine.push(out);
-          await writable.write(out);
-        }
-        if (!checkedRoom && engine.convert_pack_size() != null) {
+        const bytes = value.byteLength; // (the chunk is transferred to the worker)
+        const { out, pack_size: exact } = await engine.push_convert_and_load(value);
+        if (out.length) await writable.write(out);
+        if (!checkedRoom && exact != null) {
           // the exact size, now the checkpoint's header is in
           checkedRoom = true;
-          const exact = engine.convert_pack_size();
           if (exact > meta.plan.pack_bytes * QUOTA_MARGIN && !(await storageCheck(exact - meta.plan.pack_bytes)).ok) {
             throw Object.assign(new Error(`not enough storage: the pack takes ${formatBytes(exact)}`), { kind: 'quota' });
           }
         }
-        meter.add(value.byteLength);
+        meter.add(bytes);
       }
     }
     meter.emit();
-    const conv = engine.finish_convert(); // the source's size and sha256
-    const info = engine.finish_load(); // the pack's tensors, the model
+    const conv = await engine.finish_convert(); // the source's size and sha256
+    const info = await engine.finish_load(); // the pack's tensors, the model
     info.source_sha256 = conv.source_sha256;
     // Commit: the pack under its name, then its record (an entry exists once both do). The model
     // is loaded whatever happens here: a failure only means it is not kept.
@@ -409,7 +406,7 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
   } catch (err) {
     abort.abort();
     if (!done) {
-      try { engine.abort_convert(); } catch { /* engine gone */ }
+      await engine.abort_convert().catch(() => { /* engine gone */ });
       await writable.abort().catch(() => {});
     }
     await deleteEntry(key);
@@ -485,7 +482,7 @@ async function fetchDecoderTensors(url, size, signal) {
  * checked against the Hub's sha256; of an SD-VAE only the decoder's tensors are fetched (ranges),
  * so no whole-file hash applies there. Resolves to { pack, fetched, size, klass }.
  */
-export async function fetchHubDecoder(repo, revision = 'main', quant = 'f16', signal) {
+export async function fetchHubDecoder(engine, repo, revision = 'main', quant = 'f16', signal) {
   const rev = encodeURIComponent(revision);
   const configText = await (await hubFetch(`${HUB}/${repo}/resolve/${rev}/config.json`, `${repo}'s config.json`, signal)).text();
   let klass;
@@ -509,6 +506,6 @@ export async function fetchHubDecoder(repo, revision = 'main', quant = 'f16', si
   } else {
     ({ file, fetched } = await fetchDecoderTensors(url, size, signal));
   }
-  const pack = state.bindings.decoder_pack_from_diffusers(file, configText, quant, repo);
+  const pack = await engine.decoder_pack_from_diffusers(file, configText, quant, repo);
   return { pack, fetched, size, klass };
 }

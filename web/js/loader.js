@@ -2,7 +2,8 @@
 // the Hugging Face Hub, converted in the page and kept in OPFS: hub.js, through streamInto here.)
 //
 // The weights are never held as one ArrayBuffer: every chunk of the response body goes straight
-// into engine.push(), which parses and hashes as it goes. The engine checks size and SHA-256 in
+// into engine.push(), which parses and hashes as it goes (in the engine's worker; each push is
+// awaited, so no more than one chunk is in flight and memory stays bounded). The engine checks size and SHA-256 in
 // finish_load(). A second branch of the body (tee) is written into a *pending* cache and promoted
 // to the real cache only after finish_load() succeeded, so a corrupt, truncated or mismatched file
 // is never served from the cache.
@@ -73,14 +74,14 @@ export class Meter {
  */
 export async function streamInto(engine, stream, { size, sha256, meter, signal }) {
   // wasm-bindgen maps Option<f64>/Option<String> to undefined.
-  engine.begin_load(size ?? undefined, sha256 || undefined);
+  await engine.begin_load(size ?? undefined, sha256 || undefined);
   const reader = stream.getReader();
   try {
     for (;;) {
       if (signal?.aborted) throw new DOMException('load cancelled', 'AbortError');
       const { value, done } = await reader.read();
       if (done) break;
-      engine.push(value);
+      await engine.push(value);
       meter.add(value.byteLength);
     }
   } catch (err) {
@@ -90,7 +91,7 @@ export async function streamInto(engine, stream, { size, sha256, meter, signal }
     reader.releaseLock?.();
   }
   meter.emit();
-  return engine.finish_load();
+  return await engine.finish_load();
 }
 
 /**

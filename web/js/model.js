@@ -1,32 +1,42 @@
 // The engine and its model: starting (or restarting) the Engine, loading a pack into it from the
 // manifest, a URL, a file or the Hugging Face Hub (hub.js), what the page shows about the loaded
-// model, the model cache and the Hub packs kept in OPFS, and the restart after a lost GPU device.
+// model, the model cache and the Hub packs kept in OPFS, and the restart after a lost GPU device
+// or a crashed engine worker.
 
 import { $ } from './dom.js';
 import { state } from './state.js';
-import { setStatus, showError, engineError } from './errors.js';
+import { setStatus, showError, engineError, errorMessage } from './errors.js';
+import { Engine } from './engine.js';
 import { loadModel, isCached, clearCache, formatBytes } from './loader.js';
-import { controlsForModel, updateButtons } from './controls.js';
+import { controlsForModel, plannedGrid, updateButtons } from './controls.js';
 import { resetRunView } from './run.js';
-import { renderTokenView } from './tokenpanel.js';
+import { fetchLayouts, renderTokenView } from './tokenpanel.js';
 import { reloadDecoder } from './decoder.js';
 import { playerForModel } from './player.js';
 import { PRESETS, PACK_TYPES, loadHub, listEntries, deleteEntry, hubSource, parseRepo, rememberInUrl, hasOpfs } from './hub.js';
 
 const ARCH_TITLE = { dit: 'DiT', sparsedit: 'SparseDiT', latte: 'Latte', sparselatte: 'sparse Latte' };
 
-/** A fresh Engine on the backend the "use WebGPU" box asks for; the decoder comes back into it. */
+/**
+ * A fresh Engine (a new worker) on the backend the "use WebGPU" box asks for; the decoder comes
+ * back into it. The badge says which engine runs: WebGPU inside the worker where the browser
+ * offers it there, else the CPU path.
+ */
 export async function createEngine() {
   try { state.engine?.free(); } catch { /* already gone */ }
   state.engine = null;
   state.info = null;
   state.layouts.clear();
   state.gpuTimes.clear();
-  state.engine = await state.bindings.Engine.create($('prefer-gpu').checked);
-  reloadDecoder();
+  const engine = await Engine.create($('prefer-gpu').checked, {
+    // a worker that fails between calls: shown, and the engine restarted (when it is still the live one)
+    onCrash: (err) => { if (state.engine === engine) engineError(err, 'engine'); },
+  });
+  state.engine = engine;
+  await reloadDecoder();
   const backend = state.engine.backend();
   const badge = $('backend');
-  badge.textContent = backend === 'webgpu' ? 'engine: WebGPU' : 'engine: CPU (no WebGPU)';
+  badge.textContent = backend === 'webgpu' ? 'engine: WebGPU (worker)' : 'engine: CPU (worker, no WebGPU)';
   badge.className = `badge ${backend === 'webgpu' ? 'gpu' : 'cpu'}`;
   badge.title = state.engine.adapter();
   badge.dataset.backend = backend;
@@ -100,13 +110,13 @@ export async function load(source) {
       : await loadModel(state.engine, source, { onProgress });
     state.info = info;
     state.source = source;
-    modelLoaded();
+    await modelLoaded();
     if (source.kind === 'hub') rememberInUrl(source);
     const notCached = info.cacheError ? `, not cached (${info.cacheError}): the weights stay loaded for this session` : '';
     const whence = fromCache ? ', from cache' : from === 'opfs' ? ', from this browser\'s storage (OPFS)' : from === 'hub' ? ', downloaded from the Hub and converted' : '';
     setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${whence}${notCached}`);
   } catch (err) {
-    state.info = loadedInfo();
+    state.info = await loadedInfo();
     if (!state.info) $('model-badge').textContent = 'no model';
     await engineError(err, `loading ${sourceLabel(source)}`);
   } finally {
@@ -118,11 +128,12 @@ export async function load(source) {
 }
 
 /** The engine's model after a failed load (a failed load keeps the previous one), or null. */
-function loadedInfo() {
-  try { return state.engine?.model_info() ?? null; } catch { return null; }
+async function loadedInfo() {
+  try { return (await state.engine?.model_info()) ?? null; } catch { return null; }
 }
 
-function modelLoaded() {
+/** The page for a newly loaded model: its line, the form, and the token view drawn before "ready". */
+async function modelLoaded() {
   const info = state.info;
   state.layouts.clear();
   state.gpuTimes.clear();
@@ -138,9 +149,10 @@ function modelLoaded() {
     `dense grid ${info.dense_grid}×${info.dense_grid} = ${info.dense_grid ** 2} tokens${video ? ' per frame' : ''}` +
     `${sparse ? ` · default sparse grid ${info.default_grid}×${info.default_grid}` : ''} · ` +
     `${(info.params / 1e6).toFixed(2)} M parameters · ${formatBytes(info.bytes)} · sha256 ${String(info.sha256).slice(0, 12)}…`;
-  controlsForModel(info);
+  await controlsForModel(info);
   playerForModel(info);
   resetRunView(info);
+  await fetchLayouts([plannedGrid(), info.dense_grid]);
   renderTokenView();
 }
 
@@ -273,16 +285,18 @@ export async function switchBackend(box) {
 }
 
 /**
- * The GPU device was lost (errors.js calls this for a `device_lost` error): a fresh Engine, the
- * model reloaded (from the cache when possible). Whatever the lost engine was doing is over.
+ * The engine is gone (errors.js calls this for a `device_lost` or `engine_crashed` error): a
+ * fresh Engine, the model reloaded (from the cache when possible). Whatever the lost engine was
+ * doing is over.
  */
-export async function recoverFromDeviceLoss() {
+export async function restartEngine(err) {
   if (state.recovering) return;
   state.recovering = true;
   state.loading = state.generating = state.comparing = false;
   const source = state.source;
   try {
-    setStatus('error: GPU device lost — restarting the engine…', 'error');
+    const why = err?.kind === 'device_lost' ? 'GPU device lost' : `engine stopped (${errorMessage(err)})`;
+    setStatus(`error: ${why} — restarting the engine…`, 'error');
     dropCompareEngine();
     await createEngine();
     if (source) await load(source);

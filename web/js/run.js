@@ -9,14 +9,16 @@ import { isSparseModel, readOpts, syncPooledMiddle, updateButtons } from './cont
 import { renderTokenView } from './tokenpanel.js';
 
 export async function generate() {
+  if (state.generating) return;
   let opts;
   try {
-    syncPooledMiddle();
+    await syncPooledMiddle();
     opts = readOpts();
   } catch (err) {
     await engineError(err, 'settings');
     return;
   }
+  if (state.generating) return; // a second click while the engine was asked
   state.generating = true;
   updateButtons();
   const run = newRun(opts, state.info);
@@ -57,15 +59,15 @@ export function cancel() {
 
 function onStep(run, step) {
   if (state.run !== run) return;
-  // Copy what we keep: the arrays may be views the engine reuses.
+  // The step's arrays were transferred from the engine's worker: the page's own, kept as they are.
   const rec = {
     iter: step.iter,
     total: step.total,
     timestep: step.timestep,
     grid: step.grid,
     ms: step.ms ?? 0,
-    pred: step.pred_x0 ? new Float32Array(step.pred_x0) : null, // the clean-image guess x0
-    attention: Array.from(step.attention ?? [], (a) => ({ ...a, probs: new Float32Array(a.probs) })),
+    pred: step.pred_x0 ?? null, // the clean-image guess x0
+    attention: step.attention ?? [],
     decoded: null, // pred through the live TAESD preview, once decoded
   };
   run.steps.push(rec);
@@ -77,14 +79,13 @@ function onStep(run, step) {
 // ---------------------------------------------------------------- live preview
 
 /**
- * A TAESD decoder that fits the model, and the box ticked: SD-VAE is for final images only. A
- * decoder on the CPU path (software adapters) runs on this thread, so it previews only small
- * latents (≤ 16×16); a 256 px TAESD decode there blocks the page for seconds.
+ * A TAESD decoder that fits the model, and the box ticked: SD-VAE is for final images only. Any
+ * latent size, on the CPU path too: the decode runs in the engine's worker, never on the page's
+ * thread (a slow one only previews fewer steps, see requestPreview).
  */
 function wantsLivePreview(run) {
   const d = state.decoder?.info;
-  return !!d && d.arch === 'taesd' && d.latent_channels === run.channels && $('live-preview').checked
-    && (d.backend === 'webgpu' || run.size <= 16);
+  return !!d && d.arch === 'taesd' && d.latent_channels === run.channels && $('live-preview').checked;
 }
 
 /**
@@ -99,7 +100,7 @@ function requestPreview(run, rec) {
   // a clip's frames decode as images: (num * F) latents, in the clips' flattened order
   state.engine.decode(rec.pred, run.num * run.frames)
     .then((d) => {
-      rec.decoded = { image: new Float32Array(d.image), channels: d.channels, size: d.size, ms: d.ms, decoder: d.decoder };
+      rec.decoded = { image: d.image, channels: d.channels, size: d.size, ms: d.ms, decoder: d.decoder }; // transferred: ours
       run.previews += 1;
       if (state.run === run) scheduleDraw();
     })

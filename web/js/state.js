@@ -3,8 +3,7 @@
 
 export const state = Object.seal({
   // ---- engine and model
-  bindings: null, // the wasm-bindgen module (window.wasmBindings); its Engine makes engines
-  engine: null, // the live Engine (src/wasm.rs), null while one starts
+  engine: null, // the live Engine (engine.js: src/wasm.rs's Engine in a worker), null while one starts
   info: null, // ModelInfo of the loaded model, null while none is loaded
   source: null, // what that model was loaded from ({ kind: 'url', … } | { kind: 'file', file }), for reloads
   manifest: [], // the manifest's models, each with an absolute `url`
@@ -20,6 +19,8 @@ export const state = Object.seal({
   imagenet: null, // Promise of the ImageNet-1k names ({ names, synonyms }), fetched once, when first needed
   pooledSpec: undefined, // plain DiT: the pooled-middle spec last given to the engine ('default' | null); undefined: none given yet
   pooledRange: null, // plain DiT: [start, end) of the blocks on the pooled grid, null when off
+  plan: null, // the engine's run plan for the form's settings: { plan, error } (controls.js refreshPlan)
+  planSeq: 0, // refreshPlan's latest request: an older answer is dropped
 
   // ---- the run and its view
   run: null, // the current or last generation (newRun below), null before any on this model
@@ -35,11 +36,11 @@ export const state = Object.seal({
   // ---- token view
   selected: null, // selected block index, null for none
   query: 0, // selected query token of the attention view
-  layouts: new Map(), // grid side -> the engine's BlockInfo[] at that grid
+  layouts: new Map(), // grid side -> the engine's BlockInfo[] at that grid, or the Promise of it while asked
   gpuTimes: new Map(), // grid side -> [{ name, ms }] measured by block_times
 
   // ---- compare
-  compareEngine: null, // the second Engine, holding the compare counterpart
+  compareEngine: null, // the second Engine (a second worker), holding the compare counterpart
   compareInfo: null, // ModelInfo of the pack in compareEngine
 
   // ---- latent decoder

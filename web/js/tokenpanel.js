@@ -3,7 +3,7 @@
 
 import { $ } from './dom.js';
 import { state } from './state.js';
-import { engineError } from './errors.js';
+import { engineError, showError } from './errors.js';
 import { imageCanvas } from './render.js';
 import {
   renderBlocks, renderBlockDetail, renderAttention, renderMacsChart, renderAxisSplit, renderTemporalSequences, formatMacs,
@@ -12,11 +12,43 @@ import { isSparseModel, plannedGrid, updateButtons } from './controls.js';
 import { shownIndex, shownPicture } from './run.js';
 import { isVideo, frameCount } from './player.js';
 
-/** The engine's BlockInfo[] at grid side `grid`, cached per model and pooled-middle setting. */
+/**
+ * The engine's BlockInfo[] at grid side `grid`, cached per model and pooled-middle setting; null
+ * while it is asked for (the view is drawn again when it comes).
+ */
 function layoutFor(grid) {
   if (!state.info) return [];
-  if (!state.layouts.has(grid)) state.layouts.set(grid, state.engine.layout(grid));
-  return state.layouts.get(grid);
+  const have = state.layouts.get(grid);
+  if (Array.isArray(have)) return have;
+  if (!have) askLayout(grid);
+  return null;
+}
+
+function askLayout(grid) {
+  const asked = state.engine.layout(grid);
+  state.layouts.set(grid, asked);
+  return asked.then(
+    (layout) => {
+      // a setting changed meanwhile (state.layouts cleared): this answer is stale
+      if (state.layouts.get(grid) !== asked) return;
+      state.layouts.set(grid, layout);
+      renderTokenView();
+    },
+    (err) => {
+      if (state.layouts.get(grid) !== asked) return;
+      state.layouts.set(grid, []); // not asked again for this model and setting
+      showError(err, `token view at s = ${grid}`);
+    },
+  );
+}
+
+/** Asks for the layouts at `grids` and resolves once they are in (the view is drawn at once after). */
+export async function fetchLayouts(grids) {
+  await Promise.all(grids.map((g) => {
+    const have = state.layouts.get(g);
+    // (a failed ask is shown by askLayout; the view then draws without it)
+    return Array.isArray(have) ? null : have ? have.catch(() => {}) : askLayout(g);
+  }));
 }
 
 function shownGrid() {
@@ -42,16 +74,22 @@ export function renderTokenView() {
   const grid = shownGrid();
   const layout = layoutFor(grid);
   const n = info.dense_grid;
+  const denseLayout = layoutFor(n);
+  if (!layout || !denseLayout) return; // drawn when they come
   const video = isVideo();
   const frame = video ? Math.min(state.frame, frameCount() - 1) : 0;
   const image = shownImageCanvas(frame);
   renderBlocks($('blocks'), layout, { n, image, selected: state.selected, onSelect: selectBlock, video, frame });
   const macs = layout.reduce((a, b) => a + b.macs, 0);
   $('st-macs').textContent = `${formatMacs(macs)} per forward, batch 1${video ? ` (all ${frameCount()} frames)` : ''}`;
-  const denseLayout = layoutFor(n);
   const denseLabel = isSparseModel() ? `s = n = ${n} (no pruning)` : 'dense';
   const sparseLabel = isSparseModel() ? `s = ${grid}` : (state.pooledRange && grid < n ? `training-free, s = ${grid}` : 'dense');
-  renderMacsChart($('macs-chart'), denseLayout, layout, { denseLabel, sparseLabel, axes: video });
+  // redrawn only when what it shows changes (not at every step of a run: it has no image)
+  const chartKey = `${info.sha256}|${state.pooledSpec}|${grid}|${denseLabel}|${sparseLabel}|${video}`;
+  if ($('macs-chart').dataset.drawn !== chartKey) {
+    renderMacsChart($('macs-chart'), denseLayout, layout, { denseLabel, sparseLabel, axes: video });
+    $('macs-chart').dataset.drawn = chartKey;
+  }
   $('macs-axis-box').hidden = !video;
   if (video) {
     // the shown grid first (its numbers go into the data attributes), then s = n when it differs

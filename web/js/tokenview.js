@@ -1,6 +1,6 @@
 // The token view: one small card per block showing which tokens it computes, the detail of a
 // block (numbers + merge/recover attention maps) and the MACs chart. Pure drawing: the data come
-// from engine.layout(grid) (BlockInfo[]) and the per-step trace kept by app.js.
+// from engine.layout(grid) (BlockInfo[]) and the per-step trace kept by run.js.
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -246,6 +246,19 @@ function gridText(block) {
 }
 
 /**
+ * Writes `el[key] = v` (a property, or a dataset / textContent) only when it differs: the cards
+ * are updated at every step of a run, and even an unchanged write makes the browser recompute
+ * the page's style and layout (tens of ms on the main thread for a page this size).
+ */
+function setIfChanged(el, key, v) {
+  if (el[key] !== v) el[key] = v;
+}
+
+function setAttrIfChanged(el, name, v) {
+  if (el.getAttribute(name) !== v) el.setAttribute(name, v);
+}
+
+/**
  * Creates or updates the block cards. Each card is a real <button> with data-testid="layer-N"
  * and data-tokens = tokens that block computes at the shown step.
  */
@@ -271,35 +284,35 @@ export function renderBlocks(container, layout, { n, image, selected, onSelect, 
   }
   layout.forEach((b, i) => {
     const btn = container.children[i];
-    btn.className = `block-card seg-${b.segment}`;
-    btn.dataset.tokens = String(b.tokens);
-    btn.dataset.kind = b.kind;
-    btn.setAttribute('aria-pressed', String(selected === b.index));
-    btn.title = b.name;
-    btn.querySelector('.bk').textContent = `${b.index} · ${KIND_LABEL[b.kind] || b.kind}`;
+    setIfChanged(btn, 'className', `block-card seg-${b.segment}`);
+    setIfChanged(btn.dataset, 'tokens', String(b.tokens));
+    setIfChanged(btn.dataset, 'kind', b.kind);
+    setAttrIfChanged(btn, 'aria-pressed', String(selected === b.index));
+    setIfChanged(btn, 'title', b.name);
+    setIfChanged(btn.querySelector('.bk'), 'textContent', `${b.index} · ${KIND_LABEL[b.kind] || b.kind}`);
     const ba = btn.querySelector('.ba');
     if (video) {
       // what the block's attention runs over, at the chosen frame
-      btn.dataset.axis = b.axis;
-      btn.dataset.frame = String(frame);
-      btn.dataset.sequences = String(b.sequences);
-      btn.dataset.sequenceLen = String(b.sequence_len);
-      btn.dataset.over = sequenceKind(b);
+      setIfChanged(btn.dataset, 'axis', b.axis);
+      setIfChanged(btn.dataset, 'frame', String(frame));
+      setIfChanged(btn.dataset, 'sequences', String(b.sequences));
+      setIfChanged(btn.dataset, 'sequenceLen', String(b.sequence_len));
+      setIfChanged(btn.dataset, 'over', sequenceKind(b));
       const line = axisText(b, frame);
-      btn.querySelector('.bt').textContent = line;
-      ba.textContent = gridText(b);
-      ba.className = `ba ${b.axis}`;
-      ba.hidden = false;
-      btn.setAttribute('aria-label', `block ${b.index}, ${b.kind}, ${line} ${gridText(b)}`);
+      setIfChanged(btn.querySelector('.bt'), 'textContent', line);
+      setIfChanged(ba, 'textContent', gridText(b));
+      setIfChanged(ba, 'className', `ba ${b.axis}`);
+      setIfChanged(ba, 'hidden', false);
+      setAttrIfChanged(btn, 'aria-label', `block ${b.index}, ${b.kind}, ${line} ${gridText(b)}`);
       if (b.axis === 'temporal') drawTemporalTokens(btn.querySelector('canvas'), b, n, image, colours, b.frames);
       else drawBlockTokens(btn.querySelector('canvas'), b, n, image, colours);
     } else {
-      for (const key of ['axis', 'frame', 'sequences', 'sequenceLen', 'over']) delete btn.dataset[key];
-      btn.setAttribute('aria-label', `block ${b.index}, ${b.kind}, ${b.tokens} tokens`);
-      btn.querySelector('.bt').textContent =
-        b.grid === 'sparse' ? `${b.tokens} tok (${b.side}×${b.side})` : b.grid === 'global' ? `${b.tokens} tok · 1 global` : `${b.tokens} tok`;
-      ba.textContent = '';
-      ba.hidden = true;
+      for (const key of ['axis', 'frame', 'sequences', 'sequenceLen', 'over']) if (key in btn.dataset) delete btn.dataset[key];
+      setAttrIfChanged(btn, 'aria-label', `block ${b.index}, ${b.kind}, ${b.tokens} tokens`);
+      setIfChanged(btn.querySelector('.bt'), 'textContent',
+        b.grid === 'sparse' ? `${b.tokens} tok (${b.side}×${b.side})` : b.grid === 'global' ? `${b.tokens} tok · 1 global` : `${b.tokens} tok`);
+      setIfChanged(ba, 'textContent', '');
+      setIfChanged(ba, 'hidden', true);
       drawBlockTokens(btn.querySelector('canvas'), b, n, image, colours);
     }
   });
