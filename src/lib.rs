@@ -31,7 +31,6 @@ pub mod model;
 pub mod pack;
 pub mod stream;
 pub mod layout;
-pub mod matmul;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

@@ -106,52 +106,16 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_f = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_f.max(1);
-        let x2 = x.reshape((rows, in_f))?;
-        let y = match self.lanes4(&x2)? {
-            Some(y) => y,
-            None => {
-                let y = x2.matmul(&self.w_t)?;
-                match &self.b {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                }
-            }
+        let y = x.reshape((rows, in_f))?.matmul(&self.w_t)?;
+        let y = match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         };
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = self.w_t.dim(1)?;
         }
         Ok(y.reshape(out_dims)?)
-    }
-
-    /// x (rows, in) · w_t + b through [`crate::matmul::linear`] when that is the chosen kernel and
-    /// every operand is an f32 CPU tensor; `None` otherwise (the caller uses candle's matmul).
-    fn lanes4(&self, x2: &Tensor) -> Result<Option<Tensor>> {
-        use candle_core::{CpuStorage, Storage};
-        if crate::matmul::kernel() != crate::matmul::Kernel::Lanes4 || !x2.device().is_cpu() || x2.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        let (rows, k) = x2.dims2()?;
-        let (wk, n) = self.w_t.dims2()?;
-        if wk != k || !self.w_t.is_contiguous() {
-            return Ok(None);
-        }
-        let x2 = x2.contiguous()?;
-        let (xs, xl) = x2.storage_and_layout();
-        let (ws, wl) = self.w_t.storage_and_layout();
-        let bs = self.b.as_ref().map(|b| b.storage_and_layout());
-        let (Storage::Cpu(CpuStorage::F32(xv)), Storage::Cpu(CpuStorage::F32(wv))) = (&*xs, &*ws) else {
-            return Ok(None);
-        };
-        let bias = match &bs {
-            None => None,
-            Some((s, l)) => match &**s {
-                Storage::Cpu(CpuStorage::F32(bv)) if l.is_contiguous() => Some(&bv[l.start_offset()..]),
-                _ => return Ok(None),
-            },
-        };
-        let y = crate::matmul::linear(&xv[xl.start_offset()..], &wv[wl.start_offset()..], bias, rows, k, n);
-        Ok(Some(Tensor::from_vec(y, (rows, n), &Device::Cpu)?))
     }
 }
 
