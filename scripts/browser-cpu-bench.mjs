@@ -1,7 +1,6 @@
 // The page's CPU path, timed: the bundled model, DDIM with CFG, in headless Chromium without
-// WebGPU (the engine's candle path in wasm, in its worker), with each of the two linear-layer
-// kernels (candle's gemm, the own simd128 one). Prints the medians of a few runs after a warm-up
-// and the longest main-thread task seen meanwhile. Needs a built dist/ (bash scripts/web-build.sh).
+// WebGPU (the engine's candle path in wasm, in its worker). Prints the median of a few runs after
+// a warm-up and the longest main-thread task seen meanwhile. Needs a built dist/ (bash scripts/web-build.sh).
 //
 //   node scripts/browser-cpu-bench.mjs [steps=50] [runs=5]
 import path from 'node:path';
@@ -26,38 +25,25 @@ try {
   await page.waitForFunction(() => /^ready/.test(document.querySelector('[data-testid="status"]')?.textContent || ''),
     null, { timeout: 180_000, polling: 250 });
   const out = await page.evaluate(async ({ steps, runs }) => {
-    const engine = window.sparsedit.engine;
+    const engine = window.sparsedit.engine; // the page's handle on the engine in its worker
     const longest = { ms: 0 };
     new PerformanceObserver((list) => {
       for (const e of list.getEntries()) longest.ms = Math.max(longest.ms, e.duration);
     }).observe({ type: 'longtask', buffered: false });
     const opts = { label: 7, seed: 1, steps, cfg: 4, sparsity: 'fixed', grid: 4, num: 1, preview: false, trace: false };
-    // The two linear-layer kernels of the CPU path (src/matmul.rs), interleaved run by run so
-    // the machine's load hits both alike; the engine (in its worker) keeps the last one set.
-    const kernels = ['gemm', 'lanes4'];
-    const times = { gemm: [], lanes4: [] };
-    for (const k of kernels) {
-      await engine.set_cpu_matmul(k);
-      await engine.generate(opts, () => {}); // warm-up
-    }
+    await engine.generate(opts, () => {}); // warm-up
+    const times = [];
     for (let i = 0; i < runs; i++) {
-      for (const k of kernels) {
-        await engine.set_cpu_matmul(k);
-        const t0 = performance.now();
-        await engine.generate(opts, () => {});
-        times[k].push(performance.now() - t0);
-      }
+      const t0 = performance.now();
+      await engine.generate(opts, () => {});
+      times.push(performance.now() - t0);
     }
-    await engine.set_cpu_matmul('lanes4');
     await new Promise((r) => setTimeout(r, 200)); // long-task entries arrive after the task
-    const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-    return { backend: engine.backend(), times, median: { gemm: median(times.gemm), lanes4: median(times.lanes4) }, longest: longest.ms };
+    times.sort((a, b) => a - b);
+    return { backend: engine.backend(), times, median: times[Math.floor(times.length / 2)], longest: longest.ms };
   }, { steps, runs });
-  console.log(`page CPU path (${out.backend}, engine in a worker), ${steps} DDIM steps + CFG, bundled model, s = 4, ${runs} runs each:`);
-  for (const k of ['gemm', 'lanes4']) {
-    console.log(`  ${k.padEnd(6)} median ${out.median[k].toFixed(0)} ms (${out.times[k].map((t) => t.toFixed(0)).join(', ')})`);
-  }
-  console.log(`  gemm / lanes4 = ${(out.median.gemm / out.median.lanes4).toFixed(2)}x; longest main-thread task ${out.longest.toFixed(0)} ms`);
+  console.log(`page CPU path (${out.backend}, engine in a worker), ${steps} DDIM steps + CFG, bundled model, s = 4: median ${out.median.toFixed(0)} ms ` +
+    `of ${runs} (${out.times.map((t) => t.toFixed(0)).join(', ')}); longest main-thread task ${out.longest.toFixed(0)} ms`);
 } finally {
   await browser.close();
   server.close();

@@ -687,20 +687,6 @@ pub fn decoder_pack_from_diffusers(safetensors: &[u8], config_json: &str, quant:
     Ok(js_sys::Uint8Array::from(pack.as_slice()))
 }
 
-/// Chooses the f32 matmul of the CPU path's linear layers for this engine's wasm instance:
-/// `"lanes4"` (the default here, `src/matmul.rs`) or `"gemm"` (candle's), so a benchmark can time
-/// both in one page (`scripts/browser-cpu-bench.mjs`).
-#[wasm_bindgen]
-pub fn set_cpu_matmul(kernel: &str) -> Result<(), JsValue> {
-    use crate::matmul::{set_kernel, Kernel};
-    match kernel {
-        "lanes4" => set_kernel(Kernel::Lanes4),
-        "gemm" => set_kernel(Kernel::Gemm),
-        other => return Err(js_err(Error::arg(format!("set_cpu_matmul: unknown kernel '{other}' (lanes4 | gemm)")))),
-    }
-    Ok(())
-}
-
 /// What the pack of a diffusers DiT (`config.json` of its transformer) takes with `quant`,
 /// before any weight is downloaded: `{ arch, params, pack_bytes, tensor_bytes,
 /// largest_tensor_bytes, input_size, num_classes, depth, hidden_size }`.

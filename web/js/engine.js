@@ -164,8 +164,6 @@ export class Engine {
 
   /** Bytes of the worker's wasm heap. */
   heap_bytes() { return this.#call('heap_bytes'); }
-  /** The CPU path's linear-layer matmul in this engine's worker: 'lanes4' (default) or 'gemm' (benchmarks). */
-  set_cpu_matmul(kernel) { return this.#call('set_cpu_matmul', [kernel]); }
 
   /** Ends the worker (and the engine, its GPU device and buffers with it); calls still waiting fail with kind 'engine_closed'. */
   free() {

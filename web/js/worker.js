@@ -19,7 +19,7 @@ const ENGINE_METHODS = new Set([
   'model_info', 'layout', 'run_plan', 'set_pooled_middle', 'load_decoder', 'unload_decoder', 'decode', 'block_times',
 ]);
 /** Free functions of the wasm module (no engine state, but wasm work all the same). */
-const MODULE_FUNCTIONS = new Set(['plan_diffusers_pack', 'decoder_pack_from_diffusers', 'set_cpu_matmul']);
+const MODULE_FUNCTIONS = new Set(['plan_diffusers_pack', 'decoder_pack_from_diffusers']);
 
 const ops = {
   /** Loads the wasm module (its URLs come from the page: Trunk hashes the names) and opens the engine. */
