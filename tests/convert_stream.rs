@@ -182,31 +182,7 @@ impl Synth {
 
     /// (name, shape) of every tensor of diffusers' layout; shared embedders under every block.
     fn tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (c, p) = (self.hidden, self.patch);
-        let mut v = vec![("pos_embed.proj.weight".to_string(), vec![c, 4, p, p]), ("pos_embed.proj.bias".into(), vec![c])];
-        for i in 0..self.depth {
-            let b = format!("transformer_blocks.{i}.");
-            for (n, s) in [
-                ("attn1.to_q", [c, c]),
-                ("attn1.to_k", [c, c]),
-                ("attn1.to_v", [c, c]),
-                ("attn1.to_out.0", [c, c]),
-                ("ff.net.0.proj", [4 * c, c]),
-                ("ff.net.2", [c, 4 * c]),
-                ("norm1.linear", [6 * c, c]),
-                ("norm1.emb.timestep_embedder.linear_1", [c, 256]),
-                ("norm1.emb.timestep_embedder.linear_2", [c, c]),
-            ] {
-                v.push((format!("{b}{n}.weight"), s.to_vec()));
-                v.push((format!("{b}{n}.bias"), vec![s[0]]));
-            }
-            v.push((format!("{b}norm1.emb.class_embedder.embedding_table.weight"), vec![self.classes + 1, c]));
-        }
-        for (n, rows) in [("proj_out_1", 2 * c), ("proj_out_2", p * p * 8)] {
-            v.push((format!("{n}.weight"), vec![rows, c]));
-            v.push((format!("{n}.bias"), vec![rows]));
-        }
-        v
+        diffusers_dit_shapes(self.hidden, self.patch, self.depth, self.classes)
     }
 }
 

@@ -17,6 +17,7 @@ use candle_core::{Device, Tensor};
 use sparsedit::config::{Config, Layout, SparseLayout};
 use sparsedit::gguf::{MetaValue, TensorType};
 use sparsedit::model::TensorMap;
+use common::diffusers_dit_shapes;
 
 const TARGETS: [(&str, fn(&[u8])); 4] = [
     ("safetensors_stream", fuzz_entry::safetensors_stream),
@@ -166,28 +167,7 @@ fn safetensors_of(map: &TensorMap) -> Vec<u8> {
 
 /// diffusers' layout of a tiny DiT matching `fuzz_entry::TINY_DIT_CONFIG` (width 8, 1 block).
 fn tiny_diffusers_dit() -> TensorMap {
-    let (c, p) = (8usize, 2usize);
-    let mut v: Vec<(String, Vec<usize>)> = vec![("pos_embed.proj.weight".into(), vec![c, 4, p, p]), ("pos_embed.proj.bias".into(), vec![c])];
-    let b = "transformer_blocks.0.";
-    for (n, s) in [
-        ("attn1.to_q", [c, c]),
-        ("attn1.to_k", [c, c]),
-        ("attn1.to_v", [c, c]),
-        ("attn1.to_out.0", [c, c]),
-        ("ff.net.0.proj", [4 * c, c]),
-        ("ff.net.2", [c, 4 * c]),
-        ("norm1.linear", [6 * c, c]),
-        ("norm1.emb.timestep_embedder.linear_1", [c, 256]),
-        ("norm1.emb.timestep_embedder.linear_2", [c, c]),
-    ] {
-        v.push((format!("{b}{n}.weight"), s.to_vec()));
-        v.push((format!("{b}{n}.bias"), vec![s[0]]));
-    }
-    v.push((format!("{b}norm1.emb.class_embedder.embedding_table.weight"), vec![3, c]));
-    for (n, rows) in [("proj_out_1", 2 * c), ("proj_out_2", p * p * 8)] {
-        v.push((format!("{n}.weight"), vec![rows, c]));
-        v.push((format!("{n}.bias"), vec![rows]));
-    }
+    let v = diffusers_dit_shapes(8, 2, 1, 2);
     let mut map = TensorMap::new();
     for (k, (name, shape)) in v.into_iter().enumerate() {
         let n: usize = shape.iter().product();
