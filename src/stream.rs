@@ -3,8 +3,8 @@
 //! moment its last byte arrives — so a model goes into GPU buffers tensor by tensor and the
 //! whole file never sits in memory at once.
 //!
-//! The header is parsed as soon as enough bytes are there ([`GgufHeader::parse_prefix`]), and
-//! checked against the announced size when there is one; the size and the sha256 are checked
+//! The header is parsed once enough bytes are there ([`GgufHeader::parse_prefix`]; a failed
+//! try waits for twice the bytes, so tiny chunks cost O(log n) parses), and checked against the announced size when there is one; the size and the sha256 are checked
 //! again at [`PackStream::finish`]. Any error leaves the stream failed (further pushes error).
 
 use sha2::{Digest, Sha256};
@@ -43,6 +43,13 @@ pub struct PackStream {
     received: u64,
     /// The file's first bytes, until the header parses.
     prefix: Vec<u8>,
+    /// The prefix length at which the header is parsed next. A GGUF header does not say its own
+    /// length, so a failed parse waits for the prefix to double: a header arriving in tiny chunks
+    /// is parsed O(log n) times, not once a chunk (which was quadratic: a hang for a hostile
+    /// 64 MB header sent a few KB at a time). `finish` parses whatever is left.
+    next_parse: usize,
+    /// How many times the header was parsed (tests check it stays logarithmic).
+    header_parses: u32,
     header: Option<(GgufHeader, Config)>,
     /// Tensor indices of the header in data order.
     order: Vec<usize>,
@@ -68,6 +75,10 @@ const MAX_HEADER: usize = 64 << 20;
 /// A tensor claiming more bytes than this is refused with the header (DiT-XL's largest is 21 MB
 /// in F32; the page's wasm32 memory is 4 GiB in all).
 pub const MAX_TENSOR_BYTES: u64 = 1 << 32;
+/// The first full header parse waits for this many bytes (or the end of the file).
+const FIRST_PARSE: usize = 4096;
+/// GGUF's magic, version, tensor count and metadata count: parsed with every push until there.
+const FIXED_FIELDS: usize = 24;
 
 impl PackStream {
     /// `expected_sha256` is hex (either case); `None` skips that check.
@@ -79,6 +90,8 @@ impl PackStream {
             hasher: Sha256::new(),
             received: 0,
             prefix: Vec::new(),
+            next_parse: FIRST_PARSE,
+            header_parses: 0,
             header: None,
             order: Vec::new(),
             next: 0,
@@ -113,42 +126,50 @@ impl PackStream {
         }
         self.hasher.update(chunk);
         self.received = end;
-        let mut rest = chunk;
-        if self.header.is_none() {
-            self.prefix.extend_from_slice(chunk);
-            let Some(header) = GgufHeader::parse_prefix(&self.prefix)? else {
-                if self.prefix.len() > MAX_HEADER {
-                    return Err(Error::gguf(format!("no complete header in the first {MAX_HEADER} bytes")));
-                }
-                return Ok(());
-            };
-            // Without an announced size, check names / shapes / overlaps against "any length";
-            // truncation is caught at `finish`.
-            header.validate_len(self.expected_size.unwrap_or(u64::MAX))?;
-            if let Some(t) = header.tensors.iter().find(|t| t.nbytes as u64 > MAX_TENSOR_BYTES) {
-                return Err(Error::gguf(format!(
-                    "tensor '{}' claims {} bytes, over the {} GiB a tensor may take (corrupt header?)",
-                    t.name,
-                    t.nbytes,
-                    MAX_TENSOR_BYTES >> 30
-                )));
-            }
-            let cfg = pack::config_from_header(&header)?;
-            sink.header(&header, &cfg)?;
-            let mut order: Vec<usize> = (0..header.tensors.len()).collect();
-            order.sort_by_key(|&i| header.tensors[i].offset);
-            self.order = order;
-            // Everything after the header's bytes in the prefix is data.
-            let consumed_before = start as usize;
-            let header_end = header.data_offset.min(self.prefix.len());
-            let skip = header_end.saturating_sub(consumed_before).min(chunk.len());
-            rest = &chunk[skip..];
-            let pos = consumed_before + skip;
-            self.header = Some((header, cfg));
-            self.prefix = Vec::new();
-            return self.consume(pos as u64, rest, sink);
+        if self.header.is_some() {
+            return self.consume(start, chunk, sink);
         }
-        self.consume(start, rest, sink)
+        // The fixed fields (magic, version, counts) are checked as soon as they arrive, so a file
+        // that is not a GGUF at all (an HTML error page) fails at its first push.
+        let fixed_seen = self.prefix.len() >= FIXED_FIELDS;
+        self.prefix.extend_from_slice(chunk);
+        if fixed_seen && self.prefix.len() < self.next_parse && Some(end) != self.expected_size {
+            return Ok(());
+        }
+        self.parse_header(sink)
+    }
+
+    /// Parse the header from the prefix if it is complete, and route the data bytes after it.
+    fn parse_header(&mut self, sink: &mut dyn TensorSink) -> Result<()> {
+        self.header_parses += 1;
+        let Some(header) = GgufHeader::parse_prefix(&self.prefix)? else {
+            if self.prefix.len() > MAX_HEADER {
+                return Err(Error::gguf(format!("no complete header in the first {MAX_HEADER} bytes")));
+            }
+            self.next_parse = self.prefix.len().saturating_mul(2).max(FIRST_PARSE);
+            return Ok(());
+        };
+        // Without an announced size, check names / shapes / overlaps against "any length";
+        // truncation is caught at `finish`.
+        header.validate_len(self.expected_size.unwrap_or(u64::MAX))?;
+        if let Some(t) = header.tensors.iter().find(|t| t.nbytes as u64 > MAX_TENSOR_BYTES) {
+            return Err(Error::gguf(format!(
+                "tensor '{}' claims {} bytes, over the {} GiB a tensor may take (corrupt header?)",
+                t.name,
+                t.nbytes,
+                MAX_TENSOR_BYTES >> 30
+            )));
+        }
+        let cfg = pack::config_from_header(&header)?;
+        sink.header(&header, &cfg)?;
+        let mut order: Vec<usize> = (0..header.tensors.len()).collect();
+        order.sort_by_key(|&i| header.tensors[i].offset);
+        self.order = order;
+        // Everything after the header's bytes in the prefix is data.
+        let header_end = header.data_offset.min(self.prefix.len());
+        self.header = Some((header, cfg));
+        let prefix = std::mem::take(&mut self.prefix);
+        self.consume(header_end as u64, &prefix[header_end..], sink)
     }
 
     /// Route bytes at file position `pos` into the tensors they belong to.
@@ -186,10 +207,14 @@ impl PackStream {
         Ok(())
     }
 
-    /// Check that the whole file arrived and matches the announced size and sha256.
-    pub fn finish(mut self) -> Result<StreamSummary> {
+    /// Check that the whole file arrived and matches the announced size and sha256. The last
+    /// tensors may reach `sink` here (a file shorter than the header's next parse point).
+    pub fn finish(mut self, sink: &mut dyn TensorSink) -> Result<StreamSummary> {
         if let Some(e) = &self.failed {
             return Err(Error::gguf(format!("the load failed: {e}")));
+        }
+        if self.header.is_none() && !self.prefix.is_empty() {
+            self.parse_header(sink)?;
         }
         let Some((header, cfg)) = self.header.take() else {
             return Err(Error::gguf(format!("the file ({} bytes) ends inside the header: truncated?", self.received)));
@@ -274,7 +299,7 @@ mod tests {
         for c in bytes.chunks(chunk) {
             s.push(c, &mut sink)?;
         }
-        Ok((s.finish()?, sink))
+        Ok((s.finish(&mut sink)?, sink))
     }
 
     #[test]
@@ -290,6 +315,30 @@ mod tests {
                 assert_eq!(data.as_slice(), g.tensor_data(g.tensor(&info.name).unwrap()), "tensor {} chunk {chunk}", info.name);
             }
         }
+    }
+
+    #[test]
+    fn a_header_in_tiny_chunks_is_parsed_a_logarithmic_number_of_times() {
+        let bytes = tiny_pack();
+        let g = Gguf::parse(&bytes).unwrap();
+        assert!(g.header.data_offset > 2 * FIRST_PARSE, "the test wants a header of several KB, got {}", g.header.data_offset);
+        let mut s = PackStream::new(None, None).unwrap();
+        let mut sink = KeepAll::default();
+        for c in bytes.chunks(1) {
+            s.push(c, &mut sink).unwrap();
+        }
+        // one parse a byte would be data_offset parses (quadratic work): here one a byte up to
+        // the fixed fields, then doubling from 4 KiB
+        let most = FIXED_FIELDS as u32 + 2 + (g.header.data_offset / FIRST_PARSE).ilog2();
+        assert!(s.header_parses <= most, "{} header parses for a {}-byte header", s.header_parses, g.header.data_offset);
+        s.finish(&mut sink).unwrap();
+        assert_eq!(sink.tensors.len(), g.header.tensors.len());
+        // A file that is shorter than the first parse point: the header is parsed at finish.
+        let mut s = PackStream::new(None, None).unwrap();
+        let mut sink = KeepAll::default();
+        s.push(&bytes[..100], &mut sink).unwrap();
+        let e = s.finish(&mut sink).unwrap_err().to_string();
+        assert!(e.contains("ends inside the header"), "{e}");
     }
 
     #[test]

@@ -395,8 +395,8 @@ impl Engine {
     /// Verify the whole pack and build the model; returns its ModelInfo.
     pub fn finish_load(&self) -> Result<JsValue, JsValue> {
         let mut inner = self.inner.borrow_mut();
-        let (stream, sink) = inner.loading.take().ok_or_else(|| call_err("finish_load before begin_load"))?;
-        let summary = stream.finish().map_err(js_err)?;
+        let (stream, mut sink) = inner.loading.take().ok_or_else(|| call_err("finish_load before begin_load"))?;
+        let summary = stream.finish(&mut sink).map_err(js_err)?;
         let cfg = summary.cfg.clone();
         let engine = match sink {
             Sink::Gpu(s) => {

@@ -123,7 +123,7 @@ fn the_pack_streams_into_the_page_s_loader() {
     }
     assert_eq!(conv.pack_size(), Some(all.len() as u64));
     let conv = conv.finish().unwrap();
-    let loaded = load.finish().unwrap();
+    let loaded = load.finish(&mut sink).unwrap();
     assert_eq!(loaded.sha256, sha256_hex(&all));
     assert_eq!(loaded.cfg, conv.cfg);
     assert_eq!(sink.tensors.len(), conv.header.tensors.len());
@@ -557,7 +557,7 @@ fn converted_stream_loads_into_gpu_buffers() {
         load.push(&out, &mut sink).unwrap();
     }
     conv.finish().unwrap();
-    let summary = load.finish().unwrap();
+    let summary = load.finish(&mut sink).unwrap();
     assert!(sink.gpu_bytes > 4 * sink.host_bytes, "{} GPU / {} host bytes", sink.gpu_bytes, sink.host_bytes);
     let streamed = GpuModel::load(&gpu, summary.cfg.clone(), &sink).unwrap();
     let whole = GpuModel::from_pack_bytes(&gpu, &reference_pack(&path, None, TensorType::Q8_0)).unwrap();

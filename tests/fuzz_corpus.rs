@@ -89,7 +89,7 @@ fn pack_stream_refuses_a_huge_tensor_claim_before_allocating() {
     let mut sink = KeepAll::default();
     s.push(&header, &mut sink).unwrap();
     s.push(&[0u8; 4096], &mut sink).unwrap();
-    let e = s.finish().expect_err("truncated").to_string();
+    let e = s.finish(&mut sink).expect_err("truncated").to_string();
     assert!(e.contains("ends inside tensor"), "{e}");
 }
 

@@ -166,7 +166,7 @@ fn streamed_pack_loads_the_same_model() {
     for chunk in bytes.chunks(777) {
         stream.push(chunk, &mut sink).unwrap();
     }
-    let summary = stream.finish().unwrap();
+    let summary = stream.finish(&mut sink).unwrap();
     assert_eq!(summary.sha256, sha);
     assert!(sink.gpu_bytes > 4 * sink.host_bytes, "linear weights go to the GPU as they arrive: {} GPU / {} host bytes", sink.gpu_bytes, sink.host_bytes);
     let streamed = GpuModel::load(&gpu, summary.cfg, &sink).unwrap();
@@ -188,7 +188,7 @@ fn streamed_pack_loads_the_same_model() {
     for chunk in bad.chunks(4096) {
         stream.push(chunk, &mut sink).unwrap();
     }
-    let e = stream.finish().err().expect("a flipped byte must be refused").to_string();
+    let e = stream.finish(&mut sink).err().expect("a flipped byte must be refused").to_string();
     assert!(e.contains("sha256 mismatch"), "{e}");
 }
 

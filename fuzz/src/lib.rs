@@ -121,7 +121,7 @@ pub fn gguf(data: &[u8]) {
             return;
         }
     }
-    if s.finish().is_ok() {
+    if s.finish(&mut sink).is_ok() {
         let _ = sink.into_tensor_map();
     }
 }
