@@ -52,6 +52,16 @@ export function startServer({ root = 'dist', port = 8080, host = '127.0.0.1', ex
         res.write(body.subarray(0, n), () => setTimeout(() => res.destroy(), 50));
         return;
       }
+      // `stallAfter: n` (tests): the first whole-file GET sends n bytes, then nothing more (the
+      // connection stays open for a minute), as a download the visitor leaves by a reload.
+      if (x.stallAfter != null && !req.headers.range) {
+        const n = x.stallAfter;
+        x.stallAfter = null;
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-cache' });
+        res.write(body.subarray(0, n));
+        setTimeout(() => res.destroy(), 60_000).unref();
+        return;
+      }
       // `Range: bytes=a-b` (as the Hub's CDN answers): 206 with that slice.
       const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range || '');
       if (range && x.ranges !== false) {

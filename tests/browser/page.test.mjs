@@ -66,6 +66,9 @@ const XL_CONFIG = JSON.stringify({
 let server, baseUrl, browser;
 // The Range headers of test/dit-flaky's weight requests (null: a whole-file GET).
 const flakyRequests = [];
+// The same for test/dit-reload, whose first download stalls after RELOAD_STALL bytes.
+const reloadRequests = [];
+const RELOAD_STALL = 300_000;
 // Requests for the stand-in Hub's decoder weights: { path, range }.
 const vaeRequests = [];
 // Requests for the stand-in Hub's files (paths under /hub/…/resolve/ and /cdn/), in order.
@@ -271,7 +274,7 @@ before(async () => {
   const hubWeights = fs.readFileSync(path.join(hubDir, 'diffusion_pytorch_model.safetensors'));
   const hubConfig = fs.readFileSync(path.join(hubDir, 'config.json'));
   const hubSha = createHash('sha256').update(hubWeights).digest('hex');
-  for (const [repo, oid] of [['test/dit', hubSha], ['test/dit-bad-sha', 'ab'.repeat(32)], ['test/dit-quota', hubSha], ['test/dit-flaky', hubSha]]) {
+  for (const [repo, oid] of [['test/dit', hubSha], ['test/dit-bad-sha', 'ab'.repeat(32)], ['test/dit-quota', hubSha], ['test/dit-flaky', hubSha], ['test/dit-reload', hubSha]]) {
     const tree = [
       { type: 'file', oid: '1'.repeat(40), size: hubConfig.length, path: 'transformer/config.json' },
       { type: 'file', oid: '2'.repeat(40), size: hubWeights.length, path: 'transformer/diffusion_pytorch_model.safetensors', lfs: { oid, size: hubWeights.length, pointerSize: 135 } },
@@ -280,7 +283,10 @@ before(async () => {
     extra[`/hub/${repo}/resolve/main/transformer/config.json`] = { body: hubConfig, type: 'application/json' };
     extra[`/hub/${repo}/resolve/main/transformer/diffusion_pytorch_model.safetensors`] = { redirect: `/cdn/${repo}/${hubSha}` };
     // test/dit-flaky's first download breaks off after 400,000 bytes
-    extra[`/cdn/${repo}/${hubSha}`] = { body: hubWeights, dropAfter: repo === 'test/dit-flaky' ? 400_000 : null };
+    // (test/dit-reload's stalls after RELOAD_STALL bytes)
+    extra[`/cdn/${repo}/${hubSha}`] = {
+      body: hubWeights, dropAfter: repo === 'test/dit-flaky' ? 400_000 : null, stallAfter: repo === 'test/dit-reload' ? RELOAD_STALL : null,
+    };
   }
   if (process.env.SPARSEDIT_HUB_XL) {
     // DiT-XL/2 256's shapes in diffusers' layout (3.0 GB of f32, pseudo-random weights, written
@@ -315,6 +321,7 @@ before(async () => {
     if (p.startsWith('/cdn/') || /^\/hub\/.*\/resolve\//.test(p)) hubRequests.push(p);
     if (p.startsWith('/cdn/vae/')) vaeRequests.push({ path: p, range: req.headers.range || null });
     if (p.startsWith('/cdn/test/dit-flaky/')) flakyRequests.push(req.headers.range || null);
+    if (p.startsWith('/cdn/test/dit-reload/')) reloadRequests.push(req.headers.range || null);
   };
   ({ server, url: baseUrl } = await startServer({ root: DIST, port: 0, extra, onRequest }));
   browser = await chromium.launch({
@@ -570,6 +577,8 @@ test('the engine runs in a worker: the page stays responsive during a CPU-path g
     assert.match(status, /^ready/, status);
     assert.equal(await page.evaluate(() => window.sparsedit.engine.backend()), 'cpu');
     assert.equal(engineWorkers(page).length, 1, `workers: ${page.workers().map((w) => w.url())}`);
+    // the bundled digits start on DDIM at 25 steps (DPM-Solver++ is the default of ImageNet DiTs only)
+    assert.deepEqual([await page.getByTestId('sampler').inputValue(), await page.getByTestId('steps').inputValue()], ['ddim', '25']);
 
     const STEPS_LONG = 60;
     await t.test('during a CPU-path generation no main-thread task reaches 50 ms and a click is handled within 100 ms; cancel stops the run', async () => {
@@ -591,8 +600,8 @@ test('the engine runs in a worker: the page stays responsive during a CPU-path g
       await page.waitForTimeout(200);
       const tClick = await page.evaluate(() => performance.now());
       await page.getByTestId('generate').click();
-      // measured from the first finished step on: while the worker computes (the Generate
-      // click's own task, which starts the run, is reported but not part of the measure)
+      // measured from the Generate click on: the click's own task, which starts the run, and
+      // every step while the worker computes
       await waitStatus(page, /^(generating: step [1-9]|done|error)/, GENERATE_TIMEOUT);
       const t0 = await page.evaluate(() => performance.now());
       await waitStatus(page, /^(generating: step ([3-9]|\d\d)|done|error)/, GENERATE_TIMEOUT);
@@ -604,7 +613,7 @@ test('the engine runs in a worker: the page stays responsive during a CPU-path g
       const done = await waitStatus(page, /^(done|error)/, GENERATE_TIMEOUT);
       const got = await page.evaluate(({ t0, tClick }) => ({
         startTasks: window.__longtasks.filter((e) => e.start >= tClick && e.start < t0),
-        longtasks: window.__longtasks.filter((e) => e.start >= t0),
+        longtasks: window.__longtasks.filter((e) => e.start >= tClick),
         clicks: window.__clicks,
         cancelled: window.sparsedit.lastResult.cancelled,
         steps: window.sparsedit.lastResult.ms_steps.length,
@@ -612,9 +621,9 @@ test('the engine runs in a worker: the page stays responsive during a CPU-path g
       }), { t0, tClick });
       const longest = Math.max(0, ...got.longtasks.map((e) => e.ms));
       console.log(`# CPU path in the worker: ${got.steps} of ${STEPS_LONG} steps (${got.msPerStep.toFixed(0)} ms/step) before the cancel; ` +
-        `main-thread long tasks: ${got.longtasks.length} (longest ${longest.toFixed(0)} ms, at ${got.longtasks.map((e) => (e.start - t0).toFixed(0)).join(', ')} ms); ` +
+        `main-thread long tasks from the Generate click on: ${got.longtasks.length} (longest ${longest.toFixed(0)} ms, at ${got.longtasks.map((e) => (e.start - tClick).toFixed(0)).join(', ')} ms after it); ` +
         `click handled after ${got.clicks.map((c) => `${c.ms.toFixed(1)} ms (at ${(c.at - t0).toFixed(0)})`).join(', ')}; ` +
-        `long tasks from the Generate click to the first step: ${got.startTasks.map((e) => `${e.ms.toFixed(0)} ms`).join(', ') || 'none'}`);
+        `of them before the first step: ${got.startTasks.map((e) => `${e.ms.toFixed(0)} ms`).join(', ') || 'none'}`);
       assert.match(done, new RegExp(`^done — cancelled after \\d+ of ${STEPS_LONG} steps`), done);
       assert.equal(got.cancelled, true);
       assert.ok(got.steps >= 3 && got.steps < STEPS_LONG, `${got.steps} steps ran`);
@@ -695,6 +704,8 @@ test('a 1000-class model: ImageNet names in the picker, searchable by name, syno
   await withCpuPage('?model=/extra/dit-1000-classes.gguf', async (page) => {
     const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
     assert.match(status, /^ready.*1000 classes/, status);
+    // an ImageNet latent DiT (as DiT-XL/2 from the Hub) starts on DPM-Solver++ (2M), 25 steps
+    assert.deepEqual([await page.getByTestId('sampler').inputValue(), await page.getByTestId('steps').inputValue()], ['dpm-solver++', '25']);
     const b207 = page.getByTestId('class-207');
     await b207.waitFor({ timeout: 30_000 });
     assert.equal(await b207.textContent(), '207 · Golden Retriever');
@@ -1203,6 +1214,8 @@ test('a synthetic full-size DiT-XL/2 pack (random weights, q8_0, ~720 MB) stream
     await page.getByTestId('grid').fill('8');
     await page.getByTestId('grid').dispatchEvent('input');
     const cls = 207, steps = 1, cfg = 1;
+    // (an ImageNet DiT starts on DPM-Solver++, which takes 2 steps at least: one DDIM step here)
+    await page.getByTestId('sampler').selectOption('ddim');
     const t1 = Date.now();
     await generateIn(page, { cls, steps, cfg });
     const genS = (Date.now() - t1) / 1e3;
@@ -1348,6 +1361,36 @@ test('a Hub download that breaks off is picked up where it stopped (Range) and c
     const { worst, at } = maxAbsDiff(image, cli.data);
     console.log(`# resumed download's model vs the CLI's: max |diff| ${worst.toExponential(3)} (scale ${scale.toFixed(1)})`);
     assert.ok(worst <= 1e-4 * scale + 1e-3, `max abs difference ${worst} at index ${at}`);
+  });
+});
+
+test('a Hub download cut off by a page reload resumes from the bytes kept in OPFS (a ranged GET for the rest): the same pack as an uninterrupted download', { timeout: 10 * 60_000 }, async () => {
+  reloadRequests.length = 0;
+  await withCpuPage('?hub=/hub&hf=test/dit-reload&pack=q8_0', async (page) => {
+    // The first download stalls after RELOAD_STALL bytes: the worker has kept them in OPFS.
+    await eventually(async () => {
+      const files = await opfsFiles(page);
+      assert.deepEqual(files.filter(([n]) => n.endsWith('.safetensors.partial')).map(([, size]) => size), [RELOAD_STALL], JSON.stringify(files));
+    }, 120_000);
+    await page.reload();
+    const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    console.log(`# test/dit-reload weight requests (Range): ${JSON.stringify(reloadRequests)}; ${status}`);
+    assert.match(status, /^ready — test\/dit-reload .*downloaded from the Hub and converted \(resumed: .* kept from an earlier visit\)/, status);
+    assert.deepEqual(reloadRequests, [null, `bytes=${RELOAD_STALL}-`], 'after the reload only the rest was asked for');
+    const resumed = await page.evaluate(() => window.sparsedit.info);
+    let files = await opfsFiles(page);
+    assert.deepEqual(files.filter(([n]) => n.endsWith('.partial')), [], 'the kept download is deleted once converted');
+    assert.deepEqual(files.filter(([n]) => n.endsWith('.gguf')).map(([, size]) => size), [Number(resumed.bytes)]);
+
+    // The same model downloaded in one go (the kept pack deleted first): the very same pack.
+    await page.getByTestId('hub-delete').click();
+    await eventually(async () => assert.deepEqual(await opfsFiles(page), []));
+    await page.reload();
+    const again = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
+    assert.match(again, /^ready — test\/dit-reload .*downloaded from the Hub and converted$/, again);
+    assert.deepEqual(reloadRequests, [null, `bytes=${RELOAD_STALL}-`, null]);
+    const whole = await page.evaluate(() => window.sparsedit.info);
+    assert.equal(resumed.sha256, whole.sha256, 'the resumed pack equals the uninterrupted one byte for byte');
   });
 });
 

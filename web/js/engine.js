@@ -131,9 +131,14 @@ export class Engine {
   /**
    * Converts `chunk` (transferred: the caller gives it up) and pushes the pack bytes it yields
    * into the load begun beside it; resolves to { out: those bytes (to keep), pack_size: the pack's
-   * size once known, else null }.
+   * size once known, else null, kept_bytes: the download's bytes kept in OPFS (keep_source), else
+   * null, kept_error: why keeping it stopped, else null }.
    */
   push_convert_and_load(chunk) { return this.#call('push_convert_and_load', [chunk], { transfer: wholeBuffer(chunk) }); }
+  /** The worker keeps the converted download in OPFS file `dirName/name` from byte `from` on (a reload resumes it). */
+  keep_source(dirName, name, from) { return this.#call('keep_source', [dirName, name, from]); }
+  /** The worker stops keeping it (the file closed); resolves to the bytes kept, or null. */
+  release_source() { return this.#call('release_source'); }
   finish_convert() { return this.#call('finish_convert'); }
   abort_convert() { return this.#call('abort_convert'); }
 

@@ -34,6 +34,12 @@ export const HUB = new URL(params.get('hub') || 'https://huggingface.co', locati
 const OPFS_DIR = 'sparsedit-hub';
 const WEIGHTS = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.fp16.safetensors'];
 const PARTIAL = '.partial';
+/**
+ * The downloaded weights, kept in OPFS while they convert (`<repo>~<revision>~<sha256>` + this):
+ * a reload or a closed tab resumes the download from there (replayed through a new converter,
+ * then a ranged GET for the rest). Deleted once the pack is committed.
+ */
+const SOURCE_PARTIAL = '.safetensors.partial';
 /** What the storage check leaves free beyond the pack (browsers round usage up). */
 const QUOTA_MARGIN = 1.02;
 /** Most f32 weight bytes the CPU engine takes (wasm32 memory is 4 GB; the model is built from copies). */
@@ -118,13 +124,50 @@ export async function deleteEntry(key) {
   }
 }
 
-/** Temporary files left by a conversion that never finished (a closed tab): none runs at start. */
+/**
+ * Half-written packs left by a conversion that never finished (a closed tab): none runs at start.
+ * (A kept download stays: the next load of that model resumes it.)
+ */
 export async function dropPartials() {
   if (!hasOpfs()) return;
   const dir = await opfsDir();
   const names = [];
-  for await (const [name] of dir.entries()) if (name.endsWith(PARTIAL)) names.push(name);
+  for await (const [name] of dir.entries()) if (name.endsWith(`.gguf${PARTIAL}`)) names.push(name);
   for (const n of names) await dir.removeEntry(n).catch(() => {});
+}
+
+/** The OPFS name of a download kept to resume (one per file of the Hub, whatever the pack type). */
+function sourceName({ repo, revision }, sha256) {
+  return `${safe(repo)}~${safe(revision)}~${safe(sha256)}${SOURCE_PARTIAL}`;
+}
+
+/** Downloads kept to resume: [{ name, label, size }]. */
+export async function listUnfinished() {
+  if (!hasOpfs()) return [];
+  const dir = await opfsDir();
+  const out = [];
+  for await (const [name, handle] of dir.entries()) {
+    if (handle.kind !== 'file' || !name.endsWith(SOURCE_PARTIAL)) continue;
+    const [repo, revision] = name.slice(0, -SOURCE_PARTIAL.length).split('~');
+    const size = await handle.getFile().then((f) => f.size, () => NaN);
+    out.push({ name, label: `${repo.replace('--', '/')}@${revision}`, size });
+  }
+  return out;
+}
+
+/** Deletes a kept download. */
+export async function deleteUnfinished(name) {
+  if (!name.endsWith(SOURCE_PARTIAL)) throw new Error(`${name} is not a kept download`);
+  await (await opfsDir()).removeEntry(name).catch(() => {});
+}
+
+/** The OPFS file `name`, or null. */
+async function fileOrNull(dir, name) {
+  try {
+    return await (await dir.getFileHandle(name)).getFile();
+  } catch {
+    return null;
+  }
 }
 
 async function findEntry({ repo, revision, quant, sha256 }) {
@@ -227,13 +270,14 @@ const RESUME_TRIES = 5;
 const resumePause = (k) => new Promise((r) => setTimeout(r, 250 * k));
 
 /**
- * The bytes of `url` (`total` of them) as chunks, from the response `first`. A connection that
+ * The bytes of `url` (`total` of them) from byte `start` on, as chunks, from the response `first`
+ * (a whole-file GET, or a ranged one from `start`). A connection that
  * breaks off (a network error, or an end before `total` bytes) is picked up where it stopped with
  * a ranged GET (`Range: bytes=<received>-`, answered 206 from that byte), up to RESUME_TRIES
  * times: the converter in the engine holds its state, so it simply goes on.
  */
-async function* resumableBody(first, url, total, signal) {
-  let resp = first, received = 0;
+async function* resumableBody(first, url, total, signal, start = 0) {
+  let resp = first, received = start;
   for (let tries = 0; ; ) {
     const reader = resp.body.getReader();
     let why = null;
@@ -339,45 +383,109 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
   const dir = await opfsDir();
   const partialName = `${key}.gguf${PARTIAL}`;
   await deleteEntry(key);
+
+  // A download of this very file (the Hub's sha256) that a reload or a closed tab cut off: its
+  // bytes go through the converter again from OPFS, the rest comes with a ranged GET. Without a
+  // sha256 from the Hub nothing ties kept bytes to the file: no keeping, no resuming.
+  const keepName = meta.sha256 ? sourceName(source, meta.sha256) : null;
+  const keptFile = keepName ? await fileOrNull(dir, keepName) : null;
+  let resumeAt = keptFile ? Math.min(keptFile.size, meta.size) : 0;
+  // Keep the download only where the storage holds it beside the pack.
+  const keep = !!keepName && (await storageCheck(meta.plan.pack_bytes + meta.size - resumeAt)).ok;
+  if (keepName && !keep) console.info('not enough storage to keep the download beside the pack: a reload would start it again');
+
   const handle = await dir.getFileHandle(partialName, { create: true });
   const writable = await handle.createWritable();
   const abort = new AbortController();
   const onAbort = () => abort.abort();
   signal?.addEventListener('abort', onAbort);
   let done = false;
+  let sourceBad = false; // the converter refused the bytes: the kept download is not worth keeping
   try {
-    let resp;
-    try {
-      resp = await fetch(meta.weightsUrl, { signal: abort.signal, credentials: 'omit' });
-    } catch (err) {
-      if (err?.name === 'AbortError') throw err;
-      throw new Error(`could not download ${meta.weightsUrl}: ${err?.message || err}`);
+    let resp = null;
+    if (resumeAt > 0 && resumeAt < meta.size) {
+      resp = await fetch(meta.weightsUrl, { signal: abort.signal, credentials: 'omit', cache: 'no-store', headers: { Range: `bytes=${resumeAt}-` } })
+        .catch((err) => { if (err?.name === 'AbortError') throw err; return null; });
+      const range = resp?.headers.get('content-range') || '';
+      if (!resp || resp.status !== 206 || !range.startsWith(`bytes ${resumeAt}-`) || !resp.body) {
+        console.info(`the Hub did not answer a ranged GET from byte ${resumeAt} (HTTP ${resp?.status}): the download starts again`);
+        resp?.body?.cancel().catch(() => {});
+        resp = null;
+        resumeAt = 0;
+      }
     }
-    if (!resp.ok || !resp.body) throw new Error(`could not download ${meta.weightsUrl}: HTTP ${resp.status}`);
+    if (!resp && resumeAt < meta.size) {
+      try {
+        resp = await fetch(meta.weightsUrl, { signal: abort.signal, credentials: 'omit' });
+      } catch (err) {
+        if (err?.name === 'AbortError') throw err;
+        throw new Error(`could not download ${meta.weightsUrl}: ${err?.message || err}`);
+      }
+      if (!resp.ok || !resp.body) throw new Error(`could not download ${meta.weightsUrl}: HTTP ${resp.status}`);
+    }
     await engine.begin_convert(meta.configText, source.quant, meta.size, meta.sha256 || undefined, source.repo);
     await engine.begin_load(undefined, undefined);
     const meter = new Meter(meta.size, 'hub', onProgress);
     let checkedRoom = false;
-    {
-      for await (const value of resumableBody(resp, meta.weightsUrl, meta.size, abort.signal)) {
-        if (signal?.aborted) throw new DOMException('load cancelled', 'AbortError');
-        const bytes = value.byteLength; // (the chunk is transferred to the worker)
-        const { out, pack_size: exact } = await engine.push_convert_and_load(value);
-        if (out.length) await writable.write(out);
-        if (!checkedRoom && exact != null) {
-          // the exact size, now the checkpoint's header is in
-          checkedRoom = true;
-          if (exact > meta.plan.pack_bytes * QUOTA_MARGIN && !(await storageCheck(exact - meta.plan.pack_bytes)).ok) {
-            throw Object.assign(new Error(`not enough storage: the pack takes ${formatBytes(exact)}`), { kind: 'quota' });
-          }
+    const convert = async (value) => {
+      const bytes = value.byteLength; // (the chunk is transferred to the worker)
+      let r;
+      try {
+        r = await engine.push_convert_and_load(value);
+      } catch (err) {
+        sourceBad = true;
+        throw err;
+      }
+      if (r.out.length) await writable.write(r.out);
+      if (r.kept_error) console.warn(`the download is no longer kept to resume: ${r.kept_error}`);
+      if (!checkedRoom && r.pack_size != null) {
+        // the exact size, now the checkpoint's header is in
+        checkedRoom = true;
+        const exact = r.pack_size;
+        if (exact > meta.plan.pack_bytes * QUOTA_MARGIN && !(await storageCheck(exact - meta.plan.pack_bytes)).ok) {
+          throw Object.assign(new Error(`not enough storage: the pack takes ${formatBytes(exact)}`), { kind: 'quota' });
         }
-        meter.add(bytes);
+      }
+      meter.add(bytes);
+    };
+    if (resumeAt > 0) {
+      // the kept bytes first, as they came from the network before
+      onPlan?.(`${describePlan(meta, source, engine.backend())} — resuming: ${formatBytes(resumeAt)} already downloaded (kept in this browser)`);
+      const reader = keptFile.slice(0, resumeAt).stream().getReader();
+      for (;;) {
+        if (signal?.aborted) throw new DOMException('load cancelled', 'AbortError');
+        const { value, done: end } = await reader.read();
+        if (end) break;
+        await convert(value);
+      }
+      console.info(`resumed ${meta.weightsUrl}: ${resumeAt} bytes from OPFS, the rest from byte ${resumeAt}`);
+    }
+    if (keep) {
+      await engine.keep_source(OPFS_DIR, keepName, resumeAt)
+        .catch((err) => console.warn(`the download cannot be kept to resume (${err?.message || err})`));
+    }
+    if (resp) {
+      for await (const value of resumableBody(resp, meta.weightsUrl, meta.size, abort.signal, resumeAt)) {
+        if (signal?.aborted) throw new DOMException('load cancelled', 'AbortError');
+        await convert(value);
       }
     }
     meter.emit();
-    const conv = await engine.finish_convert(); // the source's size and sha256
+    let conv;
+    try {
+      conv = await engine.finish_convert(); // the source's size and sha256
+    } catch (err) {
+      sourceBad = true;
+      throw err;
+    }
     const info = await engine.finish_load(); // the pack's tensors, the model
     info.source_sha256 = conv.source_sha256;
+    info.resumed_from = resumeAt;
+    // the download is converted: it is no longer worth keeping
+    if (keepName) {
+      await engine.release_source().catch(() => {});
+      await dir.removeEntry(keepName).catch(() => {});
+    }
     // Commit: the pack under its name, then its record (an entry exists once both do). The model
     // is loaded whatever happens here: a failure only means it is not kept.
     done = true;
@@ -408,6 +516,12 @@ export async function loadHub(engine, source, { onProgress, onPlan, signal } = {
     if (!done) {
       await engine.abort_convert().catch(() => { /* engine gone */ });
       await writable.abort().catch(() => {});
+    }
+    // A download cut off (the network, a cancel) stays kept for the next try; bytes the
+    // converter refused (a wrong sha256, a broken file) do not.
+    if (keepName) {
+      await engine.release_source().catch(() => {});
+      if (sourceBad) await dir.removeEntry(keepName).catch(() => {});
     }
     await deleteEntry(key);
     throw err;

@@ -13,7 +13,7 @@ import { resetRunView } from './run.js';
 import { fetchLayouts, renderTokenView } from './tokenpanel.js';
 import { reloadDecoder } from './decoder.js';
 import { playerForModel } from './player.js';
-import { PRESETS, PACK_TYPES, loadHub, listEntries, deleteEntry, hubSource, parseRepo, rememberInUrl, hasOpfs } from './hub.js';
+import { PRESETS, PACK_TYPES, loadHub, listEntries, deleteEntry, listUnfinished, deleteUnfinished, hubSource, parseRepo, rememberInUrl, hasOpfs } from './hub.js';
 
 const ARCH_TITLE = { dit: 'DiT', sparsedit: 'SparseDiT', latte: 'Latte', sparselatte: 'sparse Latte' };
 
@@ -113,7 +113,8 @@ export async function load(source) {
     await modelLoaded();
     if (source.kind === 'hub') rememberInUrl(source);
     const notCached = info.cacheError ? `, not cached (${info.cacheError}): the weights stay loaded for this session` : '';
-    const whence = fromCache ? ', from cache' : from === 'opfs' ? ', from this browser\'s storage (OPFS)' : from === 'hub' ? ', downloaded from the Hub and converted' : '';
+    const whence = fromCache ? ', from cache' : from === 'opfs' ? ', from this browser\'s storage (OPFS)' : from === 'hub'
+      ? `, downloaded from the Hub and converted${info.resumed_from ? ` (resumed: ${formatBytes(info.resumed_from)} of it kept from an earlier visit)` : ''}` : '';
     setStatus(`ready — ${info.name || sourceLabel(source)} (${info.arch}, ${info.num_classes} classes)${whence}${notCached}`);
   } catch (err) {
     state.info = await loadedInfo();
@@ -221,9 +222,10 @@ export function loadFromHub() {
 /** The list of converted packs kept in OPFS: each with its size, a Load and a Delete button. */
 export async function renderHubCache() {
   const list = $('hub-cache');
-  let entries = [];
+  let entries = [], unfinished = [];
   try {
     entries = await listEntries();
+    unfinished = await listUnfinished();
   } catch (err) {
     list.replaceChildren();
     $('hub-cache-note').textContent = `the kept packs cannot be listed: ${err?.message || err}`;
@@ -254,6 +256,23 @@ export async function renderHubCache() {
       renderHubCache();
     });
     li.append(text, loadBtn, del);
+    return li;
+  }), ...unfinished.map((u) => {
+    // a download cut off by a reload or a closed tab: loading that model again resumes it
+    const li = document.createElement('li');
+    li.setAttribute('data-testid', 'hub-unfinished');
+    const text = document.createElement('span');
+    text.className = 'grow';
+    text.textContent = `${u.label} · unfinished download, ${formatBytes(u.size)} kept: loading it again resumes there`;
+    const del = document.createElement('button');
+    del.type = 'button';
+    del.textContent = 'Delete';
+    del.addEventListener('click', async () => {
+      if (state.loading) return;
+      await deleteUnfinished(u.name);
+      renderHubCache();
+    });
+    li.append(text, del);
     return li;
   }));
 }

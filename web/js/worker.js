@@ -11,6 +11,14 @@
 let bindings = null; // the wasm-bindgen module
 let memory = null; // the wasm heap (its size is reported to the page)
 let engine = null; // the Engine
+/**
+ * The Hub download being kept in OPFS beside its conversion (hub.js), so that a reload or a closed
+ * tab picks it up where it stopped: { handle, at, flushed }, null when none. A sync access handle
+ * (workers only) writes in place: what was written stays in the file when the worker ends.
+ */
+let kept = null;
+/** Bytes between two flushes of the kept download. */
+const KEEP_FLUSH = 32 << 20;
 const stepTaken = new Map(); // generate id -> resolves when the page handled its latest step
 
 /** Engine methods the page may call as they are (arguments and results as src/wasm.rs says). */
@@ -38,7 +46,36 @@ const ops = {
   push_convert_and_load(chunk) {
     const out = engine.push_convert(chunk);
     if (out.length) engine.push(out);
-    return { out, pack_size: engine.convert_pack_size() ?? null };
+    const keptError = kept ? keepChunk(chunk) : null;
+    return { out, pack_size: engine.convert_pack_size() ?? null, kept_bytes: kept?.at ?? null, kept_error: keptError };
+  },
+
+  /**
+   * From now on, the chunks of push_convert_and_load are also written to OPFS file `name` (in
+   * folder `dirName`), from byte `from` on (what is past it is cut).
+   */
+  async keep_source(dirName, name, from) {
+    ops.release_source();
+    const root = await navigator.storage.getDirectory();
+    const dir = await root.getDirectoryHandle(dirName, { create: true });
+    const handle = await (await dir.getFileHandle(name, { create: true })).createSyncAccessHandle();
+    try {
+      handle.truncate(from);
+    } catch (err) {
+      handle.close();
+      throw err;
+    }
+    kept = { handle, at: from, flushed: from };
+    return from;
+  },
+
+  /** Stops keeping the download (flushed and closed: the page may then delete or read it). */
+  release_source() {
+    if (!kept) return null;
+    const { handle, at } = kept;
+    kept = null;
+    try { handle.flush(); } finally { handle.close(); }
+    return at;
   },
 
   /** Samples; every step goes to the page, and on the CPU path the next waits until the page took it. */
@@ -53,6 +90,27 @@ const ops = {
     return memory ? memory.buffer.byteLength : 0;
   },
 };
+
+/**
+ * Appends `chunk` to the kept download. A failure (the storage quota) only stops the keeping: the
+ * download goes on; the error's message is returned for the page to say.
+ */
+function keepChunk(chunk) {
+  try {
+    const n = kept.handle.write(chunk, { at: kept.at });
+    if (n !== chunk.byteLength) throw new Error(`wrote ${n} of ${chunk.byteLength} bytes`);
+    kept.at += n;
+    if (kept.at - kept.flushed >= KEEP_FLUSH) {
+      kept.handle.flush();
+      kept.flushed = kept.at;
+    }
+    return null;
+  } catch (err) {
+    try { kept.handle.close(); } catch { /* closed */ }
+    kept = null;
+    return `${err?.name === 'QuotaExceededError' ? 'the storage quota is full' : err?.message || err}`;
+  }
+}
 
 function call(op, args, id) {
   if (op === 'init') return ops.init(...args);
