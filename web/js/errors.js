@@ -2,12 +2,12 @@
 // anything the engine throws (a lost GPU device or a crashed engine worker, known by the error's
 // `kind`, restarts it).
 
-import { $ } from './dom.js';
+import { $, setText, setIfChanged } from './dom.js';
 
 export function setStatus(text, kind = '') {
   const el = $('status');
-  el.textContent = text;
-  el.className = kind;
+  setText(el, text);
+  setIfChanged(el, 'className', kind);
 }
 
 export function errorMessage(err) {

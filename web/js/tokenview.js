@@ -2,6 +2,8 @@
 // block (numbers + merge/recover attention maps) and the MACs chart. Pure drawing: the data come
 // from engine.layout(grid) (BlockInfo[]) and the per-step trace kept by run.js.
 
+import { setIfChanged, setAttrIfChanged } from './dom.js';
+
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
 export function segmentColours() {
@@ -246,16 +248,30 @@ function gridText(block) {
 }
 
 /**
- * Writes `el[key] = v` (a property, or a dataset / textContent) only when it differs: the cards
- * are updated at every step of a run, and even an unchanged write makes the browser recompute
- * the page's style and layout (tens of ms on the main thread for a page this size).
+ * The cards' canvases are painted a few per frame, not all in the frame that updates the cards:
+ * a step's frame then stays short however many blocks the model has (28 for DiT-XL/2), and the
+ * page's thread stays free for input while the engine's worker computes. Each frame paints until
+ * CARD_BUDGET_MS have gone (at least one card); a card asked for again before its turn is painted
+ * once, with the newest picture. Cards waiting longest go first.
  */
-function setIfChanged(el, key, v) {
-  if (el[key] !== v) el[key] = v;
+const CARD_BUDGET_MS = 4;
+const cardPaints = new Map(); // canvas -> () => void, in the order first asked
+let cardFrame = 0;
+
+function paintLater(canvas, paint) {
+  cardPaints.set(canvas, paint);
+  if (!cardFrame) cardFrame = requestAnimationFrame(paintCards);
 }
 
-function setAttrIfChanged(el, name, v) {
-  if (el.getAttribute(name) !== v) el.setAttribute(name, v);
+function paintCards() {
+  cardFrame = 0;
+  const t0 = performance.now();
+  for (const [canvas, paint] of cardPaints) {
+    cardPaints.delete(canvas);
+    if (canvas.isConnected) paint();
+    if (performance.now() - t0 >= CARD_BUDGET_MS) break;
+  }
+  if (cardPaints.size) cardFrame = requestAnimationFrame(paintCards);
 }
 
 /**
@@ -304,8 +320,9 @@ export function renderBlocks(container, layout, { n, image, selected, onSelect, 
       setIfChanged(ba, 'className', `ba ${b.axis}`);
       setIfChanged(ba, 'hidden', false);
       setAttrIfChanged(btn, 'aria-label', `block ${b.index}, ${b.kind}, ${line} ${gridText(b)}`);
-      if (b.axis === 'temporal') drawTemporalTokens(btn.querySelector('canvas'), b, n, image, colours, b.frames);
-      else drawBlockTokens(btn.querySelector('canvas'), b, n, image, colours);
+      const canvas = btn.querySelector('canvas');
+      if (b.axis === 'temporal') paintLater(canvas, () => drawTemporalTokens(canvas, b, n, image, colours, b.frames));
+      else paintLater(canvas, () => drawBlockTokens(canvas, b, n, image, colours));
     } else {
       for (const key of ['axis', 'frame', 'sequences', 'sequenceLen', 'over']) if (key in btn.dataset) delete btn.dataset[key];
       setAttrIfChanged(btn, 'aria-label', `block ${b.index}, ${b.kind}, ${b.tokens} tokens`);
@@ -313,7 +330,8 @@ export function renderBlocks(container, layout, { n, image, selected, onSelect, 
         b.grid === 'sparse' ? `${b.tokens} tok (${b.side}×${b.side})` : b.grid === 'global' ? `${b.tokens} tok · 1 global` : `${b.tokens} tok`);
       setIfChanged(ba, 'textContent', '');
       setIfChanged(ba, 'hidden', true);
-      drawBlockTokens(btn.querySelector('canvas'), b, n, image, colours);
+      const canvas = btn.querySelector('canvas');
+      paintLater(canvas, () => drawBlockTokens(canvas, b, n, image, colours));
     }
   });
 }
