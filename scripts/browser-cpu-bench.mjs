@@ -3,22 +3,12 @@
 // a warm-up and the longest main-thread task seen meanwhile. Needs a built dist/ (bash scripts/web-build.sh).
 //
 //   node scripts/browser-cpu-bench.mjs [steps=50] [runs=5]
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-import { startServer } from './static-server.mjs';
+import { cpuBrowser } from './cpu-browser.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const steps = Number(process.argv[2] || 50);
 const runs = Number(process.argv[3] || 5);
 
-const { server, url } = await startServer({ root: path.join(ROOT, 'dist'), port: 0 });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-});
+const { browser, url, close } = await cpuBrowser();
 try {
   const page = await browser.newPage();
   await page.goto(url);
@@ -45,6 +35,5 @@ try {
   console.log(`page CPU path (${out.backend}, engine in a worker), ${steps} DDIM steps + CFG, bundled model, s = 4: median ${out.median.toFixed(0)} ms ` +
     `of ${runs} (${out.times.map((t) => t.toFixed(0)).join(', ')}); longest main-thread task ${out.longest.toFixed(0)} ms`);
 } finally {
-  await browser.close();
-  server.close();
+  await close();
 }

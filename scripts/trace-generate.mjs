@@ -3,22 +3,16 @@
 // it ran (script by function and URL, style, layout, paint, GC). Needs a built dist/.
 //
 //   node scripts/trace-generate.mjs [steps-before-cancel=5] [runs=3]
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-import { startServer } from './static-server.mjs';
+//   TRACE_QUIET=1           only the summary line of each run
+//   TRACE_LOCATOR_CLICK=1   click with Playwright's locator (its actionability checks) instead of the mouse
+//   TRACE_CSS='...'         CSS added to the page first (an experiment: what hiding a part saves)
+//   TRACE_LOG=1             the page's console
+import { cpuBrowser } from './cpu-browser.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const until = Number(process.argv[2] || 5);
 const runs = Number(process.argv[3] || 3);
 
-const { server, url } = await startServer({ root: path.join(ROOT, 'dist'), port: 0 });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-});
+const { browser, url, close } = await cpuBrowser();
 const status = (page) => page.evaluate(() => document.querySelector('[data-testid="status"]')?.textContent || '');
 async function waitStatus(page, re, timeout = 60_000) {
   await page.waitForFunction((src) => new RegExp(src).test(document.querySelector('[data-testid="status"]')?.textContent || ''),
@@ -60,8 +54,7 @@ try {
     report(r, trace.traceEvents);
   }
 } finally {
-  await browser.close();
-  server.close();
+  await close();
 }
 
 function report(run, events) {
