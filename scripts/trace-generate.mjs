@@ -38,7 +38,7 @@ try {
     // as the browser test does: the steps field set, then the click 200 ms later (tracing from
     // the fill on: what the field's change sets off is part of what the click waits behind)
     await browser.startTracing(page, {
-      categories: ['devtools.timeline', 'disabled-by-default-devtools.timeline', 'v8', 'v8.execute', 'blink', 'blink.user_timing', 'toplevel', 'disabled-by-default-devtools.timeline.stack'],
+      categories: ['devtools.timeline', 'disabled-by-default-devtools.timeline', 'v8', 'v8.execute', 'blink', 'blink.user_timing', 'toplevel'],
     });
     await page.getByTestId('steps').fill(String(60 + r));
     await page.waitForTimeout(200);
@@ -75,8 +75,7 @@ function report(run, events) {
       console.log(`  task ${(t.dur / 1000).toFixed(1)} ms at ${at} ms after the click`);
       for (const e of inside.sort((a, b) => a.ts - b.ts)) {
         const d = e.args?.data || e.args?.beginData || {};
-        const stack = (d.stackTrace || e.args?.beginData?.stackTrace || []).slice(0, 3).map((f) => `${f.functionName || '?'}@${f.url?.split('/').pop()}:${f.lineNumber}`).join(' < ');
-        const what = (d.functionName || d.type || d.url?.split('/').pop() || '') + (stack ? ` [${stack}]` : '');
+        const what = d.functionName || d.type || d.url?.split('/').pop() || '';
         console.log(`    +${((e.ts - t.ts) / 1000).toFixed(1).padStart(6)} ${(e.dur / 1000).toFixed(1).padStart(6)} ms  ${e.name} ${what}${d.lineNumber != null ? `:${d.lineNumber}` : ''}`);
       }
     }

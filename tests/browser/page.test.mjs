@@ -610,7 +610,9 @@ test('the engine runs in a worker: the page stays responsive during a CPU-path g
           window.__clicks.push({ ms: performance.now() - ev.timeStamp, at: ev.timeStamp, generating: window.sparsedit.state.generating });
         });
       });
-      // the buttons in view first: what is measured is the engine's run, not the test scrolling the page
+      // the buttons in view first: what is measured is the engine's run, not the test scrolling the
+      // page; then clicks as a user's (mouse press and release at the button): Playwright's locator
+      // clicks add listeners and forced layouts of their own on the page's thread, counted otherwise
       const at = {};
       for (const id of ['seed-random', 'cancel', 'generate']) at[id] = await middleOf(page, id);
       // A first, short generation: the page's first run pays one-off costs (compiling its drawing
@@ -624,8 +626,6 @@ test('the engine runs in a worker: the page stays responsive during a CPU-path g
       console.log(`# the page's first generation (3 steps): main-thread long tasks ${warm.length ? `${warm.join(', ')} ms` : 'none'}`);
       await page.getByTestId('steps').fill(String(STEPS_LONG));
       await page.waitForTimeout(200);
-      // Clicks as a user's (mouse press and release at the button): Playwright's locator clicks
-      // add listeners and forced layouts of their own on the page's thread, counted otherwise.
       const tClick = await page.evaluate(() => performance.now());
       await clickAt(page, at.generate);
       // measured from the Generate click on: the click's own task, which starts the run, and

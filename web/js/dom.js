@@ -5,12 +5,7 @@
 
 export const $ = (id) => document.getElementById(id);
 
-/** Sets `el.textContent` to `text` unless it already is. */
-export function setText(el, text) {
-  if (el.textContent !== text) el.textContent = text;
-}
-
-/** Sets property `key` of `el` (or of `el.dataset`, ...) to `v` unless it already is. */
+/** Sets property `key` of `el` (textContent, or of `el.dataset`, ...) to `v` unless it already is. */
 export function setIfChanged(el, key, v) {
   if (el[key] !== v) el[key] = v;
 }

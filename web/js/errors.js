@@ -2,11 +2,11 @@
 // anything the engine throws (a lost GPU device or a crashed engine worker, known by the error's
 // `kind`, restarts it).
 
-import { $, setText, setIfChanged } from './dom.js';
+import { $, setIfChanged } from './dom.js';
 
 export function setStatus(text, kind = '') {
   const el = $('status');
-  setText(el, text);
+  setIfChanged(el, 'textContent', text);
   setIfChanged(el, 'className', kind);
 }
 

@@ -1,7 +1,7 @@
 // A generation: generate with its per-step record, the live TAESD preview queue, the step
 // scrubber and what the preview canvas and numbers show for the shown step, and cancel.
 
-import { $, setText, setIfChanged } from './dom.js';
+import { $, setIfChanged } from './dom.js';
 import { state, newRun } from './state.js';
 import { setStatus, engineError, showError } from './errors.js';
 import { drawPicture } from './player.js';
@@ -151,7 +151,7 @@ function updateScrubber() {
   setIfChanged(scrub, 'disabled', count === 0);
   setIfChanged(scrub, 'max', String(Math.max(0, count - 1)));
   setIfChanged(scrub, 'value', String(Math.max(0, i)));
-  setText($('scrub-label'), i < 0 ? '–' : `${i + 1}/${run.steps[i].total} · t=${run.steps[i].timestep} · s=${run.steps[i].grid}`);
+  setIfChanged($('scrub-label'), 'textContent', i < 0 ? '–' : `${i + 1}/${run.steps[i].total} · t=${run.steps[i].timestep} · s=${run.steps[i].grid}`);
 }
 
 /** The scrubber moved to step `v` (its last position follows the newest step). */
@@ -192,10 +192,10 @@ function drawShown() {
   const how = decoded ? `, decoded by ${decoded.decoder} in ${decoded.ms.toFixed(0)} ms` : '';
   const what = isFinal ? ` (final sample${how})` : decoded ? ` (live preview${how})` : '';
   const cancelledHere = run.result?.cancelled && i === run.steps.length - 1 ? ' · cancelled here' : '';
-  setText($('st-step'), `${st.iter + 1} / ${st.total}${what}${cancelledHere}`);
-  setText($('st-t'), String(st.timestep));
-  setText($('st-grid'), isSparseModel() || state.pooledRange ? `${st.grid}×${st.grid}` : 'dense');
-  setText($('st-ms'), `${st.ms.toFixed(1)} ms`);
+  setIfChanged($('st-step'), 'textContent', `${st.iter + 1} / ${st.total}${what}${cancelledHere}`);
+  setIfChanged($('st-t'), 'textContent', String(st.timestep));
+  setIfChanged($('st-grid'), 'textContent', isSparseModel() || state.pooledRange ? `${st.grid}×${st.grid}` : 'dense');
+  setIfChanged($('st-ms'), 'textContent', `${st.ms.toFixed(1)} ms`);
   renderTokenView();
 }
 

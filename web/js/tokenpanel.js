@@ -1,7 +1,7 @@
 // The token view panel for the shown step (before a run: the planned grid): the block strip,
 // the selected block's numbers and attention maps, the MACs chart, and GPU time per block.
 
-import { $, setText, setIfChanged } from './dom.js';
+import { $, setIfChanged } from './dom.js';
 import { state } from './state.js';
 import { engineError, showError } from './errors.js';
 import { imageCanvas } from './render.js';
@@ -81,7 +81,7 @@ export function renderTokenView() {
   const image = shownImageCanvas(frame);
   renderBlocks($('blocks'), layout, { n, image, selected: state.selected, onSelect: selectBlock, video, frame });
   const macs = layout.reduce((a, b) => a + b.macs, 0);
-  setText($('st-macs'), `${formatMacs(macs)} per forward, batch 1${video ? ` (all ${frameCount()} frames)` : ''}`);
+  setIfChanged($('st-macs'), 'textContent', `${formatMacs(macs)} per forward, batch 1${video ? ` (all ${frameCount()} frames)` : ''}`);
   const denseLabel = isSparseModel() ? `s = n = ${n} (no pruning)` : 'dense';
   const sparseLabel = isSparseModel() ? `s = ${grid}` : (state.pooledRange && grid < n ? `training-free, s = ${grid}` : 'dense');
   // redrawn only when what it shows changes (not at every step of a run: it has no image)

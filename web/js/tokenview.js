@@ -300,6 +300,7 @@ export function renderBlocks(container, layout, { n, image, selected, onSelect, 
   }
   layout.forEach((b, i) => {
     const btn = container.children[i];
+    const canvas = btn.querySelector('canvas');
     setIfChanged(btn, 'className', `block-card seg-${b.segment}`);
     setIfChanged(btn.dataset, 'tokens', String(b.tokens));
     setIfChanged(btn.dataset, 'kind', b.kind);
@@ -320,7 +321,6 @@ export function renderBlocks(container, layout, { n, image, selected, onSelect, 
       setIfChanged(ba, 'className', `ba ${b.axis}`);
       setIfChanged(ba, 'hidden', false);
       setAttrIfChanged(btn, 'aria-label', `block ${b.index}, ${b.kind}, ${line} ${gridText(b)}`);
-      const canvas = btn.querySelector('canvas');
       if (b.axis === 'temporal') paintLater(canvas, () => drawTemporalTokens(canvas, b, n, image, colours, b.frames));
       else paintLater(canvas, () => drawBlockTokens(canvas, b, n, image, colours));
     } else {
@@ -330,7 +330,6 @@ export function renderBlocks(container, layout, { n, image, selected, onSelect, 
         b.grid === 'sparse' ? `${b.tokens} tok (${b.side}×${b.side})` : b.grid === 'global' ? `${b.tokens} tok · 1 global` : `${b.tokens} tok`);
       setIfChanged(ba, 'textContent', '');
       setIfChanged(ba, 'hidden', true);
-      const canvas = btn.querySelector('canvas');
       paintLater(canvas, () => drawBlockTokens(canvas, b, n, image, colours));
     }
   });
