@@ -60,6 +60,13 @@ class TrainDiffusion:
         self.post_logvar = _tab(d.posterior_log_variance_clipped)
         self.log_betas = _tab(np.log(d.betas))
 
+    def to(self, device):
+        """The tables on the device of the timesteps (a GPU run indexes them there)."""
+        for k, v in vars(self).items():
+            if torch.is_tensor(v):
+                setattr(self, k, v.to(device))
+        return self
+
     @staticmethod
     def _x(tab, t, like):
         return tab[t].float().view(-1, *([1] * (like.dim() - 1)))

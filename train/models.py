@@ -220,8 +220,8 @@ def drop_labels(y, null_label, prob, gen_=None):
 
 
 def state_dict(model):
-    """Plain, contiguous, official-name state dict (what `sparsedit convert` reads)."""
-    return gen.state_dict(model)
+    """Plain, contiguous, official-name state dict on the CPU (what `sparsedit convert` reads)."""
+    return {k: v.cpu() for k, v in gen.state_dict(model).items()}
 
 
 def num_params(model):

@@ -139,6 +139,18 @@ def train(a, kind):
         else:
             print(f"spatial blocks, embedders and final layer from {a.init_image}; temporal blocks: adaLN-Zero identity")
     ema = M.make_ema(model, cfg)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        # gen.py asks for deterministic algorithms (the fixtures); CUDA has none for
+        # adaptive_avg_pool2d's backward, and a lent GPU is for speed: TF32 matmuls too.
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(dev)
+    ema.to(dev)
+    # Compiled forward (fused elementwise ops): 1.93 vs 2.24-2.29 s a step for the video Latte at
+    # batch 8 on 2 CPU threads, after ~3 min of compiling; `model` keeps the weights and names.
+    fwd = torch.compile(model) if a.compile else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr,
                             weight_decay=a.weight_decay, betas=(0.9, 0.999))
     step, train_time = 0, 0.0
@@ -162,12 +174,14 @@ def train(a, kind):
     video = M.is_video(cfg)
     clips = Clips(x_train, y_train, frames=cfg["num_frames"]) if video else None
     null = cfg["num_classes"]
-    diff = TrainDiffusion(learn_sigma=cfg["learn_sigma"])
+    diff = TrainDiffusion(learn_sigma=cfg["learn_sigma"]).to(dev)
     grids = GridSampler(cfg, a.rates, a.fixed_s) if kind == "finetune" else None
     print(f"{kind}: run {d}, {M.num_params(model):,} parameters, {n} training digits, step {step} -> {a.steps}, "
           f"batch {a.batch}, lr {a.lr} (warmup {a.warmup}" + (f", cosine to x{a.min_lr_frac}" if a.min_lr_frac != 1 else ", then constant")
           + f"), EMA {a.ema}, "
-          f"{torch.get_num_threads()} thread(s)" + (f"; grids {grids.describe()}" if grids else ""), flush=True)
+          + (f"{torch.get_num_threads()} thread(s)" if dev.type == "cpu" else str(dev))
+          + (", compiled" if a.compile else "")
+          + (f", at most {a.max_minutes} min" if a.max_minutes else "") + (f"; grids {grids.describe()}" if grids else ""), flush=True)
 
     stop = {"sig": None}
 
@@ -187,7 +201,8 @@ def train(a, kind):
     last_ck = time.time()
     t_log = time.time()
     model.train()
-    while step < a.steps and stop["sig"] is None:
+    deadline = time.time() + a.max_minutes * 60 if a.max_minutes else math.inf
+    while step < a.steps and stop["sig"] is None and time.time() < deadline:
         t0 = time.time()
         g = step_generator(a.seed, step, 1 if kind == "dense" else 2)
         if video:
@@ -202,7 +217,9 @@ def train(a, kind):
             s, t = grids.sample(a.batch, g)
         noise = torch.randn(x0.shape, generator=g)
         y = M.drop_labels(y, null, a.label_drop, g)
-        fn = (lambda xt, tt: model(xt, tt, y)) if s is None else (lambda xt, tt: model(xt, tt, y, s=s))
+        # Every draw above comes from the CPU generator (reproducible on any device), then moves.
+        x0, noise, y, t = x0.to(dev), noise.to(dev), y.to(dev), t.to(dev)
+        fn = (lambda xt, tt: fwd(xt, tt, y)) if s is None else (lambda xt, tt: fwd(xt, tt, y, s=s))
         if video:
             # The loss sees a clip's frames as images sharing the clip's t, as Latte's
             # training_losses splits eps / variance per frame (dim 2).
@@ -246,7 +263,8 @@ def train(a, kind):
             last_ck = time.time()
     write_run_files(d, model, ema, opt, step, a, cfg, train_time)
     logf.close()
-    why = f"signal {stop['sig']}" if stop["sig"] is not None else "done"
+    why = (f"signal {stop['sig']}" if stop["sig"] is not None
+           else "done" if step >= a.steps else f"--max-minutes {a.max_minutes}")
     print(f"saved {d}/ckpt.pt and ema.pt at step {step} ({why})", flush=True)
 
 
@@ -351,6 +369,10 @@ def main():
         p.add_argument("--ckpt-minutes", type=float, default=5.0)
         p.add_argument("--keep-every", type=int, default=1000, help="EMA milestone every N steps (0 = off)")
         p.add_argument("--log-every", type=int, default=50)
+        p.add_argument("--device", default="cpu", help="torch device, e.g. cuda on a lent GPU machine")
+        p.add_argument("--compile", action="store_true", help="torch.compile the forward (~15%% faster on CPU)")
+        p.add_argument("--max-minutes", type=float, default=0,
+                       help="stop (and save) after this many minutes of this invocation (0 = no limit)")
 
     p = sub.add_parser("dense", help="train the dense DiT")
     common(p, "dense", 20000, 6e-4, 500, 0.999)
