@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Quick visual check: a 10 x 8 PNG grid (one row per class) of DDIM-50 samples with CFG.
+"""Quick visual check: a 10 x 8 PNG grid (one row per class) of DDIM-50 samples with CFG; for a
+video model (the moving-digit Latte) a row of clips per class, each clip its frames left to right.
 
 DiT's sampler semantics (tests/fixtures/gen.py): respacing "ddim50", eta 0, CFG batch [z, z] with
 labels [y, null], guidance on the first 3 output channels (here eps and v), no clipping of x0.
@@ -9,6 +10,11 @@ This is a PyTorch preview only; the quality table uses the Rust sampler.
     python3 train/sample_preview.py train/runs/dense/ema.pt [-o out.png] [--cfg 4] [--seed 0]
     python3 train/sample_preview.py train/runs/sparse/ema.pt --rates 0.44:0.75
     python3 train/sample_preview.py --real -o real.png      # training digits, for comparison
+    python3 train/sample_preview.py train/checkpoints/video-dense-ema.safetensors --per-class 3 --steps ddim25 --judge
+
+--judge (video) prints quality_video.py's numbers for the clips drawn (frame accuracy, consistency,
+motion, largest jump) under its frame classifier (trained and cached on first use): a progress
+reading between training runs on few clips, not the quality table.
 """
 
 import argparse
@@ -85,8 +91,45 @@ def sample(model, cfg, y, z, cfg_scale, steps="ddim50", rates=None, fixed_s=None
     def noise(_step):
         return torch.randn(x.shape, generator=gen_) if eta > 0 else torch.zeros_like(x)
 
+    if z.dim() == 5:
+        # Video (n, F, C, H, W): the diffusion runs on the frames as images (it is elementwise in
+        # x and splits eps / variance on dim 1), the model sees clips with one t per clip.
+        frames = z.shape[1]
+
+        def fn_clip(xi, ti, y, cfg_scale, _fn=fn):
+            xc = xi.reshape(-1, frames, *xi.shape[1:])
+            out = _fn(xc, ti.reshape(-1, frames)[:, 0], y, cfg_scale)
+            return out.reshape(-1, *out.shape[2:])
+
+        x = x.reshape(-1, *x.shape[2:])
+        out = diff.ddim_loop(fn_clip, x, dict(y=y2, cfg_scale=cfg_scale), noise, eta)
+        return out.reshape(2 * n, frames, *out.shape[1:])[:n], used
     out = diff.ddim_loop(fn, x, dict(y=y2, cfg_scale=cfg_scale), noise, eta)
     return out[:n], used
+
+
+def load_any(path, cfg_path):
+    """load_model, or for a committed video checkpoint without config.json beside it
+    (train/checkpoints/*.safetensors) the tiny video config its keys say (dense or sparse)."""
+    if cfg_path or os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")):
+        return M.load_model(path, cfg_path)
+    sd = M.load_weights(path)
+    if "temp_embed" not in sd:
+        sys.exit(f"{path}: no config.json beside it; pass --config")
+    cfg = M.video_config(any(k.startswith("dumbbell_blocks.") for k in sd))
+    model = M.build_raw(cfg)
+    model.load_state_dict({k: v.float() for k, v in sd.items()})
+    model.eval()
+    return model, cfg
+
+
+def judge(clips, labels):
+    """quality_video.py's per-row numbers for these clips (its cached frame classifier)."""
+    import quality_video as QV
+    net = QV.frame_classifier(epochs=10, seed=0)
+    row, _ = QV.metrics(net, clips.numpy(), labels.numpy())
+    print(f"judge ({row['clips']} clips): frame accuracy {row['frame_acc']:.3f}, consistency {row['consistency']:.3f}, "
+          f"motion {row['motion_px']:.2f} px, largest jump {row['max_jump_px']:.2f} px")
 
 
 def main():
@@ -103,6 +146,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--real", action="store_true", help="draw training digits instead (data check)")
+    ap.add_argument("--judge", action="store_true", help="video: print the quality table's numbers for these clips")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rows, cols = 10, a.per_class
@@ -115,10 +159,11 @@ def main():
     else:
         if not a.ckpt:
             ap.error("a checkpoint is required (or --real)")
-        model, cfg = M.load_model(a.ckpt, a.config)
+        model, cfg = load_any(a.ckpt, a.config)
         g = torch.Generator().manual_seed(a.seed)
         c, i = cfg["in_channels"], cfg["input_size"]
-        z = torch.randn(rows * cols, c, i, i, generator=g)
+        frames = cfg.get("num_frames")
+        z = torch.randn(rows * cols, *([frames] if frames else []), c, i, i, generator=g)
         y = torch.arange(rows).repeat_interleave(cols)
         t0 = time.time()
         imgs, used = sample(model, cfg, y, z, a.cfg, a.steps, a.rates, a.s, a.eta, a.seed)
@@ -126,7 +171,13 @@ def main():
         out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), f"preview_{base}.png")
         print(f"{rows * cols} samples, {a.steps}, cfg {a.cfg}, {time.time() - t0:.1f} s"
               + (f", grid sides used (calls): {used}" if used else ""))
-        imgs = imgs[:, :1]
+        if frames:
+            imgs = imgs[:, :, :1]
+            if a.judge:
+                judge(imgs, y)
+            imgs, cols = imgs.reshape(-1, 1, i, i), cols * frames  # a clip's frames side by side
+        else:
+            imgs = imgs[:, :1]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     write_png(out, grid_image(imgs, rows, cols))
     print(f"wrote {out}")
