@@ -148,8 +148,9 @@ def train(a, kind):
         torch.backends.cudnn.allow_tf32 = True
     model.to(dev)
     ema.to(dev)
-    # Compiled forward (fused elementwise ops): 1.93 vs 2.24-2.29 s a step for the video Latte at
-    # batch 8 on 2 CPU threads, after ~3 min of compiling; `model` keeps the weights and names.
+    # Compiled forward (fused elementwise ops), video Latte, batch 8, 2 CPU threads: 1.93 vs
+    # 2.24-2.29 s a step in a bench of the bare step, ~2.0-2.3 vs ~2.2-2.4 s in the training loop;
+    # ~3 min of compiling first. `model` keeps the weights and their names.
     fwd = torch.compile(model) if a.compile else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr,
                             weight_decay=a.weight_decay, betas=(0.9, 0.999))
@@ -370,7 +371,7 @@ def main():
         p.add_argument("--keep-every", type=int, default=1000, help="EMA milestone every N steps (0 = off)")
         p.add_argument("--log-every", type=int, default=50)
         p.add_argument("--device", default="cpu", help="torch device, e.g. cuda on a lent GPU machine")
-        p.add_argument("--compile", action="store_true", help="torch.compile the forward (~15%% faster on CPU)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the forward (a few %% faster in the CPU training loop, after ~3 min)")
         p.add_argument("--max-minutes", type=float, default=0,
                        help="stop (and save) after this many minutes of this invocation (0 = no limit)")
 
