@@ -299,11 +299,19 @@ def load_weights(path):
 
 
 def load_model(path, cfg_path=None):
-    """(model in eval mode, cfg) from a checkpoint; the config is config.json next to it."""
+    """(model in eval mode, cfg) from a checkpoint; the config is config.json next to it, or for a
+    committed video EMA without one (train/checkpoints/*.safetensors) the tiny video config its
+    keys say (dense, or sparse when it has SDTMs)."""
     cfg_path = cfg_path or os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    cfg = load_config(cfg_path)
+    sd = load_weights(path)
+    if os.path.exists(cfg_path):
+        cfg = load_config(cfg_path)
+    elif "temp_embed" in sd:
+        cfg = video_config(any(k.startswith("dumbbell_blocks.") for k in sd))
+    else:
+        sys.exit(f"{path}: no {cfg_path}; pass the config")
     model = build_raw(cfg)
-    model.load_state_dict(load_weights(path))
+    model.load_state_dict(sd)  # copies into the f32 parameters (an f16 checkpoint too)
     model.eval()
     return model, cfg
 

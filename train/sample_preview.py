@@ -108,21 +108,6 @@ def sample(model, cfg, y, z, cfg_scale, steps="ddim50", rates=None, fixed_s=None
     return out[:n], used
 
 
-def load_any(path, cfg_path):
-    """load_model, or for a committed video checkpoint without config.json beside it
-    (train/checkpoints/*.safetensors) the tiny video config its keys say (dense or sparse)."""
-    if cfg_path or os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")):
-        return M.load_model(path, cfg_path)
-    sd = M.load_weights(path)
-    if "temp_embed" not in sd:
-        sys.exit(f"{path}: no config.json beside it; pass --config")
-    cfg = M.video_config(any(k.startswith("dumbbell_blocks.") for k in sd))
-    model = M.build_raw(cfg)
-    model.load_state_dict({k: v.float() for k, v in sd.items()})
-    model.eval()
-    return model, cfg
-
-
 def judge(clips, labels):
     """quality_video.py's per-row numbers for these clips (its cached frame classifier)."""
     import quality_video as QV
@@ -159,7 +144,7 @@ def main():
     else:
         if not a.ckpt:
             ap.error("a checkpoint is required (or --real)")
-        model, cfg = load_any(a.ckpt, a.config)
+        model, cfg = M.load_model(a.ckpt, a.config)
         g = torch.Generator().manual_seed(a.seed)
         c, i = cfg["in_channels"], cfg["input_size"]
         frames = cfg.get("num_frames")

@@ -149,7 +149,7 @@ def train(a, kind):
     model.to(dev)
     ema.to(dev)
     # Compiled forward (fused elementwise ops), video Latte, batch 8, 2 CPU threads: 1.93 vs
-    # 2.24-2.29 s a step in a bench of the bare step, ~2.0-2.3 vs ~2.2-2.4 s in the training loop;
+    # 2.24-2.29 s a step in a bench of the bare step, 2.0-2.4 vs 2.2-2.6 s in the training loop;
     # ~3 min of compiling first. `model` keeps the weights and their names.
     fwd = torch.compile(model) if a.compile else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr,
