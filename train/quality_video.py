@@ -112,7 +112,8 @@ def sample_row(name, model, extra, a):
     processes at a time, one thread each on the CPU)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    d = os.path.join(CACHE, re.sub(r"[^a-z0-9]+", "-", name.lower()))
+    # The sampling flags are part of the cache's name: chunks drawn with other flags are other clips.
+    d = os.path.join(CACHE, re.sub(r"[^a-z0-9.]+", "-", f"{name} {a.steps} {a.sampler} cfg {a.cfg:g}".lower()))
     os.makedirs(d, exist_ok=True)
     chunks = []
     for k in range(10):
@@ -124,7 +125,7 @@ def sample_row(name, model, extra, a):
         k, j, num, out = c
         if not os.path.exists(out + ".json"):
             p = Q.run([CLI, "sample", "--model", model, "--class", k, "--num", num, "--seed", 1000 + 100 * j + k,
-                       "--steps", a.steps, "--sampler", a.sampler, "--backend", a.backend, "--latent-out", out] + extra)
+                       "--steps", a.steps, "--sampler", a.sampler, "--cfg", a.cfg, "--backend", a.backend, "--latent-out", out] + extra)
             s, g = Q.parse_gmacs(p.stderr)
             with open(out + ".json", "w") as f:
                 json.dump({"seconds": s, "gmacs": g}, f)
@@ -144,7 +145,7 @@ def sample_row(name, model, extra, a):
 
 
 def write_md(rows, a):
-    what = (f"{a.per_class} clips per class and row ({10 * a.per_class} per row), {a.steps} {a.sampler} steps, CFG 4; "
+    what = (f"{a.per_class} clips per class and row ({10 * a.per_class} per row), {a.steps} {a.sampler} steps, CFG {a.cfg:g}; "
             if len(rows) > 1 else "So far only the reference row (held-out real clips; the models are not trained yet); ")
     lines = [MARK_BEGIN, "", "## Moving-digit video (Latte / spatial-temporal SparseDiT)", "",
              what + "frame classifier trained on real train-split clips; FD over clip features = frame features averaged "
@@ -181,6 +182,8 @@ def main():
     ap.add_argument("--chunk", type=int, default=10)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--sampler", default="dpm-solver++")
+    ap.add_argument("--cfg", type=float, default=7.0,
+                    help="guidance scale (default: the official Latte sample script's, as the CLI's for a video model)")
     ap.add_argument("--backend", default="cpu", help="the CLI's --backend: cpu, or gpu on a machine with one")
     ap.add_argument("--jobs", type=int, default=2, help="CLI processes at a time (one thread each)")
     ap.add_argument("--real", type=int, default=1000, help="held-out real clips")
