@@ -298,18 +298,22 @@ def load_weights(path):
     return obj
 
 
-def load_model(path, cfg_path=None):
-    """(model in eval mode, cfg) from a checkpoint; the config is config.json next to it, or for a
-    committed video EMA without one (train/checkpoints/*.safetensors) the tiny video config its
-    keys say (dense, or sparse when it has SDTMs)."""
+def checkpoint_config(path, sd, cfg_path=None):
+    """A checkpoint's config: config.json next to it, or for a committed video EMA without one
+    (train/checkpoints/*.safetensors) the tiny video config its keys `sd` say (dense, or sparse
+    when it has SDTMs)."""
     cfg_path = cfg_path or os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    sd = load_weights(path)
     if os.path.exists(cfg_path):
-        cfg = load_config(cfg_path)
-    elif "temp_embed" in sd:
-        cfg = video_config(any(k.startswith("dumbbell_blocks.") for k in sd))
-    else:
-        sys.exit(f"{path}: no {cfg_path}; pass the config")
+        return load_config(cfg_path)
+    if "temp_embed" in sd:
+        return video_config(any(k.startswith("dumbbell_blocks.") for k in sd))
+    sys.exit(f"{path}: no {cfg_path}; pass the config")
+
+
+def load_model(path, cfg_path=None):
+    """(model in eval mode, cfg) from a checkpoint, its config as `checkpoint_config` finds it."""
+    sd = load_weights(path)
+    cfg = checkpoint_config(path, sd, cfg_path)
     model = build_raw(cfg)
     model.load_state_dict(sd)  # copies into the f32 parameters (an f16 checkpoint too)
     model.eval()
@@ -317,4 +321,4 @@ def load_model(path, cfg_path=None):
 
 
 __all__ = ["gen", "tiny_config", "video_config", "is_video", "video_from_image", "build_raw", "build", "dit_init", "drop_labels", "dense_to_sparse", "make_ema", "update_ema",
-           "grid_at", "block_names", "load_model", "load_weights", "state_dict"]
+           "grid_at", "block_names", "checkpoint_config", "load_model", "load_weights", "state_dict"]

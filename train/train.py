@@ -285,7 +285,8 @@ def init_sparse(a):
     set_threads(a.threads)
     src = run_dir(a.dense_run)
     dense_path = a.dense_ckpt or os.path.join(src, "ema.pt")
-    dense_cfg = M.load_config(os.path.join(os.path.dirname(os.path.abspath(dense_path)), "config.json"))
+    dense_sd = M.load_weights(dense_path)
+    dense_cfg = M.checkpoint_config(dense_path, dense_sd)
     assert dense_cfg["layout"]["kind"] == "dense", dense_cfg
     layout = a.layout or ("2:2:2,4,2,0:2" if M.is_video(dense_cfg) else "1:2:1,2,1,0:1")
     scfg = dict(dense_cfg, layout=M.sparse_layout_from_str(layout), semantic_size=a.semantic_size)
@@ -297,7 +298,6 @@ def init_sparse(a):
     os.makedirs(d, exist_ok=True)
     if os.path.exists(os.path.join(d, "ckpt.pt")):
         sys.exit(f"{d}/ckpt.pt exists: this run was already fine-tuned; use another --run")
-    dense_sd = M.load_weights(dense_path)
     sd = M.dense_to_sparse(dense_sd, scfg)
     M.atomic_save(sd, out)
     M.save_config(scfg, os.path.join(d, "config.json"))
