@@ -121,16 +121,25 @@ def train(a, kind):
     elif kind == "dense":
         over = ast.literal_eval(a.config_over) if a.config_over else {}
         cfg = M.video_config(False, **over) if a.video else M.tiny_config(False, **over)
+    elif a.init:
+        # Going on from a committed sparse EMA (train/checkpoints/) in a new run directory: its
+        # weights replace init.pt, its config is the one beside it or the one its keys say.
+        init_sd = M.load_weights(a.init)
+        cfg = M.checkpoint_config(a.init, init_sd)
+        if cfg["layout"]["kind"] != "sparse":
+            sys.exit(f"{a.init}: a dense checkpoint; `finetune --init` takes a SparseDiT (use init-sparse for a dense one)")
     else:
         cfg_path = os.path.join(d, "config.json")
         if not os.path.exists(os.path.join(d, "init.pt")):
-            sys.exit(f"{d}/init.pt missing: run `train.py init-sparse --run {a.run}` first")
+            sys.exit(f"{d}/init.pt missing: run `train.py init-sparse --run {a.run}` first (or pass --init CKPT)")
         cfg = M.load_config(cfg_path)
 
     torch.manual_seed(a.seed)
     model = M.build(cfg)
     if ck is None and kind == "finetune":
-        model.load_state_dict(M.load_weights(os.path.join(d, "init.pt")))
+        model.load_state_dict(init_sd if a.init else M.load_weights(os.path.join(d, "init.pt")))
+        if a.init:
+            print(f"every weight from {a.init}")
     if ck is None and kind == "dense" and M.is_video(cfg) and a.init_image:
         init = M.load_weights(a.init_image)
         M.video_from_image(model, init)
@@ -398,6 +407,9 @@ def main():
 
     p = sub.add_parser("finetune", help="fine-tune the SparseDiT with timestep-wise pruning")
     common(p, "sparse", 4000, 1e-4, 100, 0.999)
+    p.add_argument("--init", default=None,
+                   help="start a new run from this SparseDiT checkpoint instead of <run>/init.pt, e.g. "
+                        "train/checkpoints/video-sparse-ema.safetensors (ignored when the run resumes)")
     p.add_argument("--rates", default="0.6:0.85", help="r_min:r_max of the paper's rule (N = 64: s 5..3)")
     p.add_argument("--fixed-s", type=int, default=0, help="train at one grid side instead of the schedule")
     p.set_defaults(config_over="", video=False, init_image=None)
