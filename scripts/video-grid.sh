@@ -4,7 +4,7 @@
 # GIF (10 classes side by side, one GIF frame per clip frame).
 # Usage: bash scripts/video-grid.sh [pack] [out-prefix] [extra sample args...]
 #   default: web/models/sparselatte-tiny-q8_0.gguf -> docs/video-grid.png, docs/video.gif;
-#   DPM-Solver++ STEPS=20 steps, CFG 4, seed 0; SEEDS=2 clips per class in the PNG
+#   DPM-Solver++ STEPS=20 steps, the CLI's CFG for a video model (7), seed 0; SEEDS=2 clips per class in the PNG
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=${1:-web/models/sparselatte-tiny-q8_0.gguf}

@@ -114,7 +114,7 @@ def judge(clips, labels):
     net = QV.frame_classifier(epochs=10, seed=0)
     row, _ = QV.metrics(net, clips.numpy(), labels.numpy())
     print(f"judge ({row['clips']} clips): frame accuracy {row['frame_acc']:.3f}, consistency {row['consistency']:.3f}, "
-          f"motion {row['motion_px']:.2f} px, largest jump {row['max_jump_px']:.2f} px")
+          f"motion {row['motion_px']:.2f} px, largest jump {row['max_jump_px']:.2f} px, empty frames {row['empty_frames']:.3f}")
 
 
 def main():
