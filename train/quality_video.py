@@ -6,7 +6,8 @@ grid, sparse f32 with timestep-wise pruning, sparse q8_0. For every row, over --
 each class (chunk j of class K uses seed 1000 + 100 j + K in every row, so rows differ only by the
 model):
 
-- frame accuracy: the fraction of frames a frame classifier reads as the asked class;
+- frame accuracy: the fraction of frames a frame classifier reads as the asked class (a frame
+  with less ink than EMPTY_INK reads as no class; their fraction is `empty_frames`);
 - consistency: the fraction of clips whose frames ALL read as the asked class;
 - motion: the mean displacement of the digit's centroid (intensity-weighted) from the first to
   the last frame, and the mean over clips of the largest frame-to-frame centroid jump;
@@ -97,7 +98,8 @@ def metrics(net, clips, labels, real_feats=None):
     n, fr = clips.shape[:2]
     lg, feats = Q.predict(net, clips.reshape(-1, 1, 16, 16))
     ink = ((np.asarray(clips) + 1) / 2).clip(min=0).reshape(n, fr, -1).sum(-1)
-    pred = np.where(ink < EMPTY_INK, -1, lg.argmax(1).reshape(n, fr))
+    empty = ink < EMPTY_INK  # (n, F)
+    pred = np.where(empty, -1, lg.argmax(1).reshape(n, fr))
     want = np.asarray(labels).reshape(n, 1)
     c = centroids(torch.as_tensor(clips)).numpy()  # (n, F, 2)
     jumps = np.linalg.norm(c[:, 1:] - c[:, :-1], axis=-1)
@@ -108,7 +110,7 @@ def metrics(net, clips, labels, real_feats=None):
         "consistency": float((pred == want).all(1).mean()),
         "motion_px": float(np.linalg.norm(c[:, -1] - c[:, 0], axis=-1).mean()),
         "max_jump_px": float(jumps.max(1).mean()),
-        "empty_frames": float((ink < EMPTY_INK).mean()),
+        "empty_frames": float(empty.mean()),
     }
     if real_feats is not None:
         row["fd"] = Q.fid(clip_feats, real_feats)

@@ -128,18 +128,17 @@ def train(a, kind):
         cfg = M.checkpoint_config(a.init, init_sd)
         if cfg["layout"]["kind"] != "sparse":
             sys.exit(f"{a.init}: a dense checkpoint; `finetune --init` takes a SparseDiT (use init-sparse for a dense one)")
+        print(f"every weight from {a.init}")
     else:
-        cfg_path = os.path.join(d, "config.json")
         if not os.path.exists(os.path.join(d, "init.pt")):
             sys.exit(f"{d}/init.pt missing: run `train.py init-sparse --run {a.run}` first (or pass --init CKPT)")
-        cfg = M.load_config(cfg_path)
+        init_sd = M.load_weights(os.path.join(d, "init.pt"))
+        cfg = M.load_config(os.path.join(d, "config.json"))
 
     torch.manual_seed(a.seed)
     model = M.build(cfg)
     if ck is None and kind == "finetune":
-        model.load_state_dict(init_sd if a.init else M.load_weights(os.path.join(d, "init.pt")))
-        if a.init:
-            print(f"every weight from {a.init}")
+        model.load_state_dict(init_sd)
     if ck is None and kind == "dense" and M.is_video(cfg) and a.init_image:
         init = M.load_weights(a.init_image)
         M.video_from_image(model, init)
