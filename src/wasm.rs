@@ -41,6 +41,7 @@
 //! ModelInfo = { arch: "dit"|"sparsedit"|"latte"|"sparselatte", name, input_size, in_channels,
 //!               num_classes, depth, dense_grid, default_grid, params, bytes, sha256,
 //!               frames?: F (video: latents and images are (num, F, C, I, I)),
+//!               default_cfg (the official sampling script's guidance scale: 4 DiT, 7 Latte),
 //!               backend: "webgpu"|"cpu" }
 //! BlockInfo = { index, name, kind: "dit"|"poolingformer"|"merge"|"semantic"|"recover"|"normal"|"pooled",
 //!               segment: "dense"|"bottom"|"middle"|"top", tokens, grid: "dense"|"sparse"|"global",
@@ -196,6 +197,9 @@ struct ModelInfo {
     /// Frames per clip of a video model (latents (num, F, C, I, I)); absent for images.
     #[serde(skip_serializing_if = "Option::is_none")]
     frames: Option<usize>,
+    /// The guidance scale the official sampling script uses for this family (DiT 4, Latte 7), as
+    /// the CLI's default; the page starts its CFG field there.
+    default_cfg: f64,
     /// Where this model runs: "webgpu", or "cpu" (no adapter, or WebGPU turned off).
     backend: &'static str,
 }
@@ -420,6 +424,7 @@ impl Engine {
             bytes: summary.bytes,
             sha256: summary.sha256,
             frames: cfg.num_frames,
+            default_cfg: SampleRequest::official_for(&cfg).cfg_scale,
             backend: if engine.gpu().is_some() { "webgpu" } else { "cpu" },
         };
         let js = to_js(&info)?;

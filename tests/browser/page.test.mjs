@@ -359,6 +359,7 @@ test('sparse model: loads, runs on WebGPU, matches the CLI, token view, cache, c
   try {
     const status = await waitStatus(page, /^(ready|error)/, LOAD_TIMEOUT);
     assert.match(status, /^ready/, `status after load: ${status}`);
+    assert.equal(await page.getByTestId('cfg').inputValue(), '4', 'the image model starts at DiT\'s CFG 4');
 
     await t.test('WebGPU is present: the engine runs on it', async () => {
       const backend = await page.evaluate(() => window.sparsedit.engine.backend());
@@ -958,6 +959,8 @@ test('video (Latte, 8 frames): the page samples the CLI\'s clip on WebGPU and on
     const info = await page.evaluate(() => window.sparsedit.info);
     assert.equal(Number(info.frames), F);
     assert.equal(await page.locator('#player').isVisible(), true, 'the player is shown for a video model');
+    // guidance starts where Latte's sample script (and the CLI) puts it, not at DiT's 4
+    assert.equal(await page.getByTestId('cfg').inputValue(), '7', 'a Latte model starts at CFG 7');
     assert.equal(await page.getByTestId('frame-label').textContent(), `frame 1/${F}`);
 
     let clip;

@@ -151,7 +151,7 @@ export function updateButtons() {
 }
 
 /**
- * The sampler and steps a model starts with, unless the visitor set them. An ImageNet latent DiT
+ * The sampler, steps and guidance a model starts with, unless the visitor set them. An ImageNet latent DiT
  * (DiT-XL/2 from the Hub) gets DPM-Solver++ (2M) at 25 steps, as diffusers' DiT pipeline example
  * samples these very weights (DPMSolverMultistepScheduler, 25 steps; the DPM-Solver++ paper
  * reports guided ImageNet samples near convergence from 15-20 steps). No real weights could be
@@ -159,6 +159,8 @@ export function updateButtons() {
  * CLI's default for DiT / SparseDiT).
  */
 function defaultSampler(info) {
+  // Guidance as the model's official sampling script (DiT 4, Latte 7), as the CLI draws it.
+  if (!$('cfg').dataset.touched && info.default_cfg != null) $('cfg').value = String(info.default_cfg);
   const imagenetLatent = info.num_classes === 1000 && info.in_channels === 4;
   if (!$('sampler').dataset.touched) $('sampler').value = imagenetLatent ? 'dpm-solver++' : 'ddim';
   if (!$('steps').dataset.touched) $('steps').value = '25';
