@@ -1,5 +1,6 @@
-// The built page (dist/) served on a free local port, and a headless Chromium without WebGPU to
-// open it in: the page's CPU path, as the benchmark and trace scripts drive it.
+// The built page (dist/) served on a free local port, and a headless Chromium to open it in:
+// without WebGPU (the page's CPU path, as the benchmark and trace scripts drive it) or with it
+// (Debian's Chromium serves WebGPU through SwiftShader here, or the machine's GPU where it has one).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -7,14 +8,17 @@ import { startServer } from './static-server.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-/** Resolves to { browser, url, close() }: CHROMIUM overrides /usr/bin/chromium. */
-export async function cpuBrowser() {
+/** Resolves to { browser, url, close() }; CHROMIUM overrides /usr/bin/chromium. */
+export async function pageBrowser({ webgpu = false } = {}) {
   const { server, url } = await startServer({ root: path.join(ROOT, 'dist'), port: 0 });
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    args: [webgpu ? '--enable-unsafe-webgpu' : '--disable-gpu', '--headless', '--no-sandbox', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
   });
   return { browser, url, close: async () => { await browser.close(); server.close(); } };
 }
+
+/** The page's CPU path: a Chromium without WebGPU. */
+export const cpuBrowser = () => pageBrowser({ webgpu: false });
