@@ -4,7 +4,9 @@
 # GIF (10 classes side by side, one GIF frame per clip frame).
 # Usage: bash scripts/video-grid.sh [pack] [out-prefix] [extra sample args...]
 #   default: web/models/sparselatte-tiny-q8_0.gguf -> docs/video-grid.png, docs/video.gif;
-#   DPM-Solver++ STEPS=20 steps, the CLI's CFG for a video model (7), seed 0; SEEDS=2 clips per class in the PNG
+#   the page's sampler for a video model: SAMPLER=ddim, STEPS=25, the CLI's CFG for a video model (7),
+#   seed 0; SEEDS=2 clips per class in the PNG. (DPM-Solver++ 20 read worse on frames in the
+#   500-clip table: docs/QUALITY.md.) The README's figures: ... docs/video --schedule 0.6:0.85
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=${1:-web/models/sparselatte-tiny-q8_0.gguf}
@@ -17,7 +19,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for k in 0 1 2 3 4 5 6 7 8 9; do
   # one call per class: SEEDS clips -> SEEDS strips (PNG) and the first clip's frames (latent)
-  "$B" sample --model "$PACK" --class "$k" --num "$SEEDS" --seed 0 --backend cpu --sampler dpm-solver++ --steps "${STEPS:-20}" \
+  "$B" sample --model "$PACK" --class "$k" --num "$SEEDS" --seed 0 --backend cpu --sampler "${SAMPLER:-ddim}" --steps "${STEPS:-25}" \
     --out "$tmp/class$k.png" --latent-out "$tmp/class$k.safetensors" "$@" > /dev/null 2>&1
 done
 python3 - "$tmp" "$OUT" <<'PY'
