@@ -1,6 +1,7 @@
 // The built page (dist/) served on a free local port, and a headless Chromium to open it in:
 // without WebGPU (the page's CPU path, as the benchmark and trace scripts drive it) or with it
-// (Debian's Chromium serves WebGPU through SwiftShader here, or the machine's GPU where it has one).
+// (Debian's Chromium serves WebGPU through SwiftShader here; a machine's real GPU may need more
+// Chromium flags, not tried yet).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
