@@ -3,7 +3,7 @@
 // a warm-up and the longest main-thread task seen meanwhile. Needs a built dist/ (bash scripts/web-build.sh).
 //
 //   node scripts/browser-cpu-bench.mjs [steps=50] [runs=5]
-import { cpuBrowser } from './cpu-browser.mjs';
+import { cpuBrowser, waitStatus } from './cpu-browser.mjs';
 
 const steps = Number(process.argv[2] || 50);
 const runs = Number(process.argv[3] || 5);
@@ -12,8 +12,7 @@ const { browser, url, close } = await cpuBrowser();
 try {
   const page = await browser.newPage();
   await page.goto(url);
-  await page.waitForFunction(() => /^ready/.test(document.querySelector('[data-testid="status"]')?.textContent || ''),
-    null, { timeout: 180_000, polling: 250 });
+  await waitStatus(page, /^ready/, 180_000, 250);
   const out = await page.evaluate(async ({ steps, runs }) => {
     const engine = window.sparsedit.engine; // the page's handle on the engine in its worker
     const longest = { ms: 0 };

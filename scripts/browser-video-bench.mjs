@@ -10,7 +10,7 @@
 //
 //   node scripts/browser-video-bench.mjs [runs=3] [gpu-runs=1] [class=7] [steps=the page's 25]
 import os from 'node:os';
-import { pageBrowser } from './cpu-browser.mjs';
+import { pageBrowser, waitStatus } from './cpu-browser.mjs';
 
 const cpuRuns = Number(process.argv[2] || 3);
 const gpuRuns = Number(process.argv[3] || 1);
@@ -20,13 +20,6 @@ const MODELS = [
   { file: 'latte-tiny-q8_0.gguf', sparsity: ['dense'] },
   { file: 'sparselatte-tiny-q8_0.gguf', sparsity: ['fixed', 'schedule'] },
 ];
-
-const statusOf = (page) => page.evaluate(() => document.querySelector('[data-testid="status"]')?.textContent || '');
-async function waitStatus(page, re, timeout) {
-  await page.waitForFunction((src) => new RegExp(src).test(document.querySelector('[data-testid="status"]')?.textContent || ''),
-    re.source, { timeout, polling: 50 });
-  return statusOf(page);
-}
 
 /** One Generate click with the form as it stands; the page's "done in N ms" as a number. */
 async function clickGenerate(page) {

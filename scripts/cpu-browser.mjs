@@ -23,3 +23,13 @@ export async function pageBrowser({ webgpu = false } = {}) {
 
 /** The page's CPU path: a Chromium without WebGPU. */
 export const cpuBrowser = () => pageBrowser({ webgpu: false });
+
+/** The page's status line ([data-testid="status"]). */
+export const statusOf = (page) => page.evaluate(() => document.querySelector('[data-testid="status"]')?.textContent || '');
+
+/** Waits until the status line matches `re` (polled every `polling` ms); resolves to it. */
+export async function waitStatus(page, re, timeout = 60_000, polling = 50) {
+  await page.waitForFunction((src) => new RegExp(src).test(document.querySelector('[data-testid="status"]')?.textContent || ''),
+    re.source, { timeout, polling });
+  return statusOf(page);
+}

@@ -7,18 +7,14 @@
 //   TRACE_LOCATOR_CLICK=1   click with Playwright's locator (its actionability checks) instead of the mouse
 //   TRACE_CSS='...'         CSS added to the page first (an experiment: what hiding a part saves)
 //   TRACE_LOG=1             the page's console
-import { cpuBrowser } from './cpu-browser.mjs';
+import { cpuBrowser, waitStatus as waitStatusEvery } from './cpu-browser.mjs';
 
 const until = Number(process.argv[2] || 5);
 const runs = Number(process.argv[3] || 3);
 
 const { browser, url, close } = await cpuBrowser();
-const status = (page) => page.evaluate(() => document.querySelector('[data-testid="status"]')?.textContent || '');
-async function waitStatus(page, re, timeout = 60_000) {
-  await page.waitForFunction((src) => new RegExp(src).test(document.querySelector('[data-testid="status"]')?.textContent || ''),
-    re.source, { timeout, polling: 20 });
-  return status(page);
-}
+// polled every 20 ms: the trace's window starts and ends on the status line
+const waitStatus = (page, re, timeout = 60_000) => waitStatusEvery(page, re, timeout, 20);
 
 /** A mouse click (press and release) at the middle of the element with `testid`, as a user's. */
 async function clickAt(page, testid) {

@@ -158,7 +158,7 @@ export function updateButtons() {
  * downloaded here to judge fewer steps by eye. The small bundled models keep DDIM (as the
  * CLI's default for DiT / SparseDiT).
  */
-function defaultSampler(info) {
+function samplingDefaults(info) {
   // Guidance as the model's official sampling script (DiT 4, Latte 7), as the CLI draws it.
   if (!$('cfg').dataset.touched && info.default_cfg != null) $('cfg').value = String(info.default_cfg);
   const imagenetLatent = info.num_classes === 1000 && info.in_channels === 4;
@@ -182,7 +182,7 @@ export async function controlsForModel(info) {
   else if (sparsityMode() === 'dense' && !$('grid').dataset.touched) document.querySelector('input[name="sparsity"][value="fixed"]').checked = true;
   $('grid').max = String(info.dense_grid);
   if (sparse && !$('grid').dataset.touched) $('grid').value = String(info.default_grid);
-  defaultSampler(info);
+  samplingDefaults(info);
   await syncPooledMiddle();
   await refreshPlan();
   updateSparsityHint();
