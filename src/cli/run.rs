@@ -25,8 +25,8 @@ pub(super) struct ModelFlags {
     model: PathBuf,
     #[command(flatten)]
     import: ImportFlags,
-    /// Compute backend: gpu (WebGPU via wgpu), cpu (the candle reference), or auto (gpu when an
-    /// adapter exists).
+    /// Compute backend: gpu (WebGPU via wgpu), cpu (the candle reference), or auto (gpu when a
+    /// hardware adapter exists; a software one such as llvmpipe is slower than the CPU path).
     #[arg(long, value_enum, hide_possible_values = true, default_value_t = Backend::Auto)]
     backend: Backend,
     /// Training-free sparsification of a plain DiT: blocks START:END (or `default`, the middle
