@@ -19,7 +19,7 @@ The frame classifier (quality.DigitNet) is trained on frames of real clips of th
 (train/clips.py) and tested on frames of held-out clips made from the test split; the real rows
 (`real (held-out)`) give the bars' reference values.
 
-    python3 train/quality_video.py --dense D.gguf --sparse S.gguf [--per-class 50] [--steps 20]
+    python3 train/quality_video.py --dense D.gguf --sparse S.gguf [--per-class 50] [--steps 25 --sampler ddim]
     python3 train/quality_video.py --real-only      # the classifier and the real clips' row
 
 Cached under train/runs/quality_video/ (git-ignored); run again to resume. Writes the table
@@ -27,6 +27,7 @@ between the video markers of docs/QUALITY.md and train/runs/quality_video/result
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -120,13 +121,23 @@ def metrics(net, clips, labels, real_feats=None):
     return row, clip_feats
 
 
+def file_digest(path, n=12):
+    """The first n hex digits of the file's SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
 def sample_row(name, model, extra, a):
     """Clips of every class for one row, sampled by the CLI in cached chunks (`a.jobs` CLI
     processes at a time, one thread each on the CPU)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    # The sampling flags are part of the cache's name: chunks drawn with other flags are other clips.
-    d = os.path.join(CACHE, re.sub(r"[^a-z0-9.]+", "-", f"{name} {a.steps} {a.sampler} cfg {a.cfg:g}".lower()))
+    # The sampling flags and the model's bytes are part of the cache's name: chunks drawn with other
+    # flags, or by another pack under the same row name (a newer EMA), are other clips.
+    d = os.path.join(CACHE, re.sub(r"[^a-z0-9.]+", "-", f"{name} {a.steps} {a.sampler} cfg {a.cfg:g} {file_digest(model)}".lower()))
     os.makedirs(d, exist_ok=True)
     chunks = []
     for k in range(10):
@@ -195,8 +206,8 @@ def main():
     ap.add_argument("--schedule", default="0.6:0.85", help="timestep-wise pruning rates of the schedule row")
     ap.add_argument("--per-class", type=int, default=50)
     ap.add_argument("--chunk", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--sampler", default="dpm-solver++")
+    ap.add_argument("--steps", type=int, default=25, help="sampling steps (default: the page's for a video model)")
+    ap.add_argument("--sampler", default="ddim", help="the CLI's --sampler (default: the page's, DDIM)")
     ap.add_argument("--cfg", type=float, default=7.0,
                     help="guidance scale (default: the official Latte sample script's, as the CLI's for a video model)")
     ap.add_argument("--backend", default="cpu", help="the CLI's --backend: cpu, or gpu on a machine with one")
@@ -205,6 +216,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=10, help="frame classifier epochs (300 steps of 16 clips each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real-only", action="store_true")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print the rows only (a progress check, e.g. --per-class 10 on a new EMA): docs/QUALITY.md "
+                         "and results.json stay as they are")
     a = ap.parse_args()
     torch.set_num_threads(1)
     net = frame_classifier(a.epochs, a.seed)
@@ -230,10 +244,13 @@ def main():
         for name, model, extra in specs:
             clips, labels, secs, gmacs = sample_row(name, model, extra, a)
             row, _ = metrics(net, clips, labels, real_feats)
-            row.update(name=name, seconds=secs, gmacs_forward=gmacs / max(1, len(labels)) / a.steps / 2)
+            row.update(name=name, model=model, sha256_12=file_digest(model), seconds=secs,
+                       gmacs_forward=gmacs / max(1, len(labels)) / a.steps / 2)
             rows.append(row)
     for r in rows:
         Q.log(json.dumps(r))
+    if a.no_write:
+        return
     os.makedirs(CACHE, exist_ok=True)
     with open(os.path.join(CACHE, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
