@@ -27,7 +27,6 @@ between the video markers of docs/QUALITY.md and train/runs/quality_video/result
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -121,23 +120,14 @@ def metrics(net, clips, labels, real_feats=None):
     return row, clip_feats
 
 
-def file_digest(path, n=12):
-    """The first n hex digits of the file's SHA-256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
-
-
-def sample_row(name, model, extra, a):
+def sample_row(name, model, digest, extra, a):
     """Clips of every class for one row, sampled by the CLI in cached chunks (`a.jobs` CLI
     processes at a time, one thread each on the CPU)."""
     from concurrent.futures import ThreadPoolExecutor
 
     # The sampling flags and the model's bytes are part of the cache's name: chunks drawn with other
     # flags, or by another pack under the same row name (a newer EMA), are other clips.
-    d = os.path.join(CACHE, re.sub(r"[^a-z0-9.]+", "-", f"{name} {a.steps} {a.sampler} cfg {a.cfg:g} {file_digest(model)}".lower()))
+    d = os.path.join(CACHE, re.sub(r"[^a-z0-9.]+", "-", f"{name} {a.steps} {a.sampler} cfg {a.cfg:g} {digest}".lower()))
     os.makedirs(d, exist_ok=True)
     chunks = []
     for k in range(10):
@@ -242,9 +232,10 @@ def main():
         if a.sparse_q8:
             specs.append((f"sparse q8_0, s = {a.grid}", a.sparse_q8, ["--semantic-size", str(a.grid)]))
         for name, model, extra in specs:
-            clips, labels, secs, gmacs = sample_row(name, model, extra, a)
+            digest = Q.sha8(model)
+            clips, labels, secs, gmacs = sample_row(name, model, digest, extra, a)
             row, _ = metrics(net, clips, labels, real_feats)
-            row.update(name=name, model=model, sha256_12=file_digest(model), seconds=secs,
+            row.update(name=name, model=model, sha8=digest, seconds=secs,
                        gmacs_forward=gmacs / max(1, len(labels)) / a.steps / 2)
             rows.append(row)
     for r in rows:
