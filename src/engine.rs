@@ -41,10 +41,15 @@ impl Backend {
         match self {
             Backend::Cpu => Ok((None, None)),
             Backend::Gpu => Ok((Some(Gpu::new_blocking()?), None)),
-            Backend::Auto => match Gpu::new_blocking() {
-                // Quietly: a deliberate choice, not a failure (a failing command's stderr is one line).
-                Ok(g) if g.adapter.device_type == wgpu::DeviceType::Cpu => Ok((None, None)),
-                Ok(g) => Ok((Some(g), None)),
+            // The adapter's type is known before a device is opened, so a software adapter
+            // costs no device start-up. Passed by quietly: a deliberate choice, not a failure
+            // (a failing command's stderr is one line).
+            Backend::Auto => match Gpu::adapter_blocking() {
+                Ok(a) if a.get_info().device_type == wgpu::DeviceType::Cpu => Ok((None, None)),
+                Ok(a) => match Gpu::open_blocking(a) {
+                    Ok(g) => Ok((Some(g), None)),
+                    Err(e) => Ok((None, Some(e))),
+                },
                 Err(e) => Ok((None, Some(e))),
             },
         }

@@ -83,6 +83,12 @@ pub struct Gpu {
 impl Gpu {
     /// Open the default high-performance adapter. Errors (never panics) when none is found.
     pub async fn new() -> Result<Gpu> {
+        Self::open(Self::adapter().await?).await
+    }
+
+    /// The default high-performance adapter, not yet opened: its `get_info()` tells a software
+    /// rasterizer from a GPU before any device start-up work.
+    pub async fn adapter() -> Result<wgpu::Adapter> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         // Vulkan / Metal / DX12 / browser WebGPU; the GL fallback lacks storage-heavy compute
         // features (and probes window systems). WGPU_BACKEND still overrides.
@@ -90,7 +96,7 @@ impl Gpu {
             desc.backends = wgpu::Backends::PRIMARY;
         }
         let instance = wgpu::Instance::new(desc);
-        let adapter = instance
+        instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
                 force_fallback_adapter: false,
@@ -98,7 +104,11 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")))?;
+            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")))
+    }
+
+    /// Open a device on `adapter`, with its own limits and the optional features we use.
+    pub async fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let features = adapter.features();
         let mut wanted = wgpu::Features::empty();
@@ -154,6 +164,18 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Gpu> {
         pollster::block_on(Self::new())
+    }
+
+    /// Native: the default adapter, blocking (see [`Gpu::adapter`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn adapter_blocking() -> Result<wgpu::Adapter> {
+        pollster::block_on(Self::adapter())
+    }
+
+    /// Native: open a device on `adapter`, blocking.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_blocking(adapter: wgpu::Adapter) -> Result<Gpu> {
+        pollster::block_on(Self::open(adapter))
     }
 
     /// "name (backend, type)" of the adapter, for tables.
