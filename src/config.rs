@@ -77,6 +77,12 @@ pub struct Config {
     /// exactly F frames). `None` for image models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_frames: Option<usize>,
+    /// The pruning rates `[r_min, r_max]` of the timestep schedule a SparseDiT was fine-tuned
+    /// with (`convert --trained-rates`; pack metadata `A.trained_rates`). `sample --schedule
+    /// trained` and the page's schedule start from them: a schedule milder than the training
+    /// one wastes MACs, a harsher one runs grids the model never saw. `None`: not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_rates: Option<[f64; 2]>,
     /// Training-free sparsification of a plain DiT (a run-time choice, never stored in a pack):
     /// see [`PooledMiddle`]. `None` for SparseDiT layouts and for ordinary dense runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +178,7 @@ impl Config {
             layout: Layout::Dense { depth },
             semantic_size: 8,
             num_frames: None,
+            trained_rates: None,
             pooled_middle: None,
         })
     }
@@ -230,6 +237,7 @@ impl Config {
             },
             semantic_size: 4,
             num_frames: None,
+            trained_rates: None,
             pooled_middle: None,
         }
     }
@@ -494,6 +502,12 @@ impl Config {
                 )));
             }
         }
+        if let Some([r_min, r_max]) = self.trained_rates {
+            if !self.layout.is_sparse() {
+                return bad("trained pruning rates are for a SparseDiT layout; this one is dense".into());
+            }
+            GridSchedule::Timestep { r_min, r_max }.validate()?;
+        }
         if let Layout::Sparse(s) = &self.layout {
             if self.semantic_size == 0 {
                 return bad("semantic size 0".into());
@@ -566,6 +580,14 @@ impl GridSchedule {
         let sched = GridSchedule::Timestep { r_min, r_max };
         sched.validate()?;
         Ok(sched)
+    }
+
+    /// `[r_min, r_max]` of a timestep schedule (`None` for a fixed grid).
+    pub fn rates(&self) -> Option<[f64; 2]> {
+        match *self {
+            GridSchedule::Timestep { r_min, r_max } => Some([r_min, r_max]),
+            GridSchedule::Fixed(_) => None,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {

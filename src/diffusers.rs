@@ -132,6 +132,7 @@ impl DiffusersConfig {
             layout: crate::config::Layout::Dense { depth: need(self.num_layers, "num_layers")? },
             semantic_size: 8,
             num_frames: None,
+            trained_rates: None,
             pooled_middle: None,
         };
         cfg.validate()?;

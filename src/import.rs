@@ -419,6 +419,7 @@ pub fn infer_config_from_shapes(map: &ShapeMap, opts: &ImportOptions) -> Result<
         layout,
         semantic_size: opts.semantic_size.unwrap_or(8),
         num_frames,
+        trained_rates: None,
         pooled_middle: None,
     };
     cfg.validate()?;

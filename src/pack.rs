@@ -6,7 +6,8 @@
 //! `A.input_size`, `A.patch_size`, `A.in_channels`, `A.hidden_size`, `A.num_heads`,
 //! `A.mlp_hidden`, `A.num_classes`, `A.class_null`, `A.learn_sigma`, `A.semantic_size`,
 //! `A.depth`; sparse only: `A.num_poolingformer`, `A.num_sdtm`, `A.dumbbell_group` (4 x u32),
-//! `A.num_top`; video only: `A.num_frames`.
+//! `A.num_top`; video only: `A.num_frames`; optional (sparse): `A.trained_rates` (2 x f64, the
+//! pruning rates of the schedule the model was fine-tuned with).
 //!
 //! Latent decoders (`A` = "taesd" or "sdvae", see [`crate::decoder`]) keep the published tensor
 //! names; metadata `A.latent_channels`, `A.out_channels`, and `taesd.width` or
@@ -71,6 +72,9 @@ pub fn config_metadata(cfg: &Config, name: &str) -> Vec<(String, MetaValue)> {
     ];
     if let Some(f) = cfg.num_frames {
         m.push((format!("{a}.num_frames"), u(f)));
+    }
+    if let Some(r) = cfg.trained_rates {
+        m.push((format!("{a}.trained_rates"), MetaValue::Array(r.iter().map(|&x| MetaValue::F64(x)).collect())));
     }
     if let Layout::Sparse(s) = cfg.layout {
         m.push((format!("{a}.num_poolingformer"), u(s.num_poolingformer)));
@@ -144,6 +148,14 @@ pub fn config_from_header(h: &GgufHeader) -> Result<Config> {
         layout,
         semantic_size: num("semantic_size")?,
         num_frames: if video { Some(num("num_frames")?) } else { None },
+        trained_rates: match h.meta(&format!("{arch}.trained_rates")) {
+            None => None,
+            Some(v) => {
+                let bad = || Error::gguf(format!("metadata {arch}.trained_rates must be 2 numbers (r_min, r_max)"));
+                let a = v.as_array().filter(|a| a.len() == 2).ok_or_else(bad)?;
+                Some([a[0].as_f64().ok_or_else(bad)?, a[1].as_f64().ok_or_else(bad)?])
+            }
+        },
         pooled_middle: None,
     };
     cfg.validate().map_err(|e| Error::gguf(format!("inconsistent architecture in metadata: {e}")))?;
@@ -299,4 +311,41 @@ pub fn read_header_file(path: &Path) -> Result<(GgufHeader, u64)> {
         other => other,
     })?;
     Ok((g.header, bytes.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The architecture read back from a header-only pack written with `meta`.
+    fn read_back(meta: &[(String, MetaValue)]) -> Result<Config> {
+        let mut bytes = Vec::new();
+        gguf::write(&mut bytes, meta, &[])?;
+        config_from_header(&Gguf::parse(&bytes)?.header)
+    }
+
+    #[test]
+    fn trained_rates_round_trip_and_bad_ones_are_refused() {
+        let mut cfg = Config::tiny_video(true);
+        assert_eq!(read_back(&config_metadata(&cfg, "m")).unwrap().trained_rates, None);
+        cfg.trained_rates = Some([0.7, 0.88]);
+        assert_eq!(read_back(&config_metadata(&cfg, "m")).unwrap(), cfg);
+        let with = |v: MetaValue| {
+            let mut m = config_metadata(&Config::tiny_video(true), "m");
+            m.push(("sparselatte.trained_rates".into(), v));
+            read_back(&m).unwrap_err().to_string()
+        };
+        let f = MetaValue::F64;
+        for bad in [MetaValue::String("0.7:0.88".into()), MetaValue::Array(vec![f(0.7)]), MetaValue::Array(vec![MetaValue::Bool(true); 2])] {
+            let e = with(bad);
+            assert!(e.contains("trained_rates must be 2 numbers"), "{e}");
+        }
+        let e = with(MetaValue::Array(vec![f(0.9), f(0.5)]));
+        assert!(e.contains("inconsistent architecture") && e.contains("r_min <= r_max"), "{e}");
+        // a dense model records none
+        let mut m = config_metadata(&Config::tiny_video(false), "m");
+        m.push(("latte.trained_rates".into(), MetaValue::Array(vec![f(0.7), f(0.88)])));
+        let e = read_back(&m).unwrap_err().to_string();
+        assert!(e.contains("dense"), "{e}");
+    }
 }

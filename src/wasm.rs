@@ -42,6 +42,7 @@
 //!               num_classes, depth, dense_grid, default_grid, params, bytes, sha256,
 //!               frames?: F (video: latents and images are (num, F, C, I, I)),
 //!               default_cfg (the official sampling script's guidance scale: 4 DiT, 7 Latte),
+//!               trained_rates?: [r_min, r_max] (the schedule a SparseDiT pack was fine-tuned with),
 //!               backend: "webgpu"|"cpu" }
 //! BlockInfo = { index, name, kind: "dit"|"poolingformer"|"merge"|"semantic"|"recover"|"normal"|"pooled",
 //!               segment: "dense"|"bottom"|"middle"|"top", tokens, grid: "dense"|"sparse"|"global",
@@ -200,6 +201,10 @@ struct ModelInfo {
     /// The guidance scale the official sampling script uses for this family (DiT 4, Latte 7), as
     /// the CLI's default; the page starts its CFG field there.
     default_cfg: f64,
+    /// `[r_min, r_max]` of the timestep schedule a SparseDiT pack records its fine-tuning with;
+    /// the page starts its schedule fields there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trained_rates: Option<[f64; 2]>,
     /// Where this model runs: "webgpu", or "cpu" (no adapter, or WebGPU turned off).
     backend: &'static str,
 }
@@ -425,6 +430,7 @@ impl Engine {
             sha256: summary.sha256,
             frames: cfg.num_frames,
             default_cfg: SampleRequest::official_for(&cfg).cfg_scale,
+            trained_rates: cfg.trained_rates,
             backend: if engine.gpu().is_some() { "webgpu" } else { "cpu" },
         };
         let js = to_js(&info)?;

@@ -81,6 +81,46 @@ fn info_describes_the_pack() {
 }
 
 #[test]
+fn trained_rates_travel_with_the_pack() {
+    // convert --trained-rates records the fine-tuning schedule; it survives a pack -> pack
+    // convert, `info` shows it, and `sample --schedule trained` is that schedule exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let case = "sparse_nondiv";
+    let cfg = fixture_config(case);
+    let (heads, sem) = (cfg.num_heads.to_string(), cfg.semantic_size.to_string());
+    let f32_pack = dir.path().join("rates-f32.gguf");
+    let ckpt = fixture_dir(case).join("model.pt");
+    ok(&["convert", s(&ckpt), "-o", s(&f32_pack), "--heads", &heads, "--semantic-size", &sem, "--trained-rates", "0.3:0.75"]);
+    let pack = dir.path().join("rates-q8.gguf");
+    ok(&["convert", s(&f32_pack), "-o", s(&pack), "--quant", "q8_0"]);
+    let text = ok(&["info", s(&pack)]);
+    assert!(text.contains("fine-tuned with the timestep schedule 0.3:0.75"), "{text}");
+    let f = load_st(&fixture_dir(case).join("ddim.safetensors"));
+    let noise = dir.path().join("z.safetensors");
+    let z0: HashMap<String, Tensor> = [("z".to_string(), f["z"].narrow(0, 0, 1).unwrap())].into_iter().collect();
+    candle_core::safetensors::save(&z0, &noise).unwrap();
+    let sample = |schedule: &str, tag: &str| {
+        let latent = dir.path().join(format!("{tag}.safetensors"));
+        let args = ["sample", "--model", s(&pack), "--class", "1", "--steps", "4", "--sampler", "ddim", "--noise", s(&noise)];
+        ok(&[&args[..], &["--schedule", schedule, "--latent-out", s(&latent), "--backend", "cpu"]].concat());
+        f32s(&load_st(&latent)["sample"])
+    };
+    let (trained, given, fixed) = (sample("trained", "trained"), sample("0.3:0.75", "given"), sample("0.0:0.0", "dense-rate"));
+    assert_eq!(trained, given, "--schedule trained is the recorded rates");
+    assert_ne!(trained, fixed, "the schedule reaches the model");
+    // Refused: rates on a dense model, bad rates, `trained` on a pack that records none.
+    let dense = fixture_dir("dit_dense").join("model.pt");
+    let dense_heads = fixture_config("dit_dense").num_heads.to_string();
+    let err = fails(&["convert", s(&dense), "-o", s(&dir.path().join("d.gguf")), "--heads", &dense_heads, "--trained-rates", "0.3:0.75"]);
+    assert!(err.contains("dense"), "{err}");
+    let err = fails(&["convert", s(&ckpt), "-o", s(&dir.path().join("b.gguf")), "--heads", &heads, "--trained-rates", "0.9:0.5"]);
+    assert!(err.contains("r_min <= r_max"), "{err}");
+    let plain = convert(case, "model.pt", "f32", dir.path());
+    let err = fails(&["sample", "--model", s(&plain), "--class", "1", "--steps", "2", "--schedule", "trained"]);
+    assert!(err.contains("records no training schedule"), "{err}");
+}
+
+#[test]
 fn dit_to_sparsedit_command_matches_reference() {
     let dir = tempfile::tempdir().unwrap();
     let case = "dit_to_sparsedit";

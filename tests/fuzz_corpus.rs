@@ -139,6 +139,7 @@ fn tiny_dit(hidden: usize) -> Config {
         layout: Layout::Dense { depth: 1 },
         semantic_size: 1,
         num_frames: None,
+        trained_rates: None,
         pooled_middle: None,
     }
 }

@@ -7,6 +7,7 @@ use clap::Args;
 use sparsedit::decoder::Decoder;
 use sparsedit::import::{dit_to_sparsedit, infer_config, parse_layout};
 use sparsedit::model::Model;
+use sparsedit::GridSchedule;
 use sparsedit::Result;
 
 use super::io::{write_any_pack_file, write_pack_file, PackCfg};
@@ -32,6 +33,10 @@ pub(super) struct ConvertArgs {
     /// Print every tensor's quantization error (default: the 12 worst).
     #[arg(long)]
     all_tensors: bool,
+    /// SparseDiT only: record the timestep schedule RMIN:RMAX the model was fine-tuned with
+    /// (`sample --schedule trained` and the page's schedule start from it).
+    #[arg(long, value_name = "RMIN:RMAX")]
+    trained_rates: Option<String>,
 }
 
 #[derive(Args)]
@@ -75,6 +80,11 @@ pub(super) fn convert(mut a: ConvertArgs) -> Result<()> {
         }
         Loaded::ModelPack => load_model_tensors(&a.ckpt, &a.import)?,
     };
+    let mut cfg = cfg;
+    if let Some(r) = &a.trained_rates {
+        cfg.trained_rates = GridSchedule::parse_rates(r)?.rates();
+        cfg.validate()?;
+    }
     // Validate the whole model before writing anything.
     let check = Model::from_tensors(cfg.clone(), tensors.clone())?;
     drop(check);

@@ -69,6 +69,9 @@ pub(super) fn info(path: &Path) -> Result<()> {
                 cfg.layout.depth(),
                 cfg.semantic_size
             );
+            if let Some([r_min, r_max]) = cfg.trained_rates {
+                println!("fine-tuned with the timestep schedule {r_min}:{r_max} (`sample --schedule trained`)");
+            }
         }
     }
     for b in cfg.blocks(cfg.semantic_size) {

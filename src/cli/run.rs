@@ -102,7 +102,8 @@ pub(super) struct SampleArgs {
     /// Scale --out and --gif up this many times (nearest neighbour; tiny models draw 16 px).
     #[arg(long, default_value_t = 1)]
     zoom: usize,
-    /// Timestep-wise pruning (instead of the fixed --semantic-size grid): RMIN:RMAX (e.g. 0.61:0.86).
+    /// Timestep-wise pruning (instead of the fixed --semantic-size grid): RMIN:RMAX (e.g.
+    /// 0.61:0.86), or `trained` for the rates the pack records its fine-tuning with.
     #[arg(long)]
     schedule: Option<String>,
     /// Latent decoder (taesd / sdvae pack, or its checkpoint): `--out` then writes the decoded
@@ -161,6 +162,14 @@ pub(super) fn sample(a: SampleArgs) -> Result<()> {
         (Some(_), Some(_)) => {
             return Err(Error::InvalidArgument("give --semantic-size (fixed grid) or --schedule (timestep-wise), not both".into()))
         }
+        (Some(s), None) if s == "trained" => match cfg.trained_rates {
+            Some([r_min, r_max]) => Some(GridSchedule::Timestep { r_min, r_max }),
+            None => {
+                return Err(Error::InvalidArgument(
+                    "--schedule trained: this pack records no training schedule (convert --trained-rates RMIN:RMAX); give the rates".into(),
+                ))
+            }
+        },
         (Some(s), None) => Some(GridSchedule::parse_rates(s)?),
         (None, _) => None, // the model's (or --semantic-size's) grid at every step
     };

@@ -278,7 +278,8 @@ before(async () => {
     // the video UI: a pixel-space Latte (3 channels, 12 px, 8 frames, 4 classes) and a sparse
     // Latte (4 channels, 12 px, 3 frames, 5 classes; num_heads / semantic_size of its config.json)
     [VIDEO_PACK, 'latte_f8_p2_rgb/model.safetensors', ['--heads', '2']],
-    [SPARSE_VIDEO_PACK, 'sparselatte_f3/model.safetensors', ['--heads', '4', '--semantic-size', '4']]]) {
+    // it records a fine-tuning schedule, which the page's schedule fields start from
+    [SPARSE_VIDEO_PACK, 'sparselatte_f3/model.safetensors', ['--heads', '4', '--semantic-size', '4', '--trained-rates', '0.7:0.88']]]) {
     const out = path.join(ARTIFACTS, name);
     execFileSync(CLI, ['convert', path.join(ROOT, 'tests/fixtures/data', src), ...args, '-o', out], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
     extra[`/extra/${name}`] = { body: fs.readFileSync(out) };
@@ -1095,6 +1096,9 @@ test('video (sparse Latte, 3 frames): every block card shows its axis and tokens
     assert.match(status, /^ready.*\(sparselatte, 5 classes\)/, status);
     const info = await page.evaluate(() => window.sparsedit.info);
     assert.deepEqual([info.arch, Number(info.frames), Number(info.depth), Number(info.dense_grid), Number(info.default_grid)], ['sparselatte', F, 20, n, 4]);
+    // the schedule the pack records its fine-tuning with fills the page's schedule fields
+    assert.deepEqual(Array.from(info.trained_rates, Number), [0.7, 0.88]);
+    assert.deepEqual(await page.evaluate(() => [document.getElementById('rmin').value, document.getElementById('rmax').value]), ['0.7', '0.88']);
     const layout = await page.evaluate(async () => (await window.sparsedit.engine.layout(4)).map((b) => ({
       axis: b.axis, tokens: Number(b.tokens), grid: b.grid, sequences: Number(b.sequences), len: Number(b.sequence_len), macs: Number(b.macs),
     })));

@@ -68,7 +68,7 @@ $('class-search').addEventListener('input', (ev) => filterClasses(ev.target.valu
 // The plan (and so the hint and the token view before a run) follows every setting it reads.
 for (const el of document.querySelectorAll('input[name="sparsity"], #grid, #rmin, #rmax, #steps, #sampler, #eta, #cfg, #seed, #num')) {
   el.addEventListener('input', async () => {
-    if (['grid', 'steps', 'sampler', 'cfg'].includes(el.id)) el.dataset.touched = '1';
+    if (['grid', 'rmin', 'rmax', 'steps', 'sampler', 'cfg'].includes(el.id)) el.dataset.touched = '1';
     try { await syncPooledMiddle(); } catch (err) { await engineError(err, 'sparsity'); }
     await refreshPlan();
     updateSparsityHint();

@@ -166,6 +166,19 @@ function samplingDefaults(info) {
   if (!$('steps').dataset.touched) $('steps').value = '25';
 }
 
+/**
+ * The schedule's pruning rates a model starts with, unless the visitor set them: those its pack
+ * records its fine-tuning with (a milder schedule wastes MACs, a harsher one runs grids the model
+ * never saw), else the paper's 0.6 / 0.85.
+ */
+function scheduleDefaults(info) {
+  const [rMin, rMax] = info.trained_rates ?? [0.6, 0.85];
+  if (!$('rmin').dataset.touched) $('rmin').value = String(rMin);
+  if (!$('rmax').dataset.touched) $('rmax').value = String(rMax);
+  const title = info.trained_rates ? `the rates this model was fine-tuned with: ${rMin}:${rMax}` : '';
+  $('rmin').title = $('rmax').title = title;
+}
+
 /** The form for a newly loaded model: classes, sparsity choice and grid bounds, the plan and its hint. */
 export async function controlsForModel(info) {
   buildClasses(info.num_classes);
@@ -182,6 +195,7 @@ export async function controlsForModel(info) {
   else if (sparsityMode() === 'dense' && !$('grid').dataset.touched) document.querySelector('input[name="sparsity"][value="fixed"]').checked = true;
   $('grid').max = String(info.dense_grid);
   if (sparse && !$('grid').dataset.touched) $('grid').value = String(info.default_grid);
+  scheduleDefaults(info);
   samplingDefaults(info);
   await syncPooledMiddle();
   await refreshPlan();
