@@ -15,7 +15,8 @@
 # Then one device call (DENSE_MIN + FT_MIN minutes of training, ~1 min of start-up):
 #   run(command="bash scripts/device-train-video.sh", carry=[".wheels", "train/.cache"], timeout_s=560)
 # Back here: cp <files_at>/*-ema.safetensors train/checkpoints/ (the dense one is where the next run
-# starts), and `sparsedit convert <files_at>/video-sparse/ema.pt --heads 4 --semantic-size 4 ...`.
+# starts), and `sparsedit convert <files_at>/video-sparse/ema.pt --heads 4 --semantic-size 4
+# --trained-rates <RATES> ...` (the rates are in the sparse EMA's metadata too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -71,15 +72,16 @@ for r in video-dense-gpu video-sparse-gpu; do
   mkdir -p "$OUT/${r%-gpu}"
   cp train/runs/$r/ema.pt train/runs/$r/log.csv train/runs/$r/config.json "$OUT/${r%-gpu}/"
 done
-python3 - "$OUT" "$BATCH" "$DEVICE" <<'EOF'
+python3 - "$OUT" "$BATCH" "$DEVICE" "$RATES" <<'EOF'
 import sys, torch
 from safetensors.torch import save_file
-out, batch, dev = sys.argv[1:4]
+out, batch, dev, rates = sys.argv[1:5]
 where = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
 for r in ("video-dense", "video-sparse"):
     ck = torch.load(f"train/runs/{r}-gpu/ckpt.pt", map_location="cpu", weights_only=True)
     sd = {k: v.half().contiguous() for k, v in ck["ema"].items()}
     save_file(sd, f"{out}/{r}-ema.safetensors",
-              metadata={"train_steps": str(ck["step"]), "batch_clips": batch, "device": where})
+              metadata={"train_steps": str(ck["step"]), "batch_clips": batch, "device": where,
+                        **({"rates": rates} if r == "video-sparse" else {})})
     print(f"{out}/{r}-ema.safetensors: step {ck['step']}, batch {batch}")
 EOF

@@ -25,5 +25,5 @@ $T dense --video --init-image "$INIT" --run video-dense --steps "$DENSE_STEPS" -
 $T init-sparse --dense-run video-dense --run video-sparse --semantic-size 4
 $T finetune --run video-sparse --steps "$FT_STEPS" --batch 8 --lr 1e-4 --warmup 100 --min-lr-frac 0.1 --rates "$RATES" --keep-every 500 --log-every 25
 "$B" convert train/runs/video-dense/ema.pt --heads 4 -o web/models/latte-tiny-q8_0.gguf --quant q8_0
-"$B" convert train/runs/video-sparse/ema.pt --heads 4 --semantic-size 4 -o web/models/sparselatte-tiny-q8_0.gguf --quant q8_0
+"$B" convert train/runs/video-sparse/ema.pt --heads 4 --semantic-size 4 --trained-rates "$RATES" -o web/models/sparselatte-tiny-q8_0.gguf --quant q8_0
 bash scripts/manifest.sh
